@@ -1,0 +1,13 @@
+"""fastrnn: drop-in torch.nn.LSTM / GRU / RNN with fused recurrence kernels.
+
+    import fastrnn
+    lstm = fastrnn.LSTM(28, 256, num_layers=2)      # as torch.nn.LSTM
+    fastrnn.backends()                               # what can run here, and why not
+"""
+from ._backend import backends
+from ._convert import convert, to_torch
+from .modules import GRU, LSTM, RNN, RNNBase
+from . import _ops  # registers the fastrnn:: ops
+
+__version__ = "0.1.0"
+__all__ = ["LSTM", "GRU", "RNN", "RNNBase", "backends", "convert", "to_torch"]

@@ -1,0 +1,118 @@
+"""The one place that chooses a backend.
+
+``auto`` (the default, or whatever ``FASTRNN_BACKEND`` names) takes the first
+backend in ``PREFERENCE`` that can run the configuration, warning once, with the
+reason, when a faster backend for that device had to be passed over.  A backend
+named explicitly either runs the configuration or raises an error naming what
+it does not support.  Optional parts (the compiled extension, Triton) are
+imported lazily and report themselves unavailable instead of failing the
+import of fastrnn.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import warnings
+
+import torch
+
+from .backends import Backend
+
+NAMES = ("reference", "cpu", "cuda", "triton")
+#: auto's order of preference for each device type
+PREFERENCE = {"cpu": ("cpu", "reference"), "cuda": ("cuda", "triton", "reference")}
+
+_FACTORIES = {
+    "reference": ("fastrnn.backends.reference", "ReferenceBackend"),
+    "cpu": ("fastrnn.backends.extension", "CpuBackend"),
+    "cuda": ("fastrnn.backends.extension", "CudaBackend"),
+    "triton": ("fastrnn.triton.backend", "TritonBackend"),
+}
+_instances: dict[str, Backend] = {}
+_warned: set = set()
+_resolved: dict = {}
+
+
+class _Missing(Backend):
+    """Stands in for a backend whose Python module could not be imported."""
+
+    def __init__(self, name, why):
+        self.name = name
+        self._why = why
+
+    def available(self):
+        return False, self._why
+
+
+def get(name: str) -> Backend:
+    b = _instances.get(name)
+    if b is None:
+        if name not in _FACTORIES:
+            raise ValueError(f"unknown fastrnn backend {name!r}; choose from 'auto', {', '.join(map(repr, NAMES))}")
+        mod, cls = _FACTORIES[name]
+        try:
+            b = getattr(importlib.import_module(mod), cls)()
+        except Exception as e:  # an optional part is missing or broken
+            b = _Missing(name, f"{mod} could not be imported: {type(e).__name__}: {e}")
+        _instances[name] = b
+    return b
+
+
+def check_name(name: str) -> str:
+    if not isinstance(name, str) or (name != "auto" and name not in NAMES):
+        raise ValueError(f"unknown fastrnn backend {name!r}; choose from 'auto', {', '.join(map(repr, NAMES))}")
+    return name
+
+
+def default() -> str:
+    """The backend that ``backend="auto"`` means: FASTRNN_BACKEND, else auto."""
+    return check_name(os.environ.get("FASTRNN_BACKEND", "auto") or "auto")
+
+
+@torch.compiler.assume_constant_result
+def resolve(requested: str, cell: str, device_type: str, dtype: torch.dtype, proj: bool) -> str:
+    """Name of the backend that runs this configuration (see module docstring)."""
+    key = (requested, os.environ.get("FASTRNN_BACKEND"), cell, device_type, dtype, proj)
+    name = _resolved.get(key)
+    if name is None:
+        name = _resolve(requested, cell, device_type, dtype, proj)
+        _resolved[key] = name
+    return name
+
+
+def _resolve(requested, cell, device_type, dtype, proj):
+    if requested == "auto":
+        requested = default()
+    what = f"{cell.upper()} on {device_type} with {dtype}{' and proj_size' if proj else ''}"
+    if requested != "auto":
+        why = get(requested).supports(cell, device_type, dtype, proj)
+        if why is not None:
+            raise RuntimeError(f"fastrnn backend {requested!r} cannot run {what}: {why}")
+        return requested
+    passed = []
+    for name in dict.fromkeys(PREFERENCE.get(device_type, ()) + ("reference",)):
+        why = get(name).supports(cell, device_type, dtype, proj)
+        if why is None:
+            key = (device_type, name, tuple(n for n, _ in passed))
+            if passed and key not in _warned:  # once per kind of fallback, not per layer shape
+                _warned.add(key)
+                warnings.warn(
+                    f"fastrnn: using backend {name!r} for {what}; passed over "
+                    + "; ".join(f"{n!r} ({w})" for n, w in passed),
+                    stacklevel=4,
+                )
+            return name
+        passed.append((name, why))
+    raise RuntimeError(f"no fastrnn backend can run {what}: " + "; ".join(f"{n!r}: {w}" for n, w in passed))
+
+
+def backends() -> list[dict]:
+    """Every backend with whether it is usable here and, if not, why."""
+    rows = []
+    for name in NAMES:
+        b = get(name)
+        ok, why = b.available()
+        rows.append(
+            {"name": name, "available": bool(ok), "reason": "" if ok else why, "devices": tuple(getattr(b, "device_types", ()))}
+        )
+    return rows

@@ -1,0 +1,232 @@
+"""The recurrence ops: declared once with torch.library, with fake and autograd.
+
+One op per recurrence and direction of travel (``fastrnn::lstm_forward``,
+``fastrnn::lstm_backward``, ...).  Their schemas are the backend contract of
+``fastrnn.backends`` plus a trailing ``backend`` string naming the backend that
+runs them; the implementation looks the backend up and calls it, so one op serves
+every device and every backend, torch.compile sees one opaque node per
+recurrence, and the autograd formula is written once above all backends.
+
+The backward formula adds the weight gradients of the recurrent matrices as a
+few large GEMMs over all time steps (the backend only runs the sequential part).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from . import _backend
+from .backends.reference import acc_dtype
+
+_LIB = "fastrnn"
+
+
+def _empty_ws(like: Tensor) -> Tensor:
+    return like.new_empty(0, dtype=acc_dtype(like.dtype))
+
+
+def _hprev(h0: Tensor, y: Tensor) -> Tensor:
+    """(T, N, R): the state each step started from."""
+    return torch.cat([h0.unsqueeze(0), y[:-1]], 0)
+
+
+def _gemm_tn(a: Tensor, b: Tensor, dtype) -> Tensor:
+    """sum over (T, N) of a[t, n, :]^T b[t, n, :] -> (a.size(-1), b.size(-1))."""
+    a2 = a.reshape(-1, a.shape[-1])
+    b2 = b.reshape(-1, b.shape[-1]).to(a2.dtype)
+    return (a2.t() @ b2).to(dtype)
+
+
+# ---------------------------------------------------------------------- LSTM
+@torch.library.custom_op(f"{_LIB}::lstm_forward", mutates_args=())
+def lstm_forward(
+    xg: Tensor,
+    w_hh: Tensor,
+    w_hr: Optional[Tensor],
+    h0: Tensor,
+    c0: Tensor,
+    lengths: Optional[Tensor],
+    need_ws: bool,
+    backend: str,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    return _backend.get(backend).lstm_forward(xg, w_hh, w_hr, h0, c0, lengths, need_ws)
+
+
+@lstm_forward.register_fake
+def _(xg, w_hh, w_hr, h0, c0, lengths, need_ws, backend):
+    T, N, G = xg.shape
+    H = G // 4
+    ws = xg.new_empty(T, N, 5 * H, dtype=acc_dtype(xg.dtype)) if need_ws else _empty_ws(xg)
+    return xg.new_empty(T, N, h0.shape[1]), torch.empty_like(h0), torch.empty_like(c0), ws
+
+
+@torch.library.custom_op(f"{_LIB}::lstm_backward", mutates_args=())
+def lstm_backward(
+    dy: Tensor,
+    dh_n: Tensor,
+    dc_n: Tensor,
+    w_hh: Tensor,
+    w_hr: Optional[Tensor],
+    c0: Tensor,
+    ws: Tensor,
+    lengths: Optional[Tensor],
+    backend: str,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    return _backend.get(backend).lstm_backward(dy, dh_n, dc_n, w_hh, w_hr, c0, ws, lengths)
+
+
+@lstm_backward.register_fake
+def _(dy, dh_n, dc_n, w_hh, w_hr, c0, ws, lengths, backend):
+    T, N, R = dy.shape
+    H = c0.shape[1]
+    dhr = dy.new_empty(T, N, R, dtype=acc_dtype(dy.dtype)) if w_hr is not None else _empty_ws(dy)
+    return dy.new_empty(T, N, 4 * H), torch.empty_like(dh_n), torch.empty_like(dc_n), dhr
+
+
+def _lstm_setup(ctx, inputs, output):
+    xg, w_hh, w_hr, h0, c0, lengths, need_ws, backend = inputs
+    y, _, _, ws = output
+    ctx.backend = backend
+    ctx.need_ws = need_ws
+    ctx.save_for_backward(w_hh, w_hr, h0, c0, lengths, y, ws)
+
+
+def _lstm_backward(ctx, dy, dh_n, dc_n, dws):
+    if not ctx.need_ws:
+        raise RuntimeError("fastrnn: lstm_forward ran with need_ws=False, so it cannot be differentiated")
+    w_hh, w_hr, h0, c0, lengths, y, ws = ctx.saved_tensors
+    dxg, dh0, dc0, dhr = lstm_backward(
+        dy.contiguous(), dh_n.contiguous(), dc_n.contiguous(), w_hh, w_hr, c0, ws, lengths, ctx.backend
+    )
+    need = ctx.needs_input_grad
+    dw_hh = _gemm_tn(dxg, _hprev(h0, y), w_hh.dtype) if need[1] else None
+    dw_hr = None
+    if w_hr is not None and need[2]:
+        H = c0.shape[1]
+        hu = ws[..., 3 * H : 4 * H] * torch.tanh(ws[..., 4 * H :])  # o * tanh(c)
+        dw_hr = _gemm_tn(dhr, hu, w_hr.dtype)
+    return dxg, dw_hh, dw_hr, dh0, dc0, None, None, None
+
+
+lstm_forward.register_autograd(_lstm_backward, setup_context=_lstm_setup)
+
+
+# ----------------------------------------------------------------------- GRU
+@torch.library.custom_op(f"{_LIB}::gru_forward", mutates_args=())
+def gru_forward(
+    xg: Tensor,
+    w_hh: Tensor,
+    b_hh: Optional[Tensor],
+    h0: Tensor,
+    lengths: Optional[Tensor],
+    need_ws: bool,
+    backend: str,
+) -> tuple[Tensor, Tensor, Tensor]:
+    return _backend.get(backend).gru_forward(xg, w_hh, b_hh, h0, lengths, need_ws)
+
+
+@gru_forward.register_fake
+def _(xg, w_hh, b_hh, h0, lengths, need_ws, backend):
+    T, N, G = xg.shape
+    H = G // 3
+    ws = xg.new_empty(T, N, 4 * H, dtype=acc_dtype(xg.dtype)) if need_ws else _empty_ws(xg)
+    return xg.new_empty(T, N, H), torch.empty_like(h0), ws
+
+
+@torch.library.custom_op(f"{_LIB}::gru_backward", mutates_args=())
+def gru_backward(
+    dy: Tensor,
+    dh_n: Tensor,
+    w_hh: Tensor,
+    h0: Tensor,
+    y: Tensor,
+    ws: Tensor,
+    lengths: Optional[Tensor],
+    backend: str,
+) -> tuple[Tensor, Tensor, Tensor]:
+    return _backend.get(backend).gru_backward(dy, dh_n, w_hh, h0, y, ws, lengths)
+
+
+@gru_backward.register_fake
+def _(dy, dh_n, w_hh, h0, y, ws, lengths, backend):
+    T, N, H = dy.shape
+    return dy.new_empty(T, N, 3 * H), dy.new_empty(T, N, 3 * H), torch.empty_like(dh_n)
+
+
+def _gru_setup(ctx, inputs, output):
+    xg, w_hh, b_hh, h0, lengths, need_ws, backend = inputs
+    y, _, ws = output
+    ctx.backend = backend
+    ctx.need_ws = need_ws
+    ctx.save_for_backward(w_hh, h0, lengths, y, ws)
+
+
+def _gru_backward(ctx, dy, dh_n, dws):
+    if not ctx.need_ws:
+        raise RuntimeError("fastrnn: gru_forward ran with need_ws=False, so it cannot be differentiated")
+    w_hh, h0, lengths, y, ws = ctx.saved_tensors
+    dxg, dgh, dh0 = gru_backward(dy.contiguous(), dh_n.contiguous(), w_hh, h0, y, ws, lengths, ctx.backend)
+    need = ctx.needs_input_grad
+    dw_hh = _gemm_tn(dgh, _hprev(h0, y), w_hh.dtype) if need[1] else None
+    db_hh = dgh.sum((0, 1), dtype=acc_dtype(dgh.dtype)).to(dgh.dtype) if need[2] else None
+    return dxg, dw_hh, db_hh, dh0, None, None, None
+
+
+gru_forward.register_autograd(_gru_backward, setup_context=_gru_setup)
+
+
+# ----------------------------------------------------------------------- RNN
+@torch.library.custom_op(f"{_LIB}::rnn_forward", mutates_args=())
+def rnn_forward(
+    xg: Tensor,
+    w_hh: Tensor,
+    h0: Tensor,
+    lengths: Optional[Tensor],
+    relu: bool,
+    need_ws: bool,
+    backend: str,
+) -> tuple[Tensor, Tensor]:
+    return _backend.get(backend).rnn_forward(xg, w_hh, h0, lengths, relu, need_ws)
+
+
+@rnn_forward.register_fake
+def _(xg, w_hh, h0, lengths, relu, need_ws, backend):
+    return torch.empty_like(xg), torch.empty_like(h0)
+
+
+@torch.library.custom_op(f"{_LIB}::rnn_backward", mutates_args=())
+def rnn_backward(
+    dy: Tensor,
+    dh_n: Tensor,
+    w_hh: Tensor,
+    y: Tensor,
+    lengths: Optional[Tensor],
+    relu: bool,
+    backend: str,
+) -> tuple[Tensor, Tensor]:
+    return _backend.get(backend).rnn_backward(dy, dh_n, w_hh, y, lengths, relu)
+
+
+@rnn_backward.register_fake
+def _(dy, dh_n, w_hh, y, lengths, relu, backend):
+    return torch.empty_like(dy), torch.empty_like(dh_n)
+
+
+def _rnn_setup(ctx, inputs, output):
+    xg, w_hh, h0, lengths, relu, need_ws, backend = inputs
+    y, _ = output
+    ctx.backend = backend
+    ctx.relu = relu
+    ctx.save_for_backward(w_hh, h0, lengths, y)
+
+
+def _rnn_backward(ctx, dy, dh_n):
+    w_hh, h0, lengths, y = ctx.saved_tensors
+    dxg, dh0 = rnn_backward(dy.contiguous(), dh_n.contiguous(), w_hh, y, lengths, ctx.relu, ctx.backend)
+    dw_hh = _gemm_tn(dxg, _hprev(h0, y), w_hh.dtype) if ctx.needs_input_grad[1] else None
+    return dxg, dw_hh, dh0, None, None, None, None
+
+
+rnn_forward.register_autograd(_rnn_backward, setup_context=_rnn_setup)

@@ -1,0 +1,121 @@
+"""The backend seam: what a fastrnn backend implements, and nothing more.
+
+Every layer and direction of an LSTM/GRU/RNN is computed by shared code as
+
+    xg  = x @ W_ih^T + bias          one large GEMM for all time steps   (shared)
+    y   = recurrence(xg, W_hh, ...)  the sequential part                  (BACKEND)
+    dxg = recurrence_backward(...)   the sequential part of the backward  (BACKEND)
+    dW_hh, dW_hr, db_hh, dW_ih, dx   large GEMMs over all time steps      (shared)
+
+A backend therefore implements six functions, forward and backward for each cell.
+Shapes use T = time steps, N = batch, H = hidden size, R = output size of the
+recurrence (proj_size for a projected LSTM, else H).  D is the input dtype
+(float64, float32, float16 or bfloat16) and A the accumulation dtype: float32 for
+the half types, else D.  Every tensor argument is contiguous and on one device.
+Every returned tensor is freshly allocated (never a view of an input) and
+contiguous.
+
+Variable lengths (PackedSequence): ``lengths`` is None or an int64 tensor of
+shape (N,) on the same device as ``xg`` with values in [1, T].  Step t of batch
+row b is *active* iff ``t < lengths[b]``.  On an inactive step the row's state is
+carried unchanged, its output ``y[t, b]`` is zero, and in the backward its
+incoming gradient ``dy[t, b]`` is ignored, its gate gradients are zero and the
+state gradient passes through unchanged.  Reverse directions are handled by
+shared code (it reverses each sequence within its length), so a backend only
+ever runs forward in time.
+
+``need_ws`` is False for inference (no gradient will be asked for); a backend
+may then return an empty tensor for the workspace and skip writing it.  The
+workspace layouts are fixed so that any backend's backward can consume any
+backend's forward (tests rely on this):
+
+LSTM (gates i, f, g, o in torch.nn's order):
+    lstm_forward(xg, w_hh, w_hr, h0, c0, lengths, need_ws) -> (y, h_n, c_n, ws)
+        xg   (T, N, 4H) D   input projection with b_ih + b_hh already added
+        w_hh (4H, R) D;  w_hr (R, H) D or None;  h0 (N, R) D;  c0 (N, H) D
+        y    (T, N, R) D    h_t = o * tanh(c_t) (then @ w_hr^T if projected)
+        h_n  (N, R) D;  c_n (N, H) D   state after each row's last active step
+        ws   (T, N, 5H) A   [i, f, g, o] after their nonlinearity, then c_t
+    lstm_backward(dy, dh_n, dc_n, w_hh, w_hr, c0, ws, lengths)
+            -> (dxg, dh0, dc0, dhr)
+        dy (T, N, R) D;  dh_n (N, R) D;  dc_n (N, H) D
+        dxg (T, N, 4H) D    gradient w.r.t. the gate pre-activations
+        dh0 (N, R) D;  dc0 (N, H) D
+        dhr (T, N, R) A     total gradient w.r.t. h_t (dy[t] + recurrent part)
+                            when w_hr is given (shared code forms dW_hr from
+                            it; zero on inactive steps), else an empty tensor
+
+GRU (gates r, z, n in torch.nn's order; h' = (1 - z) * n + z * h):
+    gru_forward(xg, w_hh, b_hh, h0, lengths, need_ws) -> (y, h_n, ws)
+        xg   (T, N, 3H) D   x @ W_ih^T + b_ih (b_hh is NOT added: n needs it apart)
+        w_hh (3H, H) D;  b_hh (3H,) D or None;  h0 (N, H) D
+        ws   (T, N, 4H) A   [r, z, n] after their nonlinearity, then
+                            hn = h_{t-1} @ W_hn^T + b_hn (the n gate's hidden part)
+    gru_backward(dy, dh_n, w_hh, h0, y, ws, lengths) -> (dxg, dgh, dh0)
+        dxg (T, N, 3H) D    gradient w.r.t. the input-side pre-activations
+        dgh (T, N, 3H) D    gradient w.r.t. h_{t-1} @ W_hh^T + b_hh (equal to dxg
+                            in the r and z blocks, dn_pre * r in the n block)
+        dh0 (N, H) D
+
+RNN (h' = act(xg + h @ W_hh^T), act = tanh or relu):
+    rnn_forward(xg, w_hh, h0, lengths, relu, need_ws) -> (y, h_n)
+        xg (T, N, H) D with b_ih + b_hh added;  w_hh (H, H) D;  h0 (N, H) D
+    rnn_backward(dy, dh_n, w_hh, y, lengths, relu) -> (dxg, dh0)
+        y is the forward's output (the nonlinearity's derivative is taken from it)
+
+A backend declares which configurations it runs through ``supports`` and its
+availability through ``available``; ``auto`` selection (fastrnn._backend) picks
+the first backend that can, and an explicitly chosen backend that cannot raises
+an error naming what is unsupported.
+
+Room for fused stacks: a backend may additionally implement a whole
+multi-layer, unidirectional stack in one call (``lstm_stack_forward`` /
+``lstm_stack_backward`` and the like, same per-layer workspace layouts);
+shared code uses them when present and the configuration allows.  Until then
+every layer goes through the per-layer functions above.
+"""
+from __future__ import annotations
+
+
+class Backend:
+    """Base class: a named set of recurrence implementations."""
+
+    name: str = "?"
+    #: devices ("cpu", "cuda") the backend can run on
+    device_types: tuple[str, ...] = ()
+    #: input dtypes it accepts
+    dtypes: tuple = ()
+
+    def available(self) -> tuple[bool, str]:
+        """(True, "") when usable in this process, else (False, reason)."""
+        return True, ""
+
+    def supports(self, cell: str, device_type: str, dtype, proj: bool) -> str | None:
+        """None when this backend runs the configuration, else the reason it cannot."""
+        ok, why = self.available()
+        if not ok:
+            return why
+        if device_type not in self.device_types:
+            return f"backend {self.name!r} does not run on {device_type} tensors"
+        if dtype not in self.dtypes:
+            return f"backend {self.name!r} does not support dtype {dtype}"
+        return None
+
+    # The six recurrence functions; see the module docstring for the contract.
+    def lstm_forward(self, xg, w_hh, w_hr, h0, c0, lengths, need_ws):
+        raise NotImplementedError
+
+    def lstm_backward(self, dy, dh_n, dc_n, w_hh, w_hr, c0, ws, lengths):
+        raise NotImplementedError
+
+    def gru_forward(self, xg, w_hh, b_hh, h0, lengths, need_ws):
+        raise NotImplementedError
+
+    def gru_backward(self, dy, dh_n, w_hh, h0, y, ws, lengths):
+        raise NotImplementedError
+
+    def rnn_forward(self, xg, w_hh, h0, lengths, relu, need_ws):
+        raise NotImplementedError
+
+    def rnn_backward(self, dy, dh_n, w_hh, y, lengths, relu):
+        raise NotImplementedError

@@ -1,0 +1,94 @@
+"""Multi-layer, bidirectional, variable-length plumbing shared by every cell.
+
+Everything here is plain differentiable PyTorch around the recurrence ops of
+``fastrnn._ops``: the input projection of each layer and direction is one GEMM
+over all time steps, reverse directions reverse each sequence within its own
+length, and dropout sits between layers.  The cells differ only in which op
+runs the recurrence and how the biases enter it.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from . import _ops
+
+
+def reverse_padded(x: Tensor, lengths: Optional[Tensor]) -> Tensor:
+    """Reverse (T, N, ...) in time, each batch row within its first lengths[b] steps."""
+    if lengths is None:
+        return x.flip(0)
+    T = x.shape[0]
+    t = torch.arange(T, device=x.device).unsqueeze(1)  # (T, 1)
+    idx = torch.where(t < lengths, lengths - 1 - t, t)  # (T, N)
+    idx = idx.reshape(idx.shape + (1,) * (x.dim() - 2)).expand_as(x)
+    return x.gather(0, idx)
+
+
+def _direction(mode, x, w, h0, c0, lengths, reverse, need_ws, backend):
+    """One layer, one direction.  x: (T, N, I) -> y (T, N, R), h_n, c_n."""
+    w_ih, w_hh, b_ih, b_hh, w_hr = w
+    if mode == "GRU":
+        xg = F.linear(x, w_ih, b_ih)  # b_hh enters the n gate inside the recurrence
+    else:
+        bias = None if b_ih is None else b_ih + b_hh
+        xg = F.linear(x, w_ih, bias)
+    if reverse:
+        xg = reverse_padded(xg, lengths)
+    xg = xg.contiguous()
+    h0 = h0.contiguous()
+    c_n = None
+    if mode == "LSTM":
+        y, h_n, c_n, _ = _ops.lstm_forward(xg, w_hh, w_hr, h0, c0.contiguous(), lengths, need_ws, backend)
+    elif mode == "GRU":
+        y, h_n, _ = _ops.gru_forward(xg, w_hh, b_hh, h0, lengths, need_ws, backend)
+    else:
+        y, h_n = _ops.rnn_forward(xg, w_hh, h0, lengths, mode == "RNN_RELU", need_ws, backend)
+    if reverse:
+        y = reverse_padded(y, lengths)
+    return y, h_n, c_n
+
+
+def rnn_stack(
+    mode: str,
+    x: Tensor,
+    hx: Tensor,
+    cx: Optional[Tensor],
+    weights: Sequence[tuple],
+    num_layers: int,
+    bidirectional: bool,
+    dropout: float,
+    training: bool,
+    lengths: Optional[Tensor],
+    need_ws: bool,
+    backend: str,
+):
+    """Run a stack of recurrent layers.
+
+    x: (T, N, I) time-major, padded; lengths: None or int64 (N,) on x's device.
+    hx: (L * D, N, R); cx: (L * D, N, H) for LSTM, else None.
+    weights[l * D + d] = (w_ih, w_hh, b_ih, b_hh, w_hr) with None where absent.
+    Returns output (T, N, D * R), h_n (L * D, N, R), c_n (L * D, N, H) or None.
+    """
+    D = 2 if bidirectional else 1
+    hs, cs = [], []
+    layer_in = x
+    for layer in range(num_layers):
+        outs = []
+        for d in range(D):
+            k = layer * D + d
+            y, h_n, c_n = _direction(
+                mode, layer_in, weights[k], hx[k], None if cx is None else cx[k], lengths, d == 1, need_ws, backend
+            )
+            outs.append(y)
+            hs.append(h_n)
+            cs.append(c_n)
+        layer_in = outs[0] if D == 1 else torch.cat(outs, 2)
+        if dropout > 0 and training and layer < num_layers - 1:
+            layer_in = F.dropout(layer_in, dropout, True)
+    h_n = torch.stack(hs, 0)
+    c_n = torch.stack(cs, 0) if cx is not None else None
+    return layer_in, h_n, c_n

@@ -1,0 +1,369 @@
+"""fastrnn.LSTM / GRU / RNN: drop-in replacements for the torch.nn modules.
+
+Same constructor, parameters (names, shapes, order, initialisation), state_dict,
+repr, forward signature, return values and error messages as torch.nn; only the
+recurrence runs on a fastrnn backend (``backend=`` keyword, default "auto").
+
+They deliberately do not subclass torch.nn.RNNBase: torch.compile (Dynamo)
+refuses to trace anything that is an instance of torch.nn.LSTM/GRU/RNN, and
+fastrnn modules must compile with fullgraph=True.  Code that tests
+``isinstance(m, torch.nn.LSTM)`` will therefore not match a fastrnn.LSTM.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+import warnings
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+
+from . import _backend
+from .functional import rnn_stack
+
+_LABEL = {"LSTM": "LSTM", "GRU": "GRU", "RNN_TANH": "RNN", "RNN_RELU": "RNN"}
+_GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
+
+
+def _permute(hx, perm):
+    if perm is None or hx is None:
+        return hx
+    return hx.index_select(1, perm)
+
+
+class RNNBase(nn.Module):
+    """Shared by LSTM, GRU and RNN; ``mode`` is "LSTM", "GRU", "RNN_TANH" or "RNN_RELU"."""
+
+    def __init__(
+        self,
+        mode: str,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        proj_size: int = 0,
+        device=None,
+        dtype=None,
+        *,
+        backend: str = "auto",
+    ) -> None:
+        super().__init__()
+        if not isinstance(dropout, numbers.Number) or isinstance(dropout, bool) or not 0 <= dropout <= 1:
+            raise ValueError(
+                "dropout should be a number in range [0, 1] representing the probability of an element being zeroed"
+            )
+        if dropout > 0 and num_layers == 1:
+            warnings.warn(
+                "dropout option adds dropout after all but last recurrent layer, so non-zero dropout expects "
+                f"num_layers greater than 1, but got dropout={dropout} and num_layers={num_layers}",
+                stacklevel=3,
+            )
+        for name, value in (("bias", bias), ("batch_first", batch_first)):
+            if not isinstance(value, bool):
+                raise TypeError(f"{name} should be of type bool, got: {type(value).__name__}")
+        for name, value in (("input_size", input_size), ("hidden_size", hidden_size)):
+            if not isinstance(value, int):
+                raise TypeError(f"{name} should be of type int, got: {type(value).__name__}")
+            if value <= 0:
+                raise ValueError(f"{name} must be greater than zero")
+        if num_layers <= 0:
+            raise ValueError("num_layers must be greater than zero")
+        if proj_size < 0:
+            raise ValueError("proj_size should be a positive integer or zero to disable projections")
+        if proj_size >= hidden_size:
+            raise ValueError("proj_size has to be smaller than hidden_size")
+        if mode not in _GATES:
+            raise ValueError("Unrecognized RNN mode: " + mode)
+
+        self.mode = mode
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.num_layers = num_layers
+        self.bias = bias
+        self.batch_first = batch_first
+        self.dropout = float(dropout)
+        self.bidirectional = bidirectional
+        self.proj_size = proj_size
+        self.backend = _backend.check_name(backend)
+
+        factory = {"device": device, "dtype": dtype}
+        gate_size = _GATES[mode] * hidden_size
+        real_hidden = proj_size if proj_size > 0 else hidden_size
+        D = 2 if bidirectional else 1
+        self._flat_weights_names = []
+        self._all_weights = []
+        for layer in range(num_layers):
+            for direction in range(D):
+                layer_input = input_size if layer == 0 else real_hidden * D
+                suffix = f"_l{layer}" + ("_reverse" if direction == 1 else "")
+                shapes = [("weight_ih", (gate_size, layer_input)), ("weight_hh", (gate_size, real_hidden))]
+                if bias:
+                    shapes += [("bias_ih", (gate_size,)), ("bias_hh", (gate_size,))]
+                if proj_size > 0:
+                    shapes += [("weight_hr", (proj_size, hidden_size))]
+                names = []
+                for stem, shape in shapes:
+                    setattr(self, stem + suffix, nn.Parameter(torch.empty(shape, **factory)))
+                    names.append(stem + suffix)
+                self._flat_weights_names.extend(names)
+                self._all_weights.append(names)
+        self.reset_parameters()
+
+    # ---------------------------------------------------------- torch.nn API
+    def reset_parameters(self) -> None:
+        stdv = 1.0 / math.sqrt(self.hidden_size) if self.hidden_size > 0 else 0
+        for weight in self.parameters():
+            nn.init.uniform_(weight, -stdv, stdv)
+
+    def flatten_parameters(self) -> None:
+        """No-op (kept for compatibility: fastrnn needs no flat cuDNN buffer)."""
+
+    @property
+    def _flat_weights(self) -> list:
+        return [getattr(self, n) for n in self._flat_weights_names]
+
+    @property
+    def all_weights(self) -> list:
+        return [[getattr(self, n) for n in names] for names in self._all_weights]
+
+    def extra_repr(self) -> str:
+        s = f"{self.input_size}, {self.hidden_size}"
+        if self.proj_size != 0:
+            s += f", proj_size={self.proj_size}"
+        if self.num_layers != 1:
+            s += f", num_layers={self.num_layers}"
+        if self.bias is not True:
+            s += f", bias={self.bias}"
+        if self.batch_first is not False:
+            s += f", batch_first={self.batch_first}"
+        if self.dropout != 0:
+            s += f", dropout={self.dropout}"
+        if self.bidirectional is not False:
+            s += f", bidirectional={self.bidirectional}"
+        if self.backend != "auto":
+            s += f", backend={self.backend!r}"
+        return s
+
+    # ------------------------------------------------------------ checking
+    def _check_input(self, input: Tensor, batch_sizes) -> None:
+        w = getattr(self, self._flat_weights_names[0])
+        if input.dtype != w.dtype and not torch._C._is_any_autocast_enabled():
+            raise ValueError(
+                f"RNN input dtype ({input.dtype}) does not match weight dtype ({w.dtype}). "
+                f"Convert input: input.to({w.dtype}), or convert model: model.to({input.dtype})"
+            )
+        expected = 2 if batch_sizes is not None else 3
+        if input.dim() != expected:
+            raise RuntimeError(f"input must have {expected} dimensions, got {input.dim()}")
+        if self.input_size != input.size(-1):
+            raise RuntimeError(
+                f"input.size(-1) must be equal to input_size. Expected {self.input_size}, got {input.size(-1)}"
+            )
+
+    def _check_hidden(self, input: Tensor, hx, cx, mini_batch: int) -> None:
+        D = 2 if self.bidirectional else 1
+        real_hidden = self.proj_size if self.proj_size > 0 else self.hidden_size
+        expected = (self.num_layers * D, mini_batch, real_hidden)
+        tag = "hidden[0] size" if self.mode == "LSTM" else "hidden size"
+        if hx.size() != expected:
+            raise RuntimeError(f"Expected {tag} {expected}, got {list(hx.size())}")
+        if cx is not None:
+            expected_c = (self.num_layers * D, mini_batch, self.hidden_size)
+            if cx.size() != expected_c:
+                raise RuntimeError(f"Expected hidden[1] size {expected_c}, got {list(cx.size())}")
+        for h in (hx, cx):
+            if h is None:
+                continue
+            if h.device != input.device:
+                raise RuntimeError(
+                    "Input and hidden tensors are not at the same device, "
+                    f"found input tensor at {input.device} and hidden tensor at {h.device}"
+                )
+            if h.dtype != input.dtype:
+                raise RuntimeError(f"hidden state dtype ({h.dtype}) does not match input dtype ({input.dtype})")
+
+    def _check_params(self, input: Tensor) -> None:
+        for p in self._flat_weights:
+            if p.device != input.device:
+                raise RuntimeError(
+                    "Input and parameter tensors are not at the same device, "
+                    f"found input tensor at {input.device} and parameter tensor at {p.device}"
+                )
+
+    def _split_hx(self, hx, is_batched: bool):
+        """Validate hx's rank as torch.nn does; return (h, c) with a batch dim."""
+        if self.mode == "LSTM":
+            h, c = hx
+            if is_batched:
+                if h.dim() != 3 or c.dim() != 3:
+                    raise RuntimeError(
+                        "For batched 3-D input, hx and cx should also be 3-D but got "
+                        f"({h.dim()}-D, {c.dim()}-D) tensors"
+                    )
+            else:
+                if h.dim() != 2 or c.dim() != 2:
+                    raise RuntimeError(
+                        "For unbatched 2-D input, hx and cx should also be 2-D but got "
+                        f"({h.dim()}-D, {c.dim()}-D) tensors"
+                    )
+                h, c = h.unsqueeze(1), c.unsqueeze(1)
+            return h, c
+        if is_batched:
+            if hx.dim() != 3:
+                raise RuntimeError(f"For batched 3-D input, hx should also be 3-D but got {hx.dim()}-D tensor")
+            return hx, None
+        if hx.dim() != 2:
+            raise RuntimeError(f"For unbatched 2-D input, hx should also be 2-D but got {hx.dim()}-D tensor")
+        return hx.unsqueeze(1), None
+
+    # --------------------------------------------------------------- forward
+    def forward(self, input, hx=None):
+        """input: (L, N, H_in), (N, L, H_in) with batch_first, (L, H_in) unbatched, or a
+        PackedSequence; hx: h_0 (or (h_0, c_0) for LSTM) of shape
+        (D * num_layers, N, H_out), without N when unbatched.  Returns
+        (output, h_n) or (output, (h_n, c_n)) exactly as torch.nn does."""
+        is_lstm = self.mode == "LSTM"
+        D = 2 if self.bidirectional else 1
+        real_hidden = self.proj_size if self.proj_size > 0 else self.hidden_size
+        packed = isinstance(input, PackedSequence)
+        sorted_indices = unsorted_indices = None
+        lengths_cpu = None
+        if packed:
+            data, batch_sizes, sorted_indices, unsorted_indices = input
+            self._check_input(data, batch_sizes)
+            mini_batch = int(batch_sizes[0])
+            if hx is not None:
+                h, c = hx if is_lstm else (hx, None)
+                h, c = _permute(h, sorted_indices), _permute(c, sorted_indices)
+            x, lengths_cpu = pad_packed_sequence(PackedSequence(data, batch_sizes))
+            is_batched = True
+        else:
+            if input.dim() not in (2, 3):
+                tail = " tensor" if self._label == "RNN" else ""
+                raise ValueError(
+                    f"{self._label}: Expected input to be 2D or 3D, got {input.dim()}D{tail} instead"
+                )
+            is_batched = input.dim() == 3
+            x = input
+            if not is_batched:
+                x = x.unsqueeze(1 if not self.batch_first else 0)
+            if hx is not None:
+                h, c = self._split_hx(hx, is_batched)
+            if self.batch_first:
+                x = x.transpose(0, 1)
+            self._check_input(x, None)
+            mini_batch = x.size(1)
+        if hx is None:
+            h = torch.zeros(self.num_layers * D, mini_batch, real_hidden, dtype=x.dtype, device=x.device)
+            c = (
+                torch.zeros(self.num_layers * D, mini_batch, self.hidden_size, dtype=x.dtype, device=x.device)
+                if is_lstm
+                else None
+            )
+        self._check_hidden(x, h, c, mini_batch)
+        self._check_params(x)
+        if x.size(0) == 0:
+            raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
+
+        out, h_n, c_n = self._run(x, h, c, lengths_cpu)
+
+        if packed:
+            out = pack_padded_sequence(out, lengths_cpu).data
+            out = PackedSequence(out, batch_sizes, sorted_indices, unsorted_indices)
+            h_n, c_n = _permute(h_n, unsorted_indices), _permute(c_n, unsorted_indices)
+        else:
+            if self.batch_first:
+                out = out.transpose(0, 1)
+            if not is_batched:
+                out = out.squeeze(1 if not self.batch_first else 0)
+                h_n = h_n.squeeze(1)
+                c_n = c_n.squeeze(1) if c_n is not None else None
+        return (out, (h_n, c_n)) if is_lstm else (out, h_n)
+
+    def _run(self, x, h, c, lengths_cpu):
+        """Time-major x (T, N, I) -> (output, h_n, c_n); picks the backend."""
+        dtype = x.dtype
+        device_type = x.device.type
+        weights = [
+            tuple(getattr(self, f"{stem}_l{layer}{sfx}", None) for stem in ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr"))
+            for layer in range(self.num_layers)
+            for sfx in (("", "_reverse") if self.bidirectional else ("",))
+        ]
+        if device_type == "cuda" and torch.is_autocast_enabled("cuda"):
+            # torch.nn runs RNNs in the autocast dtype on CUDA; do the same.
+            dtype = torch.get_autocast_dtype("cuda")
+            x, h = x.to(dtype), h.to(dtype)
+            c = c.to(dtype) if c is not None else None
+            weights = [tuple(None if w is None else w.to(dtype) for w in ws) for ws in weights]
+        if x.size(1) == 0:
+            backend = "reference"  # an empty batch: nothing to compute, keep the graph
+        else:
+            backend = _backend.resolve(self.backend, self._label.lower(), device_type, dtype, self.proj_size > 0)
+        need_ws = torch.is_grad_enabled() and (
+            x.requires_grad or h.requires_grad or (c is not None and c.requires_grad) or any(p.requires_grad for p in self.parameters())
+        )
+        lengths = None if lengths_cpu is None else lengths_cpu.to(x.device, non_blocking=True)
+        with torch.autocast(device_type, enabled=False) if device_type in ("cuda", "cpu") else _null():
+            return rnn_stack(
+                self.mode, x, h, c, weights, self.num_layers, self.bidirectional,
+                self.dropout, self.training, lengths, need_ws, backend,
+            )
+
+    @property
+    def _label(self) -> str:
+        return _LABEL[self.mode]
+
+
+class _null:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *a):
+        return False
+
+
+class LSTM(RNNBase):
+    """Drop-in for torch.nn.LSTM: LSTM(input_size, hidden_size, num_layers=1, bias=True,
+    batch_first=False, dropout=0.0, bidirectional=False, proj_size=0, device=None,
+    dtype=None, *, backend="auto")."""
+
+    def __init__(self, *args, backend: str = "auto", **kwargs):
+        super().__init__("LSTM", *args, backend=backend, **kwargs)
+
+
+class GRU(RNNBase):
+    """Drop-in for torch.nn.GRU: GRU(input_size, hidden_size, num_layers=1, bias=True,
+    batch_first=False, dropout=0.0, bidirectional=False, device=None, dtype=None, *,
+    backend="auto")."""
+
+    def __init__(self, *args, backend: str = "auto", **kwargs):
+        if "proj_size" in kwargs:
+            raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
+        super().__init__("GRU", *args, backend=backend, **kwargs)
+
+
+class RNN(RNNBase):
+    """Drop-in for torch.nn.RNN: RNN(input_size, hidden_size, num_layers=1,
+    nonlinearity="tanh", bias=True, batch_first=False, dropout=0.0,
+    bidirectional=False, device=None, dtype=None, *, backend="auto")."""
+
+    def __init__(self, *args, backend: str = "auto", **kwargs):
+        if "proj_size" in kwargs:
+            raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
+        if len(args) > 3:
+            nonlinearity = args[3]
+            args = args[:3] + args[4:]
+        else:
+            nonlinearity = kwargs.pop("nonlinearity", "tanh")
+        if nonlinearity == "tanh":
+            mode = "RNN_TANH"
+        elif nonlinearity == "relu":
+            mode = "RNN_RELU"
+        else:
+            raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'.")
+        self.nonlinearity = nonlinearity
+        super().__init__(mode, *args, backend=backend, **kwargs)
