@@ -1,0 +1,46 @@
+# make test  - set up .venv (idempotent) and run the whole test suite
+# make bench - set up .venv and run the time-machine training benchmark
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_SPEC ?= torch==2.14.1
+# The Time Machine text: ../shared/data on the project's machines, else FASTRNN_DATA or the user cache.
+DATA := $(firstword $(wildcard ../shared/data/timemachine.txt))
+ifneq ($(DATA),)
+export FASTRNN_DATA ?= $(abspath $(DATA))
+endif
+# The nvcc on PATH may be a wrapper script; point CUDA_HOME at the toolkit it runs.
+CUDA_HOME ?= $(shell .ci/cuda_home.sh)
+ifneq ($(CUDA_HOME),)
+export CUDA_HOME
+endif
+export MAX_JOBS ?= 2
+SOURCES := $(shell find csrc -type f 2>/dev/null) setup.py pyproject.toml
+
+.PHONY: setup test bench bench-layers clean
+setup: $(VENV)/.deps $(VENV)/.built
+
+$(VENV)/.deps: Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip setuptools wheel
+	$(PY) -m pip install -q "$(TORCH_SPEC)" ninja pytest pytest-benchmark hypothesis numpy matplotlib tqdm
+	touch $@
+
+$(VENV)/.built: $(VENV)/.deps $(SOURCES)
+	mkdir -p build
+	set -o pipefail; $(PY) -m pip install -v --no-build-isolation --no-deps -e . 2>&1 | tee build/build.log >/dev/null || { tail -60 build/build.log; exit 1; }
+	touch $@
+
+test: setup
+	$(PY) .ci/check_build.py build/build.log
+	$(PY) -m pytest tests -q -ra
+
+bench: setup
+	$(PY) bench/time_machine.py $(ARGS)
+
+bench-layers: setup
+	$(PY) -m pytest bench/test_layer_bench.py --benchmark-only $(ARGS)
+
+clean:
+	rm -rf build *.egg-info fastrnn/*.so $(VENV)/.built

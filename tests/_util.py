@@ -1,0 +1,93 @@
+"""Shared helpers for comparing fastrnn modules with torch.nn."""
+from __future__ import annotations
+
+import torch
+from torch.nn.utils.rnn import PackedSequence, pack_sequence
+
+import fastrnn
+
+TORCH_CLS = {"LSTM": torch.nn.LSTM, "GRU": torch.nn.GRU, "RNN_TANH": torch.nn.RNN, "RNN_RELU": torch.nn.RNN}
+FAST_CLS = {"LSTM": fastrnn.LSTM, "GRU": fastrnn.GRU, "RNN_TANH": fastrnn.RNN, "RNN_RELU": fastrnn.RNN}
+TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
+
+
+def backends_on(device_type: str) -> list[str]:
+    """fastrnn backends that can run on this device type here (triton is tested apart)."""
+    names = []
+    for row in fastrnn.backends():
+        if row["name"] == "triton" or not row["available"]:
+            continue
+        b = fastrnn._backend.get(row["name"])
+        if b.supports("lstm", device_type, torch.float32, False) is None:
+            names.append(row["name"])
+    return names
+
+
+def make_pair(mode, input_size, hidden_size, *, backend="auto", device="cpu", dtype=torch.float64, **kw):
+    """A torch.nn module and a fastrnn module holding the same weights."""
+    if mode.startswith("RNN_"):
+        kw["nonlinearity"] = mode[4:].lower()
+    ref = TORCH_CLS[mode](input_size, hidden_size, device=device, dtype=dtype, **kw)
+    fast = FAST_CLS[mode](input_size, hidden_size, device=device, dtype=dtype, backend=backend, **kw)
+    fast.load_state_dict(ref.state_dict())
+    return ref, fast
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.double(), b.double()
+    assert not torch.isnan(a).any(), "NaN in result"
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item() if b.numel() else 0.0
+
+
+def forward_and_grads(module, inp, hx, weights):
+    """Outputs and gradients of a random-weighted loss w.r.t. input, hx and parameters.
+
+    ``weights`` is a list of tensors (one per output) fixed by the caller, so the
+    loss is the same function of both modules' outputs."""
+    leaves = []
+    if isinstance(inp, PackedSequence):
+        data = inp.data.detach().clone().requires_grad_()
+        inp = PackedSequence(data, inp.batch_sizes, inp.sorted_indices, inp.unsorted_indices)
+        leaves.append(data)
+    else:
+        inp = inp.detach().clone().requires_grad_()
+        leaves.append(inp)
+    if hx is not None:
+        if isinstance(hx, tuple):
+            hx = tuple(h.detach().clone().requires_grad_() for h in hx)
+            leaves.extend(hx)
+        else:
+            hx = hx.detach().clone().requires_grad_()
+            leaves.append(hx)
+    out, h_n = module(inp, hx)
+    outs = [out.data if isinstance(out, PackedSequence) else out]
+    outs += list(h_n) if isinstance(h_n, tuple) else [h_n]
+    loss = sum((o * w).sum() for o, w in zip(outs, weights))
+    params = list(module.parameters())
+    grads = torch.autograd.grad(loss, leaves + params, allow_unused=True)
+    grads = [torch.zeros_like(t) if g is None else g for g, t in zip(grads, leaves + params)]
+    return [o.detach() for o in outs], grads
+
+
+def random_input(mode, module, T, N, *, batch_first=False, kind="batched", lengths=None, with_hx=True, gen=None):
+    """Random input (and hx) for the module; kind is batched, unbatched or packed."""
+    p = next(module.parameters())
+    opts = dict(dtype=p.dtype, device=p.device)
+    I = module.input_size
+    D = 2 if module.bidirectional else 1
+    R = module.proj_size or module.hidden_size
+    if kind == "packed":
+        seqs = [torch.randn(n, I, generator=gen).to(**opts) for n in lengths]
+        inp = pack_sequence(seqs, enforce_sorted=False)
+        shape_h = (module.num_layers * D, N)
+    elif kind == "unbatched":
+        inp = torch.randn(T, I, generator=gen).to(**opts)
+        shape_h = (module.num_layers * D,)
+    else:
+        inp = torch.randn(*((N, T) if batch_first else (T, N)), I, generator=gen).to(**opts)
+        shape_h = (module.num_layers * D, N)
+    hx = None
+    if with_hx:
+        h = torch.randn(*shape_h, R, generator=gen).to(**opts)
+        hx = (h, torch.randn(*shape_h, module.hidden_size, generator=gen).to(**opts)) if mode == "LSTM" else h
+    return inp, hx
