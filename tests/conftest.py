@@ -8,7 +8,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "cuda: needs a CUDA GPU (skipped at run time when none is visible)")
-    config.addinivalue_line("filterwarnings", "ignore:fastrnn\\: using backend:UserWarning")
+    config.addinivalue_line("filterwarnings", "ignore:fastrnn. using backend:UserWarning")
 
 
 def pytest_runtest_setup(item):

@@ -1,0 +1,89 @@
+"""``TritonBackend``: the six recurrence functions of ``fastrnn.backends`` in Triton.
+
+Importing this module never imports Triton; the kernels (``lstm``, ``gru``,
+``rnn``) are imported on first use, after ``available()`` has said they can run.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+
+import torch
+
+from ..backends import Backend
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+class TritonBackend(Backend):
+    """Persistent Triton kernels: one launch runs all T steps of a layer.
+
+    ``force_block_h`` pins the hidden-unit tile and ``force_stream`` the K chunk of
+    streamed weights (tests use them to exercise the split, barrier-synchronised
+    plans; under the interpreter that plan is emulated
+    step by step).  Under ``TRITON_INTERPRET=1`` the backend also accepts CPU tensors.
+    """
+
+    name = "triton"
+    dtypes = (torch.float32, torch.float16, torch.bfloat16)
+
+    def __init__(self, force_block_h: int | None = None, force_stream: int | None = None):
+        self.force_block_h = force_block_h
+        self.force_stream = force_stream
+
+    @property
+    def device_types(self) -> tuple[str, ...]:
+        return ("cuda", "cpu") if _interpreting() else ("cuda",)
+
+    def available(self) -> tuple[bool, str]:
+        try:
+            import triton  # noqa: F401
+        except Exception as e:  # ImportError, or a broken install
+            return False, f"triton cannot be imported ({type(e).__name__}: {e})"
+        if _interpreting():
+            return True, ""
+        try:
+            if not torch.cuda.is_available():
+                return False, "no CUDA GPU is available (set TRITON_INTERPRET=1 to run on CPU)"
+        except Exception as e:
+            return False, f"CUDA query failed ({e})"
+        return True, ""
+
+    def _mod(self, name):
+        return importlib.import_module(f"{__package__}.{name}")
+
+    def _check(self, *tensors):
+        dev = tensors[0].device
+        if dev.type not in self.device_types:
+            raise RuntimeError(f"backend 'triton' does not run on {dev.type} tensors")
+        if dev.type == "cuda":
+            torch.cuda.set_device(dev)  # launches go to the current device
+
+    # ------------------------------------------------------------------ LSTM
+    def lstm_forward(self, xg, w_hh, w_hr, h0, c0, lengths, need_ws):
+        self._check(xg)
+        return self._mod("lstm").lstm_forward(xg, w_hh, w_hr, h0, c0, lengths, need_ws, self.force_block_h, self.force_stream)
+
+    def lstm_backward(self, dy, dh_n, dc_n, w_hh, w_hr, c0, ws, lengths):
+        self._check(dy)
+        return self._mod("lstm").lstm_backward(dy, dh_n, dc_n, w_hh, w_hr, c0, ws, lengths, self.force_block_h, self.force_stream)
+
+    # ------------------------------------------------------------------- GRU
+    def gru_forward(self, xg, w_hh, b_hh, h0, lengths, need_ws):
+        self._check(xg)
+        return self._mod("gru").gru_forward(xg, w_hh, b_hh, h0, lengths, need_ws, self.force_block_h, self.force_stream)
+
+    def gru_backward(self, dy, dh_n, w_hh, h0, y, ws, lengths):
+        self._check(dy)
+        return self._mod("gru").gru_backward(dy, dh_n, w_hh, h0, y, ws, lengths, self.force_block_h, self.force_stream)
+
+    # ------------------------------------------------------------------- RNN
+    def rnn_forward(self, xg, w_hh, h0, lengths, relu, need_ws):
+        self._check(xg)
+        return self._mod("rnn").rnn_forward(xg, w_hh, h0, lengths, relu, need_ws, self.force_block_h, self.force_stream)
+
+    def rnn_backward(self, dy, dh_n, w_hh, y, lengths, relu):
+        self._check(dy)
+        return self._mod("rnn").rnn_backward(dy, dh_n, w_hh, y, lengths, relu, self.force_block_h, self.force_stream)
