@@ -1,5 +1,7 @@
 """Parity with torch.nn across random configurations (hypothesis): outputs, h_n,
 c_n and the gradients of input, h0, c0 and every parameter."""
+import copy
+
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -48,7 +50,6 @@ def check_config(cfg, dtype, backend):
     gen = torch.Generator().manual_seed(cfg["seed"])
     inp, hx = random_input(cfg["mode"], ref, cfg["T"], cfg["N"], batch_first=cfg["batch_first"], kind=cfg["kind"],
                            lengths=cfg.get("lengths"), with_hx=cfg["with_hx"], gen=gen)
-    outs_r, _ = None, None
     # weights of the loss: one random tensor per output, shaped from a dry run
     with torch.no_grad():
         shapes = ref(inp, hx)
@@ -57,16 +58,34 @@ def check_config(cfg, dtype, backend):
     weights = [torch.randn(o.shape, generator=gen).to(o) for o in flat]
     outs_r, grads_r = forward_and_grads(ref, inp, hx, weights)
     outs_f, grads_f = forward_and_grads(fast, inp, hx, weights)
-    tol = TOL[dtype]
-    for name, a, b in zip(["output", "h_n", "c_n"], outs_f, outs_r):
-        assert a.shape == b.shape, (name, a.shape, b.shape)
-        assert rel_err(a, b) <= tol, (name, rel_err(a, b))
-    names = ["input"] + (["h0", "c0"] if cfg["with_hx"] and cfg["mode"] == "LSTM" else ["h0"] if cfg["with_hx"] else [])
+    names = ["output", "h_n", "c_n"][: len(outs_r)]
+    names += ["input"] + (["h0", "c0"] if cfg["with_hx"] and cfg["mode"] == "LSTM" else ["h0"] if cfg["with_hx"] else [])
     names += [n for n, _ in ref.named_parameters()]
-    assert len(grads_f) == len(grads_r) == len(names)
-    for name, a, b in zip(names, grads_f, grads_r):
+    got, want = outs_f + grads_f, outs_r + grads_r
+    assert len(got) == len(want) == len(names)
+    if dtype == torch.float64:
+        for name, a, b in zip(names, got, want):
+            assert a.shape == b.shape, (name, a.shape, b.shape)
+            assert rel_err(a, b) <= TOL[dtype], (name, rel_err(a, b))
+        return
+    # float32: the truth is torch.nn in float64 on the same (upcast) weights and
+    # inputs.  A bias gradient is a sum over all steps that can cancel to a value
+    # far smaller than its terms, where any float32 result (torch.nn's included)
+    # has a large error relative to itself; so parameter gradients are compared
+    # per layer and direction, concatenated, and the rest tensor by tensor.
+    truth_mod = copy.deepcopy(ref).double()
+    up = lambda v: None if v is None else tuple(t.double() for t in v) if isinstance(v, tuple) else v.double()  # noqa: E731
+    inp64 = inp._replace(data=inp.data.double()) if hasattr(inp, "batch_sizes") else inp.double()
+    outs_t, grads_t = forward_and_grads(truth_mod, inp64, up(hx), [w.double() for w in weights])
+    groups = {}
+    for name, a, b, t in zip(names, got, want, outs_t + grads_t):
         assert a.shape == b.shape, (name, a.shape, b.shape)
-        assert rel_err(a, b) <= tol, (name, rel_err(a, b))
+        key = name.split("_", 2)[-1] if name.startswith(("weight_", "bias_")) else name
+        groups.setdefault(key, []).append((a.flatten(), b.flatten(), t.flatten()))
+    for key, parts in groups.items():
+        a, b, t = (torch.cat([p[i] for p in parts]) for i in range(3))
+        err, err_torch = rel_err(a, t), rel_err(b, t)
+        assert err <= TOL[dtype], (key, err, err_torch)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["fp64", "fp32"])

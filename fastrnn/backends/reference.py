@@ -40,8 +40,8 @@ class ReferenceBackend(Backend):
         H = G // 4
         A = acc_dtype(xg.dtype)
         xg = xg.to(A)
-        whh_t = w_hh.to(A).t()
-        whr_t = None if w_hr is None else w_hr.to(A).t()
+        whh_t = w_hh.to(A).t().contiguous()  # row-major B: the faster GEMM layout
+        whr_t = None if w_hr is None else w_hr.to(A).t().contiguous()
         R = h0.shape[1]
         h = h0.to(A)
         c = c0.to(A)
@@ -62,10 +62,14 @@ class ReferenceBackend(Backend):
             c_new = w[:, 4 * H :]
             torch.mul(f, c, out=c_new)
             c_new.addcmul_(i, gg)
+            m = _active(lengths, t)
+            if whr_t is None and m is None:  # the common case: h_t straight into y
+                h = torch.mul(o, torch.tanh(c_new), out=y[t])
+                c = c_new
+                continue
             h_new = o * torch.tanh(c_new)
             if whr_t is not None:
                 h_new = h_new @ whr_t
-            m = _active(lengths, t)
             if m is None:
                 y[t] = h_new
                 h, c = h_new, c_new
@@ -85,42 +89,51 @@ class ReferenceBackend(Backend):
         whh = w_hh.to(A)
         whr = None if w_hr is None else w_hr.to(A)
         dy = dy.to(A)
+        c0 = c0.to(A)
+        # Everything that does not depend on the carried gradients is formed for
+        # all steps at once, so each step is a handful of ops (their overhead, not
+        # the GEMM, dominates small batches):
+        #   d_pre[i, f, g] = dct * M,  d_pre[o] = dhu * P,  dct = dc + dhu * Q
+        gates = ws[..., : 4 * H].view(T, N, 4, H)
+        i, f, g, o = gates.unbind(2)
+        c_all = ws[..., 4 * H :]
+        c_prev = torch.cat([c0.unsqueeze(0), c_all[:-1]], 0)
+        tc = torch.tanh(c_all)
+        M = torch.stack([g * i * (1 - i), c_prev * f * (1 - f), i * (1 - g * g)], 2)  # (T, N, 3, H)
+        P = tc * o * (1 - o)
+        Q = o * (1 - tc * tc)
+        if lengths is not None:  # inactive steps: no gate gradients, state gradients pass through
+            act = (torch.arange(T, device=dy.device).unsqueeze(1) < lengths).unsqueeze(2).to(A)  # (T, N, 1)
+            M = M * act.unsqueeze(3)
+            P = P * act
+            Q = Q * act
+            f = torch.where(act.bool(), f, 1)
+            dy = dy * act
         dh = dh_n.to(A).clone()
         dc = dc_n.to(A).clone()
-        c0 = c0.to(A)
-        dxg = torch.empty(T, N, 4 * H, dtype=A, device=dy.device)
+        dxg = torch.empty(T, N, 4, H, dtype=A, device=dy.device)
         dhr = torch.empty(T, N, R, dtype=A, device=dy.device) if whr is not None else None
         for t in range(T - 1, -1, -1):
-            m = _active(lengths, t)
-            w = ws[t]
-            i, f, gg, o = w[:, : 4 * H].chunk(4, 1)
-            c_t = w[:, 4 * H :]
-            c_prev = ws[t - 1, :, 4 * H :] if t > 0 else c0
-            dh_t = dh + dy[t] if m is None else dh + torch.where(m, dy[t], 0)
+            dh_t = dh + dy[t]
             if whr is not None:
-                dhr[t] = dh_t if m is None else torch.where(m, dh_t, 0)
+                dhr[t] = dh_t
                 dhu = dh_t @ whr
             else:
                 dhu = dh_t
-            tc = torch.tanh(c_t)
-            dct = dc + dhu * o * (1 - tc * tc)
-            dg = dxg[t]
-            di, df, dgg, do = dg.chunk(4, 1)
-            torch.mul(dct * gg, i * (1 - i), out=di)
-            torch.mul(dct * c_prev, f * (1 - f), out=df)
-            torch.mul(dct * i, 1 - gg * gg, out=dgg)
-            torch.mul(dhu * tc, o * (1 - o), out=do)
-            dh_new = dg @ whh
-            dc_new = dct * f
-            if m is None:
-                dh, dc = dh_new, dc_new
-            else:
-                dg.mul_(m)
-                dh = torch.where(m, dh_new, dh)
-                dc = torch.where(m, dc_new, dc)
+            dct = torch.addcmul(dc, dhu, Q[t])
+            torch.mul(dct.unsqueeze(1), M[t], out=dxg[t, :, :3])
+            torch.mul(dhu, P[t], out=dxg[t, :, 3])
+            dh_new = dxg[t].view(N, 4 * H) @ whh
+            dc = dct * f[t]
+            if lengths is None:
+                dh = dh_new
+            else:  # rows inactive at t keep their gradient (the GEMM term is zero there)
+                dh = torch.where(act[t].bool(), dh_new, dh_t)
+        if dhr is not None and lengths is not None:
+            dhr.mul_(act)
         empty = torch.empty(0, dtype=A, device=dy.device)
         return (
-            dxg.to(D),
+            dxg.view(T, N, 4 * H).to(D),
             dh.to(D).clone(),
             dc.to(D).clone(),
             dhr if dhr is not None else empty,
@@ -132,7 +145,7 @@ class ReferenceBackend(Backend):
         H = G // 3
         A = acc_dtype(xg.dtype)
         xg = xg.to(A)
-        whh_t = w_hh.to(A).t()
+        whh_t = w_hh.to(A).t().contiguous()  # row-major B: the faster GEMM layout
         bhh = None if b_hh is None else b_hh.to(A)
         h = h0.to(A)
         y = torch.empty(T, N, H, dtype=A, device=xg.device)
@@ -141,25 +154,29 @@ class ReferenceBackend(Backend):
         else:
             ws = torch.empty(0, dtype=A, device=xg.device)
             step_ws = torch.empty(N, 4 * H, dtype=A, device=xg.device)
+        # b_hh's r and z parts simply add to xg; b_hn stays inside r * (...)
+        xrz = xg[..., : 2 * H] if bhh is None else xg[..., : 2 * H] + bhh[: 2 * H]
+        bhn = None if bhh is None else bhh[2 * H :]
+        w_rz, w_n = whh_t[:, : 2 * H].contiguous(), whh_t[:, 2 * H :].contiguous()
         for t in range(T):
             w = ws[t] if need_ws else step_ws
-            hg = h @ whh_t if bhh is None else torch.addmm(bhh, h, whh_t)
-            x = xg[t]
             rz = w[:, : 2 * H]
-            torch.add(x[:, : 2 * H], hg[:, : 2 * H], out=rz)
+            torch.addmm(xrz[t], h, w_rz, out=rz)
             rz.sigmoid_()
             r, z = rz.chunk(2, 1)
             hn = w[:, 3 * H :]
-            hn.copy_(hg[:, 2 * H :])
+            if bhn is None:
+                torch.mm(h, w_n, out=hn)
+            else:
+                torch.addmm(bhn, h, w_n, out=hn)
             n = w[:, 2 * H : 3 * H]
-            torch.addcmul(x[:, 2 * H :], r, hn, out=n)
+            torch.addcmul(xg[t, :, 2 * H :], r, hn, out=n)
             n.tanh_()
-            h_new = torch.lerp(n, h, z)  # (1 - z) * n + z * h
             m = _active(lengths, t)
             if m is None:
-                y[t] = h_new
-                h = h_new
+                h = torch.lerp(n, h, z, out=y[t])  # (1 - z) * n + z * h
             else:
+                h_new = torch.lerp(n, h, z)
                 y[t] = torch.where(m, h_new, 0)
                 h = torch.where(m, h_new, h)
         D = h0.dtype
@@ -171,36 +188,37 @@ class ReferenceBackend(Backend):
         A = acc_dtype(D)
         whh = w_hh.to(A)
         dy = dy.to(A)
-        yA = y.to(A)
+        h_prev = torch.cat([h0.to(A).unsqueeze(0), y.to(A)[:-1]], 0)
+        r, z, n, hn = ws.view(T, N, 4, H).unbind(2)
+        # Per-step multipliers formed for all steps at once (see lstm_backward):
+        #   dxg = dh_t * K,  dgh = dh_t * K2,  dh_{t-1} = dh_t * z + dgh @ W_hh
+        a = (1 - z) * (1 - n * n)
+        dr = a * hn * r * (1 - r)
+        dz = (h_prev - n) * z * (1 - z)
+        K = torch.stack([dr, dz, a], 2)
+        K2 = torch.stack([dr, dz, a * r], 2)
+        if lengths is not None:
+            act = (torch.arange(T, device=dy.device).unsqueeze(1) < lengths).unsqueeze(2).to(A)
+            K = K * act.unsqueeze(3)
+            K2 = K2 * act.unsqueeze(3)
+            z = torch.where(act.bool(), z, 1)  # inactive rows pass their gradient through
+            dy = dy * act
         dh = dh_n.to(A).clone()
-        h0 = h0.to(A)
-        dxg = torch.empty(T, N, 3 * H, dtype=A, device=dy.device)
-        dgh = torch.empty(T, N, 3 * H, dtype=A, device=dy.device)
+        dxg = torch.empty(T, N, 3, H, dtype=A, device=dy.device)
+        dgh = torch.empty(T, N, 3, H, dtype=A, device=dy.device)
         for t in range(T - 1, -1, -1):
-            m = _active(lengths, t)
-            w = ws[t]
-            r, z, n, hn = w.chunk(4, 1)
-            h_prev = yA[t - 1] if t > 0 else h0
-            dh_t = dh + dy[t] if m is None else dh + torch.where(m, dy[t], 0)
-            dn_pre = dh_t * (1 - z) * (1 - n * n)
-            dxr, dxz, dxn = dxg[t].chunk(3, 1)
-            torch.mul(dn_pre * hn, r * (1 - r), out=dxr)
-            torch.mul(dh_t * (h_prev - n), z * (1 - z), out=dxz)
-            dxn.copy_(dn_pre)
-            if m is not None:
-                dxg[t].mul_(m)
-            dgh[t, :, : 2 * H] = dxg[t, :, : 2 * H]
-            torch.mul(dxn, r, out=dgh[t, :, 2 * H :])
-            dh_new = dh_t * z + dgh[t] @ whh
-            dh = dh_new if m is None else torch.where(m, dh_new, dh)
-        return dxg.to(D), dgh.to(D), dh.to(D).clone()
+            dh_t = (dh + dy[t]).unsqueeze(1)
+            torch.mul(dh_t, K[t], out=dxg[t])
+            torch.mul(dh_t, K2[t], out=dgh[t])
+            dh = torch.addmm(dh_t.squeeze(1) * z[t], dgh[t].view(N, 3 * H), whh)
+        return dxg.view(T, N, 3 * H).to(D), dgh.view(T, N, 3 * H).to(D), dh.to(D).clone()
 
     # ------------------------------------------------------------------- RNN
     def rnn_forward(self, xg, w_hh, h0, lengths, relu, need_ws):
         T, N, H = xg.shape
         A = acc_dtype(xg.dtype)
         xg = xg.to(A)
-        whh_t = w_hh.to(A).t()
+        whh_t = w_hh.to(A).t().contiguous()  # row-major B: the faster GEMM layout
         h = h0.to(A)
         y = torch.empty(T, N, H, dtype=A, device=xg.device)
         for t in range(T):
@@ -223,18 +241,17 @@ class ReferenceBackend(Backend):
         whh = w_hh.to(A)
         dy = dy.to(A)
         yA = y.to(A)
+        deriv = (yA > 0).to(A) if relu else 1 - yA * yA
+        if lengths is not None:
+            act = (torch.arange(T, device=dy.device).unsqueeze(1) < lengths).unsqueeze(2)
+            deriv = deriv * act
+            dy = dy * act
         dh = dh_n.to(A).clone()
         dxg = torch.empty(T, N, H, dtype=A, device=dy.device)
         for t in range(T - 1, -1, -1):
-            m = _active(lengths, t)
             dh_t = dh + dy[t]
-            d = dxg[t]
-            if relu:
-                torch.mul(dh_t, yA[t] > 0, out=d)
-            else:
-                torch.mul(dh_t, 1 - yA[t] * yA[t], out=d)
-            if m is not None:
-                d.mul_(m)
-            dh_new = d @ whh
-            dh = dh_new if m is None else torch.where(m, dh_new, dh)
+            torch.mul(dh_t, deriv[t], out=dxg[t])
+            dh = dxg[t] @ whh
+            if lengths is not None:  # inactive rows pass their gradient through
+                dh = torch.where(act[t], dh, dh_t)
         return dxg.to(D), dh.to(D).clone()
