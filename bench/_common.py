@@ -1,0 +1,142 @@
+"""Shared pieces of the fastrnn benchmarks: which implementations exist, building them,
+clock synchronisation and the environment record written beside every result."""
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+TORCH = "torch"  # the name used for torch.nn's own implementation (cuDNN on GPU)
+CELLS = {"lstm": "LSTM", "gru": "GRU", "rnn": "RNN"}
+
+if str(REPO) not in sys.path:  # run from a checkout without installing
+    sys.path.insert(0, str(REPO))
+
+
+def best_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _fastrnn():
+    """The fastrnn package, or None with the reason it cannot be used yet."""
+    try:
+        import fastrnn
+    except Exception as e:  # noqa: BLE001 (any import failure means: benchmark torch.nn only)
+        return None, f"import fastrnn failed: {type(e).__name__}: {e}"
+    if not hasattr(fastrnn, "backends"):
+        return None, "fastrnn.backends() is missing"
+    return fastrnn, ""
+
+
+def _supports(devices, device_type: str) -> bool:
+    if not devices:
+        return True  # a backend that does not say is assumed to run anywhere
+    if isinstance(devices, str):
+        devices = [devices]
+    names = {str(d).split(":")[0].lower() for d in devices}
+    return bool(names & {device_type, "any", "*"})
+
+
+def fastrnn_backends(device: torch.device, cell: str = "lstm") -> tuple[list[str], dict[str, str]]:
+    """(usable, skipped): fastrnn backends that run ``cell`` on ``device``, and why others don't.
+
+    "reference" is always listed when fastrnn provides the module at all.
+    """
+    fr, why = _fastrnn()
+    if fr is None:
+        return [], {"fastrnn": why}
+    if not hasattr(fr, CELLS[cell]):
+        return [], {"fastrnn": f"fastrnn.{CELLS[cell]} does not exist yet"}
+    usable, skipped = [], {}
+    for row in fr.backends():
+        name = row["name"]
+        if not row.get("available", False):
+            skipped[name] = row.get("reason") or "not available"
+        elif not _supports(row.get("devices"), device.type):
+            skipped[name] = f"does not run on {device.type} (devices: {row.get('devices')})"
+        else:
+            usable.append(name)
+    if "reference" not in usable:
+        usable.insert(0, "reference")
+        skipped.pop("reference", None)
+    return usable, skipped
+
+
+def make_layer(impl: str, cell: str, input_size: int, hidden_size: int, num_layers: int = 1, **kw):
+    """A torch.nn (impl == "torch") or fastrnn (impl == backend name) recurrent layer."""
+    cls = CELLS[cell]
+    if impl == TORCH:
+        return getattr(torch.nn, cls)(input_size, hidden_size, num_layers, **kw)
+    import fastrnn
+
+    return getattr(fastrnn, cls)(input_size, hidden_size, num_layers, backend=impl, **kw)
+
+
+def sync(device: torch.device) -> None:
+    """Wait for queued device work, so a clock read after it measures that work."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def now(device: torch.device) -> float:
+    sync(device)
+    return time.perf_counter()
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    if device.type == "cpu":
+        return f"{_cpu_name()} ({os.cpu_count()} logical cores, {torch.get_num_threads()} torch threads)"
+    return str(device)
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=10
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (out.stdout.strip() or None) if out.returncode == 0 else None
+
+
+def environment(device: torch.device) -> dict:
+    """Versions and hardware, recorded with every benchmark result."""
+    env = {
+        "device": str(device),
+        "device_name": device_name(device),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+        "torch_threads": torch.get_num_threads(),
+        "git_commit": git_commit(),
+    }
+    try:
+        import triton
+
+        env["triton"] = triton.__version__
+    except Exception:  # noqa: BLE001
+        env["triton"] = None
+    fr, _ = _fastrnn()
+    env["fastrnn"] = getattr(fr, "__version__", None) if fr else None
+    return env

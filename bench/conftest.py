@@ -1,0 +1,26 @@
+"""pytest setup for the layer microbenchmarks (bench/test_layer_bench.py)."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # `import _common`, whatever the import mode
+
+import _common as C  # noqa: E402
+
+
+def pytest_configure(config):
+    threads = os.environ.get("FASTRNN_BENCH_THREADS")
+    if threads:
+        import torch
+
+        torch.set_num_threads(int(threads))
+
+
+def pytest_benchmark_update_machine_info(config, machine_info):
+    """Record versions and the benchmarked device in pytest-benchmark's saved JSON."""
+    import torch
+
+    device = torch.device(os.environ.get("FASTRNN_BENCH_DEVICE") or C.best_device().type)
+    machine_info["fastrnn"] = C.environment(device)

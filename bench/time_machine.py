@@ -1,0 +1,419 @@
+#!/usr/bin/env python
+"""The main fastrnn job: d2l's deep-RNN character language model on The Time Machine.
+
+Trains the model of d2l chapter 9.3 (one-hot input, a 2-layer LSTM with 256
+hidden units, a Linear output layer; batch 32, 35 steps, SGD lr 2, gradient
+norm clipped to 1 over all parameters, state carried across batches and
+detached, as d2l ``train_ch8`` with the sequential iterator) once with
+torch.nn (cuDNN on GPU) and once with every usable fastrnn backend, all from
+the same initial weights and on the same batches, then prints one table and
+each model's continuation of "time traveller".
+
+Fair timing on a shared, noisy machine: models are trained round-robin, one
+epoch each in turn (the starting model rotates every epoch), each keeping its
+own trajectory.  Every epoch's batches are drawn once and fed to all models.
+Clocks are read only after synchronising the device, and the loss is summed
+on the device so no step forces a sync of its own.  Training speed is the
+fastest epoch's tokens / wall time (interference from other work on a shared
+machine only ever adds time, and here it can add 10x to a whole run of
+epochs, which drags a median too); forward-only speed is the fastest of
+``--fwd-rounds`` round-robin no_grad passes over an epoch's batches.  The
+JSON also keeps the medians, every epoch's time, and the median over rounds
+of the paired ratio to torch.nn (both timed in the same round).
+``--epochs 500`` reproduces d2l (perplexity about 1.0).
+
+    python bench/time_machine.py                    # everything usable here
+    python bench/time_machine.py --backends torch,reference --epochs 50
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shlex
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as C  # noqa: E402  (needs the path above)
+
+from fastrnn import data as tmdata  # noqa: E402  (_common put the repo on sys.path)
+
+DEFAULT_EPOCHS = 80  # ~1.5-2.5 min for torch.nn + reference + cpu on this 2-core CPU; perplexity 17.5 -> ~11
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+class RNNModel(nn.Module):
+    """d2l's RNNModel: one-hot characters -> recurrent layer -> Linear over the vocabulary."""
+
+    def __init__(self, rnn: nn.Module, vocab_size: int):
+        super().__init__()
+        self.rnn = rnn
+        self.vocab_size = vocab_size
+        self.linear = nn.Linear(rnn.hidden_size, vocab_size)
+
+    def forward(self, inputs: torch.Tensor, state):
+        """inputs (N, T) int64 -> logits (T*N, V), new state."""
+        x = F.one_hot(inputs.T, self.vocab_size).to(torch.float32)  # (T, N, V)
+        y, state = self.rnn(x, state)
+        return self.linear(y.reshape(-1, y.shape[-1])), state
+
+    def begin_state(self, batch_size: int, device: torch.device):
+        h = torch.zeros(self.rnn.num_layers, batch_size, self.rnn.hidden_size, device=device)
+        return (h, torch.zeros_like(h)) if self.is_lstm else h
+
+    @property
+    def is_lstm(self) -> bool:
+        return type(self.rnn).__name__ == "LSTM"
+
+
+def detach_state(state):
+    if isinstance(state, tuple):
+        return tuple(s.detach() for s in state)
+    return state.detach()
+
+
+def train_epoch(model, batches, optimizer, device, use_random_iter: bool) -> tuple[float, float, int]:
+    """One epoch of d2l ``train_epoch_ch8``; returns (perplexity, seconds, tokens)."""
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    state = None
+    loss_sum = torch.zeros((), device=device)
+    tokens = 0
+    t0 = C.now(device)
+    for x, y in batches:
+        if state is None or use_random_iter:
+            state = model.begin_state(x.shape[0], device)
+        else:
+            state = detach_state(state)  # truncated backprop through time
+        target = y.T.reshape(-1)
+        logits, state = model(x, state)
+        loss = F.cross_entropy(logits, target)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        loss_sum += loss.detach() * target.numel()
+        tokens += target.numel()
+    secs = C.now(device) - t0
+    return math.exp(loss_sum.item() / tokens), secs, tokens
+
+
+@torch.no_grad()
+def forward_epoch(model, batches, device) -> tuple[float, int]:
+    """Forward only over ``batches`` with the state carried; returns (seconds, tokens)."""
+    model.eval()
+    state = None
+    tokens = 0
+    t0 = C.now(device)
+    for x, _ in batches:
+        if state is None:
+            state = model.begin_state(x.shape[0], device)
+        _, state = model(x, state)
+        tokens += x.numel()
+    return C.now(device) - t0, tokens
+
+
+@torch.no_grad()
+def predict(prefix: str, num_preds: int, model, vocab, device) -> str:
+    """d2l ``predict_ch8``: warm up on ``prefix``, then greedily emit ``num_preds`` characters."""
+    model.eval()
+    state = model.begin_state(1, device)
+    out = [vocab[prefix[0]]]
+    for ch in prefix[1:]:
+        _, state = model(torch.tensor([[out[-1]]], device=device), state)
+        out.append(vocab[ch])
+    for _ in range(num_preds):
+        logits, state = model(torch.tensor([[out[-1]]], device=device), state)
+        out.append(int(logits.argmax(dim=1).reshape(1)))
+    return "".join(vocab.idx_to_token[i] for i in out)
+
+
+# ----------------------------------------------------------------------------- progress
+class _Progress:
+    """tqdm when installed, else a one-line bar on stderr."""
+
+    def __init__(self, total: int, enabled: bool):
+        self.total, self.n, self.enabled = total, 0, enabled
+        self.bar = None
+        if enabled:
+            try:
+                from tqdm.auto import tqdm
+
+                self.bar = tqdm(total=total, unit="epoch", desc="training", dynamic_ncols=True)
+            except ImportError:
+                pass
+
+    def update(self, desc: str) -> None:
+        self.n += 1
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.set_postfix_str(desc, refresh=False)
+            self.bar.update(1)
+        else:
+            done = int(30 * self.n / self.total)
+            sys.stderr.write(f"\r[{'#' * done}{'.' * (30 - done)}] {self.n}/{self.total} {desc[:60]:60}")
+            sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        elif self.enabled:
+            sys.stderr.write("\n")
+
+
+# ----------------------------------------------------------------------------- main
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--cell", choices=sorted(C.CELLS), default="lstm")
+    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--hidden", type=int, default=256)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--steps", type=int, default=35)
+    p.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS, help=f"default {DEFAULT_EPOCHS}; 500 reproduces d2l")
+    p.add_argument("--lr", type=float, default=2.0)
+    p.add_argument("--device", default="auto", help="auto (cuda if present, else cpu), cpu, cuda, cuda:1, ...")
+    p.add_argument("--backends", default="all",
+                   help="comma list of fastrnn backends and 'torch' (torch.nn); 'all' = torch + every usable backend")
+    p.add_argument("--max-tokens", type=int, default=10000)
+    p.add_argument("--random-iter", action="store_true", help="random-offset iterator, state reset every batch")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: torch's own); 1 is steadier when other jobs share the cores")
+    p.add_argument("--fwd-rounds", type=int, default=10, help="round-robin forward-only passes to time")
+    p.add_argument("--data", default=None, help=f"path of timemachine.txt (else ${tmdata.ENV_VAR}, cache, download)")
+    p.add_argument("--out", default=str(RESULTS), help="directory for the JSON and PNG results")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-plot", action="store_true")
+    args = p.parse_args(argv)
+    for k in ("layers", "hidden", "batch", "steps", "fwd_rounds") + (("threads",) if args.threads is not None else ()):
+        if getattr(args, k) < 1:
+            p.error(f"--{k.replace('_', '-')} must be at least 1")
+    if args.epochs < 1:
+        p.error("--epochs must be at least 1")
+    return args
+
+
+def choose_impls(spec: str, device: torch.device, cell: str) -> tuple[list[str], dict[str, str]]:
+    usable, skipped = C.fastrnn_backends(device, cell)
+    if spec == "all":
+        return [C.TORCH] + usable, skipped
+    wanted = [s.strip() for s in spec.split(",") if s.strip()]
+    for w in wanted:
+        if w != C.TORCH and w not in usable:
+            why = skipped.get(w) or skipped.get("fastrnn") or "unknown backend"
+            sys.exit(f"time_machine.py: backend {w!r} cannot run {cell} on {device}: {why}. "
+                     f"Usable here: {', '.join([C.TORCH] + usable)}")
+    return list(dict.fromkeys(wanted)), skipped
+
+
+def label(impl: str, device: torch.device) -> str:
+    if impl == C.TORCH:
+        return "torch.nn (cuDNN)" if device.type == "cuda" and torch.backends.cudnn.is_available() else "torch.nn"
+    return f"fastrnn {impl}"
+
+
+def run(args) -> dict:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = C.best_device() if args.device == "auto" else torch.device(args.device)
+    impls, skipped = choose_impls(args.backends, device, args.cell)
+
+    loader, vocab = tmdata.load_data_time_machine(
+        args.batch, args.steps, args.random_iter, args.max_tokens, path=args.data, seed=args.seed
+    )
+    V = len(vocab)
+
+    # Same initial weights everywhere: build torch.nn's model from the seed and
+    # copy its state_dict (fastrnn names its parameters exactly as torch.nn does).
+    torch.manual_seed(args.seed)
+    first = RNNModel(C.make_layer(C.TORCH, args.cell, V, args.hidden, args.layers), V)
+    init = {k: v.clone() for k, v in first.state_dict().items()}
+    models, opts = {}, {}
+    for impl in impls:
+        m = first if impl == C.TORCH else RNNModel(C.make_layer(impl, args.cell, V, args.hidden, args.layers), V)
+        m.load_state_dict(init)
+        models[impl] = m.to(device)
+        opts[impl] = torch.optim.SGD(m.parameters(), lr=args.lr)
+
+    def epoch_batches():
+        return [(x.to(device), y.to(device)) for x, y in loader]
+
+    ppl = {i: [] for i in impls}
+    train_secs = {i: [] for i in impls}
+    train_tokens = {i: [] for i in impls}
+    bar = _Progress(args.epochs * len(impls), enabled=not args.no_progress)
+    t_start = time.perf_counter()
+    for epoch in range(args.epochs):
+        batches = epoch_batches()
+        k = epoch % len(impls)
+        for impl in impls[k:] + impls[:k]:  # rotate who goes first: no model always runs on a cold cache
+            p, s, n = train_epoch(models[impl], batches, opts[impl], device, args.random_iter)
+            ppl[impl].append(p)
+            train_secs[impl].append(s)
+            train_tokens[impl].append(n)
+            bar.update(f"epoch {epoch + 1} {impl} ppl {p:.2f}")
+    bar.close()
+
+    fwd_secs = {i: [] for i in impls}
+    fwd_tokens = {i: [] for i in impls}
+    for impl in impls:  # one untimed pass each (lazy initialisation, autotuning)
+        forward_epoch(models[impl], epoch_batches()[:1], device)
+    for r in range(args.fwd_rounds):
+        batches = epoch_batches()
+        for impl in impls[r % len(impls):] + impls[:r % len(impls)]:
+            s, n = forward_epoch(models[impl], batches, device)
+            fwd_secs[impl].append(s)
+            fwd_tokens[impl].append(n)
+    wall = time.perf_counter() - t_start
+
+    results = []
+    for impl in impls:
+        tr = [n / s for n, s in zip(train_tokens[impl], train_secs[impl])]
+        fw = [n / s for n, s in zip(fwd_tokens[impl], fwd_secs[impl])]
+        results.append({
+            "backend": impl,
+            "label": label(impl, device),
+            "device": str(device),
+            "final_perplexity": ppl[impl][-1],
+            "perplexity": ppl[impl],
+            "train_tokens_per_s": max(tr),
+            "train_tokens_per_s_median": statistics.median(tr),
+            "train_tokens_per_s_min_max": [min(tr), max(tr)],
+            "train_epoch_seconds": train_secs[impl],
+            "forward_tokens_per_s": max(fw),
+            "forward_tokens_per_s_median": statistics.median(fw),
+            "forward_tokens_per_s_min_max": [min(fw), max(fw)],
+            "forward_round_seconds": fwd_secs[impl],
+            "prediction": predict("time traveller", 50, models[impl], vocab, device),
+        })
+    ref = next((r for r in results if r["backend"] == C.TORCH), None)
+    for r in results:
+        r["train_ratio_to_torch"] = r["train_tokens_per_s"] / ref["train_tokens_per_s"] if ref else None
+        r["forward_ratio_to_torch"] = r["forward_tokens_per_s"] / ref["forward_tokens_per_s"] if ref else None
+        # Same-round pairs see the same interference; their median ratio is a second, robust estimate.
+        r["train_ratio_to_torch_paired_median"] = statistics.median(
+            a / b for a, b in zip(ref["train_epoch_seconds"], r["train_epoch_seconds"])) if ref else None
+        r["forward_ratio_to_torch_paired_median"] = statistics.median(
+            a / b for a, b in zip(ref["forward_round_seconds"], r["forward_round_seconds"])) if ref else None
+        r["max_abs_perplexity_diff_to_torch"] = (
+            max(abs(a - b) for a, b in zip(r["perplexity"], ref["perplexity"])) if ref else None
+        )
+
+    return {
+        "benchmark": "time_machine",
+        "command": shlex.join([sys.executable, *sys.argv]),
+        "config": {k: v for k, v in vars(args).items() if k not in ("out", "no_progress", "no_plot")},
+        "environment": C.environment(device),
+        "vocab_size": V,
+        "timing": "per-epoch round-robin across models (rotating start), device synchronised before each "
+                  "clock read; train = fastest epoch's tokens/s incl. loss, backward, clipping and SGD step; "
+                  "forward = fastest round's no_grad tokens/s; medians and paired ratios also recorded",
+        "skipped_backends": skipped,
+        "wall_seconds": wall,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "results": results,
+    }
+
+
+def _ratio(x):
+    return "-" if x is None else f"{x:.2f}x"
+
+
+def format_table(report: dict) -> str:
+    head = ["backend", "device", "perplexity", "train tok/s", "vs torch", "fwd tok/s", "vs torch"]
+    rows = [[r["label"], r["device"], f"{r['final_perplexity']:.2f}", f"{r['train_tokens_per_s']:,.0f}",
+             _ratio(r["train_ratio_to_torch"]), f"{r['forward_tokens_per_s']:,.0f}",
+             _ratio(r["forward_ratio_to_torch"])] for r in report["results"]]
+    w = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(head)]
+    fmt = lambda cells: "  ".join(c.ljust(w[i]) if i < 2 else c.rjust(w[i]) for i, c in enumerate(cells))  # noqa: E731
+    cfg, env = report["config"], report["environment"]
+    lines = [
+        f"{cfg['cell'].upper()} {cfg['layers']}x{cfg['hidden']}, batch {cfg['batch']}, steps {cfg['steps']}, "
+        f"{cfg['epochs']} epochs, lr {cfg['lr']} on {env['device_name']}  (torch {env['torch']})",
+        fmt(head), fmt(["-" * x for x in w]), *map(fmt, rows),
+    ]
+    lines.append(f"tok/s: fastest of {cfg['epochs']} epochs (train) / {cfg['fwd_rounds']} rounds (forward), "
+                 "models interleaved per epoch; medians in the JSON")
+    paired = [f"{r['label']} {r['train_ratio_to_torch_paired_median']:.2f}x/{r['forward_ratio_to_torch_paired_median']:.2f}x"
+              for r in report["results"] if r["backend"] != C.TORCH and r["train_ratio_to_torch_paired_median"]]
+    if paired:
+        lines.append("median same-round ratio to torch.nn (train/forward): " + ", ".join(paired))
+    diffs = [r["max_abs_perplexity_diff_to_torch"] for r in report["results"] if r["backend"] != C.TORCH]
+    if diffs and diffs[0] is not None:
+        lines.append(f"largest per-epoch perplexity difference from torch.nn: {max(diffs):.3g}")
+    for name, why in report["skipped_backends"].items():
+        lines.append(f"skipped {name}: {why}")
+    lines.append("")
+    lines.append('continuations of "time traveller":')
+    for r in report["results"]:
+        lines.append(f"  {r['label']:<{w[0]}}  {r['prediction']}")
+    return "\n".join(lines)
+
+
+def _atomic_write(path: Path, write) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def save(report: dict, out: Path, plot: bool) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    stem = f"time_machine_{report['config']['cell']}_{torch.device(report['results'][0]['device']).type}"
+    js = out / f"{stem}.json"
+    _atomic_write(js, lambda p: p.write_text(json.dumps(report, indent=2) + "\n"))
+    written = [js]
+    if plot:
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError:
+            print("matplotlib not installed: no chart written", file=sys.stderr)
+            return written
+        res = report["results"]
+        xs = range(len(res))
+        fig, ax = plt.subplots(figsize=(max(6.0, 1.8 + 1.6 * len(res)), 4.5))
+        for off, key, name in ((-0.2, "train_tokens_per_s", "training"), (0.2, "forward_tokens_per_s", "forward only")):
+            vals = [r[key] for r in res]
+            lo = [v - r[key + "_median"] for v, r in zip(vals, res)]  # whisker down to the median
+            bars = ax.bar([x + off for x in xs], vals, width=0.4, label=name, yerr=[lo, [0] * len(vals)], capsize=3)
+            ax.bar_label(bars, labels=[f"{v:,.0f}" for v in vals], fontsize=7, padding=2)
+        ax.set_xticks(list(xs), [r["label"] for r in res], fontsize=8)
+        ax.set_ylabel("tokens / s (bar: fastest, whisker: median)")
+        env, cfg = report["environment"], report["config"]
+        ax.set_title(f"time machine {cfg['cell'].upper()} {cfg['layers']}x{cfg['hidden']}, batch {cfg['batch']}"
+                     f" x {cfg['steps']} steps\n{env['device_name'][:80]}\ntorch {env['torch']}", fontsize=8)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        png = out / f"{stem}.png"
+        _atomic_write(png, lambda p: fig.savefig(p, dpi=120, format="png"))
+        plt.close(fig)
+        written.append(png)
+    return written
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        report = run(args)
+    except tmdata.TimeMachineNotFoundError as e:
+        print(f"time_machine.py: {e} Here: --data /path/to/timemachine.txt.", file=sys.stderr)
+        return 2
+    print(format_table(report))
+    for p in save(report, Path(args.out), plot=not args.no_plot):
+        print(f"wrote {p}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
