@@ -1,0 +1,182 @@
+// Shared pieces of the CPU recurrences: the per-step matrix product, the
+// parallel loop over batch rows, dtype helpers.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <climits>
+#include <type_traits>
+
+#include "../cell_math.h"
+#include "../checks.h"
+
+// The Fortran BLAS that torch links (MKL in the x86 wheels), taken as weak
+// symbols so that the extension still loads against a torch without one; then
+// the matrix product goes through at::mm instead.  Called directly because the
+// per-step products are small (e.g. 32 x 256 x 1024): at::mm's dispatch and
+// tensor bookkeeping cost a visible part of a 20-microsecond step.
+extern "C" {
+void sgemm_(const char* ta, const char* tb, const int* m, const int* n, const int* k,
+            const float* alpha, const float* a, const int* lda, const float* b, const int* ldb,
+            const float* beta, float* c, const int* ldc) __attribute__((weak));
+void dgemm_(const char* ta, const char* tb, const int* m, const int* n, const int* k,
+            const double* alpha, const double* a, const int* lda, const double* b,
+            const int* ldb, const double* beta, double* c, const int* ldc) __attribute__((weak));
+// MKL's packed GEMM (the CBLAS enums passed as their int values): the recurrent
+// weights are packed once per call and reused by every step, where sgemm would
+// re-pack the whole (4H x R) operand for each 32-row product.
+size_t cblas_sgemm_pack_get_size(int identifier, int m, int n, int k) __attribute__((weak));
+void cblas_sgemm_pack(int layout, int identifier, int trans, int m, int n, int k, float alpha,
+                      const float* src, int ld, float* dest) __attribute__((weak));
+void cblas_sgemm_compute(int layout, int transa, int transb, int m, int n, int k, const float* a,
+                         int lda, const float* b, int ldb, float beta, float* c, int ldc)
+    __attribute__((weak));
+}
+
+// Pointwise row loops of the float path are compiled for AVX-512, AVX2 and
+// baseline x86-64, picked at load time, so one binary is fast on any x86 CPU.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define FR_CPU_CLONES __attribute__((target_clones("avx512f", "arch=haswell", "default")))
+#else
+#define FR_CPU_CLONES
+#endif
+
+namespace fastrnn {
+namespace cpu {
+
+// Row-major C (m x n) = op(A) @ op(B) + beta * C, op(X) = X^T when tX.  A row-major
+// matrix read as column-major is its transpose, so this is the column-major
+// product C^T = op(B)^T op(A)^T with the operands swapped.
+template <typename T>
+void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const T* a, int64_t lda,
+          const T* b, int64_t ldb, T beta, T* c, int64_t ldc) {
+  static_assert(std::is_same<T, float>::value || std::is_same<T, double>::value, "");
+  if (m == 0 || n == 0) return;
+  const bool fits = std::max({m, n, k, lda, ldb, ldc}) < INT_MAX;
+  const bool blas = std::is_same<T, float>::value ? sgemm_ != nullptr : dgemm_ != nullptr;
+  if (blas && fits && k > 0) {
+    const char tA = ta ? 'T' : 'N', tB = tb ? 'T' : 'N';
+    const int M = static_cast<int>(m), Nn = static_cast<int>(n), K = static_cast<int>(k);
+    const int la = static_cast<int>(lda), lb = static_cast<int>(ldb), lc = static_cast<int>(ldc);
+    const T one = T(1);
+    if constexpr (std::is_same<T, float>::value)
+      sgemm_(&tB, &tA, &Nn, &M, &K, &one, b, &lb, a, &la, &beta, c, &lc);
+    else
+      dgemm_(&tB, &tA, &Nn, &M, &K, &one, b, &lb, a, &la, &beta, c, &lc);
+    return;
+  }
+  const auto opt = at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value);
+  auto A = at::from_blob(const_cast<T*>(a), {ta ? k : m, ta ? m : k}, {lda, 1}, opt);
+  auto B = at::from_blob(const_cast<T*>(b), {tb ? n : k, tb ? k : n}, {ldb, 1}, opt);
+  auto C = at::from_blob(c, {m, n}, {ldc, 1}, opt);
+  if (ta) A = A.t();
+  if (tb) B = B.t();
+  if (beta == T(0))
+    at::mm_out(C, A, B);
+  else
+    C.mul_(beta).addmm_(A, B);
+}
+
+// The right-hand operand op(B) (k x n) of C (m x n) = A (m x k) @ op(B) + beta C,
+// all row-major, fixed across the time steps of one call: packed once by MKL
+// when the float path has it, else kept as a pointer for gemm().
+template <typename T>
+class StepMatrix {
+ public:
+  StepMatrix(const T* b, int64_t ldb, bool tb, int64_t m, int64_t n, int64_t k)
+      : b_(b), ldb_(ldb), tb_(tb), m_(m), n_(n), k_(k) {
+    if constexpr (std::is_same<T, float>::value) {
+      const bool fits = std::max({m, n, k, ldb}) < INT_MAX;
+      if (cblas_sgemm_pack_get_size != nullptr && cblas_sgemm_pack != nullptr &&
+          cblas_sgemm_compute != nullptr && fits && m > 0 && n > 0 && k > 0) {
+        const size_t bytes = cblas_sgemm_pack_get_size(kB, int(m), int(n), int(k));
+        packed_ = at::empty({static_cast<int64_t>(bytes / sizeof(float) + 1)},
+                            at::TensorOptions().dtype(at::kFloat));
+        cblas_sgemm_pack(kRowMajor, kB, tb ? kTrans : kNoTrans, int(m), int(n), int(k), 1.0f, b,
+                         int(ldb), packed_.data_ptr<float>());
+      }
+    }
+  }
+  void mul(const T* a, int64_t lda, T beta, T* c, int64_t ldc) const {
+    if constexpr (std::is_same<T, float>::value) {
+      if (packed_.defined()) {
+        cblas_sgemm_compute(kRowMajor, kNoTrans, kPacked, int(m_), int(n_), int(k_), a, int(lda),
+                            packed_.data_ptr<float>(), int(ldb_), beta, c, int(ldc));
+        return;
+      }
+    }
+    gemm<T>(false, tb_, m_, n_, k_, a, lda, b_, ldb_, beta, c, ldc);
+  }
+
+ private:
+  static constexpr int kRowMajor = 101, kNoTrans = 111, kTrans = 112, kPacked = 151, kB = 162;
+  const T* b_;
+  int64_t ldb_;
+  bool tb_;
+  int64_t m_, n_, k_;
+  at::Tensor packed_;
+};
+
+// Runs f(r0, r1) over blocks of batch rows, one block per thread.  Rows of an
+// RNN never interact (h_t of row b depends on row b only), so each thread
+// runs the whole sequence for its rows with its own single-threaded products
+// and there is no synchronisation between time steps at all: a fork/join per
+// step costs ~8 us here, against ~80 us of work per step at batch 32, H 256.
+// Small batches run as one block, where the products thread inside BLAS.
+template <typename F>
+void for_row_blocks(int64_t N, const F& f) {
+  const int64_t P = std::min<int64_t>(at::get_num_threads(), N / 4);
+  if (P <= 1 || at::in_parallel_region()) {
+    f(int64_t(0), N);
+    return;
+  }
+  at::parallel_for(0, P, 1, [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) f(N * p / P, N * (p + 1) / P);
+  });
+}
+
+template <typename T>
+inline at::ScalarType dtype_of() {
+  return c10::CppTypeToScalarType<T>::value;
+}
+
+// A contiguous copy of w in type A; the same tensor when it already is one.
+inline at::Tensor as_acc(const at::Tensor& w, at::ScalarType A) {
+  return w.to(A).contiguous();
+}
+
+// Converting row copies: fp32 state to the output dtype and back.
+template <typename To, typename From>
+inline void convert_row(To* __restrict dst, const From* __restrict src, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) dst[j] = static_cast<To>(static_cast<float>(src[j]));
+}
+template <>
+inline void convert_row<double, double>(double* __restrict dst, const double* __restrict src,
+                                        int64_t n) {
+  std::copy(src, src + n, dst);
+}
+template <>
+inline void convert_row<float, float>(float* __restrict dst, const float* __restrict src,
+                                      int64_t n) {
+  std::copy(src, src + n, dst);
+}
+
+template <typename T>
+inline void zero_row(T* dst, int64_t n) {
+  std::fill(dst, dst + n, T(0));
+}
+
+inline bool active(const int64_t* len, int64_t b, int64_t t) {
+  return len == nullptr || t < len[b];
+}
+
+inline const int64_t* lengths_ptr(const c10::optional<at::Tensor>& lengths) {
+  return lengths.has_value() ? lengths->data_ptr<int64_t>() : nullptr;
+}
+
+}  // namespace cpu
+}  // namespace fastrnn

@@ -1,0 +1,147 @@
+// Elman RNN (tanh or relu) recurrence on the CPU: per step one matrix product
+// h_{t-1} @ W_hh^T and one fused pass for the activation; each thread runs the
+// whole sequence for its block of batch rows (see for_row_blocks).
+#include "common.h"
+
+namespace fastrnn {
+namespace cpu {
+namespace {
+
+template <typename D, typename A>
+FR_HD void fwd_row(int64_t H, const D* __restrict x, const A* __restrict gh, bool relu,
+                   A* __restrict h) {
+  for (int64_t j = 0; j < H; ++j) h[j] = rnn_act<A>(static_cast<A>(x[j]) + gh[j], relu);
+}
+
+FR_CPU_CLONES void fwd_row_f32(int64_t H, const float* x, const float* gh, bool relu, float* h) {
+  if (relu)
+    fwd_row<float, float>(H, x, gh, true, h);
+  else
+    fwd_row<float, float>(H, x, gh, false, h);
+}
+
+// dh: in, gradient w.r.t. h_t from step t+1; zeroed (the product adds the rest).
+template <typename D, typename A>
+FR_HD void bwd_row(int64_t H, const D* __restrict y, const D* __restrict dy, bool relu,
+                   A* __restrict dh, A* __restrict dg) {
+  for (int64_t j = 0; j < H; ++j) {
+    dg[j] = (dh[j] + static_cast<A>(dy[j])) * rnn_act_grad<A>(static_cast<A>(y[j]), relu);
+    dh[j] = A(0);
+  }
+}
+
+// Forward over batch rows [r0, r1), the whole sequence (see for_row_blocks).
+template <typename D, typename A>
+void forward_rows(int64_t r0, int64_t r1, const Dims& d, const D* xg, const A* w, const A* h0,
+                  const int64_t* len, bool relu, D* y, A* h_n) {
+  const int64_t T = d.T, N = d.N, H = d.H, M = r1 - r0;
+  const StepMatrix<A> Wmul(w, H, true, M, H, H);
+  A* h = h_n + r0 * H;
+  std::copy(h0 + r0 * H, h0 + r1 * H, h);
+  at::Tensor pre = at::empty({M, H}, at::TensorOptions().dtype(dtype_of<A>()));
+  A* g = pre.data_ptr<A>();
+  for (int64_t t = 0; t < T; ++t) {
+    Wmul.mul(h, H, A(0), g, H);
+    const D* x = xg + (t * N + r0) * H;
+    D* yt = y + (t * N + r0) * H;
+    for (int64_t b = 0; b < M; ++b) {
+      if (!active(len, r0 + b, t)) {
+        zero_row(yt + b * H, H);
+        continue;
+      }
+      if constexpr (std::is_same<D, float>::value)
+        fwd_row_f32(H, x + b * H, g + b * H, relu, h + b * H);
+      else
+        fwd_row<D, A>(H, x + b * H, g + b * H, relu, h + b * H);
+      convert_row(yt + b * H, h + b * H, H);
+    }
+  }
+}
+
+template <typename D, typename A>
+void backward_rows(int64_t r0, int64_t r1, const Dims& d, const D* dy, const A* w, const D* y,
+                   const int64_t* len, bool relu, D* dxg, A* dh_io) {
+  const int64_t T = d.T, N = d.N, H = d.H, M = r1 - r0;
+  constexpr bool same = std::is_same<D, A>::value;
+  const StepMatrix<A> Wmul(w, H, false, M, H, H);
+  A* dh = dh_io + r0 * H;
+  at::Tensor buf = same ? at::Tensor() : at::empty({M, H}, at::TensorOptions().dtype(dtype_of<A>()));
+  for (int64_t t = T - 1; t >= 0; --t) {
+    D* dxt = dxg + (t * N + r0) * H;
+    A* dg = same ? reinterpret_cast<A*>(dxt) : buf.data_ptr<A>();
+    for (int64_t b = 0; b < M; ++b) {
+      if (!active(len, r0 + b, t)) {
+        zero_row(dg + b * H, H);
+        if (!same) zero_row(dxt + b * H, H);
+        continue;
+      }
+      const int64_t o = (t * N + r0 + b) * H;
+      bwd_row<D, A>(H, y + o, dy + o, relu, dh + b * H, dg + b * H);
+      if (!same) convert_row(dxt + b * H, dg + b * H, H);
+    }
+    Wmul.mul(dg, H, A(1), dh, H);
+  }
+}
+
+template <typename D, typename A>
+void forward(const Dims& d, const at::Tensor& xg, const at::Tensor& w_hh, const at::Tensor& h0,
+             const int64_t* len, bool relu, at::Tensor& y, at::Tensor& h_n) {
+  const at::Tensor W = as_acc(w_hh, dtype_of<A>());
+  const at::Tensor h0a = as_acc(h0, dtype_of<A>());
+  h_n = at::empty({d.N, d.H}, h0a.options());
+  for_row_blocks(d.N, [&](int64_t r0, int64_t r1) {
+    forward_rows<D, A>(r0, r1, d, xg.data_ptr<D>(), W.data_ptr<A>(), h0a.data_ptr<A>(), len, relu,
+                       y.data_ptr<D>(), h_n.data_ptr<A>());
+  });
+}
+
+template <typename D, typename A>
+void backward(const Dims& d, const at::Tensor& dy, const at::Tensor& dh_n,
+              const at::Tensor& w_hh, const at::Tensor& y, const int64_t* len, bool relu,
+              at::Tensor& dxg, at::Tensor& dh) {
+  const at::Tensor W = as_acc(w_hh, dtype_of<A>());
+  dh = dh_n.to(dtype_of<A>(), false, /*copy=*/true);
+  for_row_blocks(d.N, [&](int64_t r0, int64_t r1) {
+    backward_rows<D, A>(r0, r1, d, dy.data_ptr<D>(), W.data_ptr<A>(), y.data_ptr<D>(), len, relu,
+                        dxg.data_ptr<D>(), dh.data_ptr<A>());
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor> rnn_forward_cpu(const at::Tensor& xg, const at::Tensor& w_hh,
+                                                   const at::Tensor& h0,
+                                                   const c10::optional<at::Tensor>& lengths,
+                                                   bool relu, bool need_ws) {
+  (void)need_ws;  // the RNN backward needs only y
+  const Dims d = check_rnn_forward(xg, w_hh, h0, lengths);
+  at::Tensor y = at::empty({d.T, d.N, d.H}, xg.options());
+  at::Tensor h;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, xg.scalar_type(), "rnn_forward", [&] {
+    forward<scalar_t, at::opmath_type<scalar_t>>(d, xg, w_hh, h0, lengths_ptr(lengths), relu, y,
+                                                 h);
+  });
+  return {y, h.to(xg.scalar_type())};
+}
+
+std::tuple<at::Tensor, at::Tensor> rnn_backward_cpu(const at::Tensor& dy, const at::Tensor& dh_n,
+                                                    const at::Tensor& w_hh, const at::Tensor& y,
+                                                    const c10::optional<at::Tensor>& lengths,
+                                                    bool relu) {
+  const Dims d = check_rnn_backward(dy, dh_n, w_hh, y, lengths);
+  at::Tensor dxg = at::empty({d.T, d.N, d.H}, dy.options());
+  at::Tensor dh;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dy.scalar_type(), "rnn_backward", [&] {
+    backward<scalar_t, at::opmath_type<scalar_t>>(d, dy, dh_n, w_hh, y, lengths_ptr(lengths), relu,
+                                                  dxg, dh);
+  });
+  return {dxg, dh.to(dy.scalar_type())};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastrnn_ext, CPU, m) {
+  m.impl("rnn_forward", &rnn_forward_cpu);
+  m.impl("rnn_backward", &rnn_backward_cpu);
+}
+
+}  // namespace cpu
+}  // namespace fastrnn

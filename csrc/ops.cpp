@@ -1,0 +1,31 @@
+// The six recurrence ops of fastrnn's backend seam, declared once.  Kernels
+// register per device in cpu/ and cuda/.  No pybind: PyInit__C only makes the
+// library importable as fastrnn._C, which runs the registrations below.
+#ifndef Py_LIMITED_API
+#define Py_LIMITED_API 0x03090000
+#endif
+#include <Python.h>
+#include <torch/library.h>
+
+TORCH_LIBRARY(fastrnn_ext, m) {
+  m.def("lstm_forward(Tensor xg, Tensor w_hh, Tensor? w_hr, Tensor h0, Tensor c0, "
+        "Tensor? lengths, bool need_ws) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def("lstm_backward(Tensor dy, Tensor dh_n, Tensor dc_n, Tensor w_hh, Tensor? w_hr, "
+        "Tensor c0, Tensor ws, Tensor? lengths) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def("gru_forward(Tensor xg, Tensor w_hh, Tensor? b_hh, Tensor h0, Tensor? lengths, "
+        "bool need_ws) -> (Tensor, Tensor, Tensor)");
+  m.def("gru_backward(Tensor dy, Tensor dh_n, Tensor w_hh, Tensor h0, Tensor y, Tensor ws, "
+        "Tensor? lengths) -> (Tensor, Tensor, Tensor)");
+  m.def("rnn_forward(Tensor xg, Tensor w_hh, Tensor h0, Tensor? lengths, bool relu, "
+        "bool need_ws) -> (Tensor, Tensor)");
+  m.def("rnn_backward(Tensor dy, Tensor dh_n, Tensor w_hh, Tensor y, Tensor? lengths, "
+        "bool relu) -> (Tensor, Tensor)");
+}
+
+extern "C" {
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr,
+                                      nullptr, nullptr, nullptr, nullptr};
+  return PyModule_Create(&module);
+}
+}

@@ -1,0 +1,95 @@
+"""The compiled backends: ``cpu`` and ``cuda`` kernels from the extension fastrnn._C.
+
+The extension (built from csrc/) registers the six recurrence ops as
+``torch.ops.fastrnn_ext.*`` with CPU and, in a CUDA build, CUDA kernels; these
+classes only forward to them.  Loading is lazy and never raises: a missing or
+broken build makes the backends report themselves unavailable with the reason.
+"""
+from __future__ import annotations
+
+import torch
+
+from . import Backend
+
+_load_error: str | None = None
+_loaded = False
+
+
+def _load() -> str | None:
+    """Import fastrnn._C once; None when it is usable, else why not."""
+    global _loaded, _load_error
+    if not _loaded:
+        _loaded = True
+        try:
+            import fastrnn._C  # noqa: F401  (runs the op registrations)
+
+            torch.ops.fastrnn_ext.lstm_forward  # the library must be registered
+        except Exception as e:  # missing build, ABI mismatch, unresolved symbol
+            _load_error = (f"the compiled extension fastrnn._C is not usable "
+                           f"({type(e).__name__}: {e}); build it with "
+                           f"`pip install --no-build-isolation -e .`")
+    return _load_error
+
+
+def _has_kernel(op: str, key: str) -> bool:
+    try:
+        return torch._C._dispatch_has_kernel_for_dispatch_key(f"fastrnn_ext::{op}", key)
+    except Exception:  # private API: if it ever goes, assume the build registered it
+        return True
+
+
+class _Extension(Backend):
+    def lstm_forward(self, xg, w_hh, w_hr, h0, c0, lengths, need_ws):
+        return torch.ops.fastrnn_ext.lstm_forward(xg, w_hh, w_hr, h0, c0, lengths, need_ws)
+
+    def lstm_backward(self, dy, dh_n, dc_n, w_hh, w_hr, c0, ws, lengths):
+        return torch.ops.fastrnn_ext.lstm_backward(dy, dh_n, dc_n, w_hh, w_hr, c0, ws, lengths)
+
+    def gru_forward(self, xg, w_hh, b_hh, h0, lengths, need_ws):
+        return torch.ops.fastrnn_ext.gru_forward(xg, w_hh, b_hh, h0, lengths, need_ws)
+
+    def gru_backward(self, dy, dh_n, w_hh, h0, y, ws, lengths):
+        return torch.ops.fastrnn_ext.gru_backward(dy, dh_n, w_hh, h0, y, ws, lengths)
+
+    def rnn_forward(self, xg, w_hh, h0, lengths, relu, need_ws):
+        return torch.ops.fastrnn_ext.rnn_forward(xg, w_hh, h0, lengths, relu, need_ws)
+
+    def rnn_backward(self, dy, dh_n, w_hh, y, lengths, relu):
+        return torch.ops.fastrnn_ext.rnn_backward(dy, dh_n, w_hh, y, lengths, relu)
+
+
+class CpuBackend(_Extension):
+    """Fused C++ recurrences (csrc/cpu/); half types are computed in float32."""
+
+    name = "cpu"
+    device_types = ("cpu",)
+    dtypes = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+
+    def available(self):
+        why = _load()
+        if why is not None:
+            return False, why
+        if not _has_kernel("lstm_forward", "CPU"):
+            return False, "fastrnn._C has no CPU kernels registered"
+        return True, ""
+
+
+class CudaBackend(_Extension):
+    """Per-step CUDA recurrences (csrc/cuda/): cuBLAS products plus fused gate kernels."""
+
+    name = "cuda"
+    device_types = ("cuda",)
+    dtypes = (torch.float32, torch.float16, torch.bfloat16)
+
+    def available(self):
+        why = _load()
+        if why is not None:
+            return False, why
+        try:
+            if not _has_kernel("lstm_forward", "CUDA"):
+                return False, "fastrnn._C was built without CUDA (set CUDA_HOME, or FASTRNN_BUILD_CUDA=1)"
+            if not torch.cuda.is_available():
+                return False, "no CUDA GPU is visible"
+        except Exception as e:  # a broken driver must not break backend selection
+            return False, f"CUDA check failed: {type(e).__name__}: {e}"
+        return True, ""

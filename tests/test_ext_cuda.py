@@ -1,0 +1,183 @@
+"""The cuda backend's six recurrence functions against the reference backend.
+
+Skipped at run time (never at import) when no GPU is visible or the extension
+was built without CUDA.  Accuracy follows the flash-attention idiom: the
+kernel's error against a float64 CPU reference (computed from the same,
+already rounded inputs) must be at most twice the error of the reference
+backend run at the same dtype on the GPU, plus a small floor.  Both compute in
+float32 from the same inputs, so they differ by accumulation order and by the
+final rounding to the output dtype: the floor is a few ulps of float32 (1e-5)
+or about one rounding of fp16 (eps 9.8e-4) / bf16 (eps 7.8e-3).  TF32 is
+switched off so that float32 products are float32.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fastrnn.backends.reference import ReferenceBackend
+
+pytestmark = pytest.mark.cuda
+FLOOR = {torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 8e-3}
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+SHAPES = [(1, 1, 33), (97, 3, 33), (35, 32, 256), (5, 7, 1)]  # (T, N, H)
+ref = ReferenceBackend()
+
+
+@pytest.fixture(scope="module")
+def be():
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU visible")
+    from fastrnn.backends.extension import CudaBackend
+
+    b = CudaBackend()
+    ok, why = b.available()
+    if not ok:
+        pytest.skip(why)
+    old = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    yield b
+    torch.backends.cuda.matmul.allow_tf32 = old
+
+
+def poison():
+    """Leave NaN in the caching allocator's free blocks, so unwritten outputs show."""
+    x = torch.full((1 << 24,), float("nan"), device="cuda")
+    del x
+
+
+def rel(a, b):
+    a, b = a.double().cpu(), b.double().cpu()
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
+def check(got, want_d, want64, dtype, what, mask=None):
+    for k, (g, wd, w64) in enumerate(zip(got, want_d, want64)):
+        if w64 is None or w64.numel() == 0:
+            assert g.numel() == 0, f"{what}[{k}] should be empty"
+            continue
+        assert g.is_cuda and g.is_contiguous() and g.dtype == wd.dtype, f"{what}[{k}] layout/dtype"
+        assert torch.isfinite(g).all(), f"{what}[{k}] non-finite (unwritten element?)"
+        if mask is not None and mask[k] is not None:
+            m = mask[k]
+            g, wd, w64 = (torch.where(m.to(x.device), x, 0) for x in (g, wd, w64))
+        e, e_ref = rel(g, w64), rel(wd, w64)
+        assert e <= 2 * e_ref + FLOOR[dtype], f"{what}[{k}] error {e:.2e} vs reference's {e_ref:.2e}"
+
+
+def inputs(dtype, *shapes, scales=None):
+    out = []
+    for k, s in enumerate(shapes):
+        x = torch.randn(*s, dtype=torch.float64) * (scales[k] if scales else 1.0)
+        out.append(x.to(dtype).cuda())
+    return out
+
+
+def three_ways(fn_be, fn_ref, args):
+    """(kernel, reference at dtype on GPU, float64 reference on CPU) results."""
+    poison()
+    got = fn_be(*args)
+    want_d = fn_ref(*args)
+    a64 = [a.double().cpu() if isinstance(a, torch.Tensor) and a.is_floating_point()
+           else (a.cpu() if isinstance(a, torch.Tensor) else a) for a in args]
+    want64 = fn_ref(*a64)
+    return got, want_d, want64
+
+
+def lengths_for(T, N, varlen):
+    if not varlen:
+        return None
+    L = torch.randint(1, T + 1, (N,))
+    L[0] = T
+    return L.cuda()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("T,N,H", SHAPES)
+@pytest.mark.parametrize("varlen", [False, True])
+@pytest.mark.parametrize("proj", [0, 5])
+def test_lstm(be, dtype, T, N, H, varlen, proj):
+    R = proj or H
+    s = H ** -0.5
+    xg, w_hh, w_hr, h0, c0 = inputs(dtype, (T, N, 4 * H), (4 * H, R), (R, H), (N, R), (N, H),
+                                    scales=[1, s, s, 1, 1])
+    w_hr = w_hr if proj else None
+    L = lengths_for(T, N, varlen)
+    args = (xg, w_hh, w_hr, h0, c0, L, True)
+    got, want_d, want64 = three_ways(be.lstm_forward, ref.lstm_forward, args)
+    m = None if L is None else (torch.arange(T, device="cuda")[:, None] < L[None]).unsqueeze(2)
+    # ws gate slots are unspecified on inactive steps
+    check(got, want_d, want64, dtype, "lstm_forward", mask=[None, None, None, m])
+    dy, dh_n, dc_n = inputs(dtype, (T, N, R), (N, R), (N, H))
+    ws = want_d[3]
+    args = (dy, dh_n, dc_n, w_hh, w_hr, c0, ws, L)
+    got, want_d, want64 = three_ways(be.lstm_backward, ref.lstm_backward, args)
+    check(got, want_d, want64, dtype, "lstm_backward")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("T,N,H", SHAPES)
+@pytest.mark.parametrize("varlen", [False, True])
+def test_gru(be, dtype, T, N, H, varlen):
+    xg, w_hh, b_hh, h0 = inputs(dtype, (T, N, 3 * H), (3 * H, H), (3 * H,), (N, H),
+                                scales=[1, H ** -0.5, 1, 1])
+    L = lengths_for(T, N, varlen)
+    got, want_d, want64 = three_ways(be.gru_forward, ref.gru_forward, (xg, w_hh, b_hh, h0, L, True))
+    m = None if L is None else (torch.arange(T, device="cuda")[:, None] < L[None]).unsqueeze(2)
+    check(got, want_d, want64, dtype, "gru_forward", mask=[None, None, m])
+    dy, dh_n = inputs(dtype, (T, N, H), (N, H))
+    args = (dy, dh_n, w_hh, h0, want_d[0], want_d[2], L)
+    got, want_d, want64 = three_ways(be.gru_backward, ref.gru_backward, args)
+    check(got, want_d, want64, dtype, "gru_backward")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("T,N,H", SHAPES)
+@pytest.mark.parametrize("varlen", [False, True])
+@pytest.mark.parametrize("relu", [False, True])
+def test_rnn(be, dtype, T, N, H, varlen, relu):
+    xg, w_hh, h0 = inputs(dtype, (T, N, H), (H, H), (N, H), scales=[1, H ** -0.5, 1])
+    L = lengths_for(T, N, varlen)
+    got, want_d, want64 = three_ways(be.rnn_forward, ref.rnn_forward, (xg, w_hh, h0, L, relu, True))
+    check(got, want_d, want64, dtype, "rnn_forward")
+    dy, dh_n = inputs(dtype, (T, N, H), (N, H))
+    args = (dy, dh_n, w_hh, want_d[0], L, relu)
+    got, want_d, want64 = three_ways(be.rnn_backward, ref.rnn_backward, args)
+    check(got, want_d, want64, dtype, "rnn_backward")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_deterministic(be, dtype):
+    """Bit-identical results run to run (no atomics, fixed reduction order)."""
+    T, N, H = 35, 32, 256
+    xg, w_hh, h0 = inputs(dtype, (T, N, 4 * H), (4 * H, H), (N, H), scales=[1, H ** -0.5, 1])
+    dy = inputs(dtype, (T, N, H))[0]
+    runs = []
+    for _ in range(2):
+        poison()
+        y, hn, cn, ws = be.lstm_forward(xg, w_hh, None, h0, h0, None, True)
+        runs.append((y, hn, cn, ws) + tuple(be.lstm_backward(dy, hn, cn, w_hh, None, h0, ws, None)[:3]))
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)
+
+
+def test_graph_capture(be):
+    """No host synchronisation inside: forward and backward capture in a CUDA graph."""
+    T, N, H = 8, 4, 32
+    xg, w_hh, h0 = inputs(torch.float32, (T, N, 4 * H), (4 * H, H), (N, H))
+    dy = inputs(torch.float32, (T, N, H))[0]
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):  # warm up (handles, workspaces) outside the capture
+        y, hn, cn, ws = be.lstm_forward(xg, w_hh, None, h0, h0, None, True)
+        be.lstm_backward(dy, hn, cn, w_hh, None, h0, ws, None)
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        y, hn, cn, ws = be.lstm_forward(xg, w_hh, None, h0, h0, None, True)
+        dxg = be.lstm_backward(dy, hn, cn, w_hh, None, h0, ws, None)[0]
+    g.replay()
+    torch.cuda.synchronize()
+    y2, hn2, cn2, ws2 = be.lstm_forward(xg, w_hh, None, h0, h0, None, True)
+    assert torch.equal(y, y2)
+    assert torch.equal(dxg, be.lstm_backward(dy, hn2, cn2, w_hh, None, h0, ws2, None)[0])
