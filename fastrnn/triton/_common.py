@@ -81,6 +81,13 @@ class Plan:
     #: weights too large to keep on chip: read them (from L2) in K chunks each step
     stream: bool = False
     block_kc: int = 0
+    #: software-pipelining depth, passed explicitly so the AOT report compiles what
+    #: runs.  Triton's default of 3 would otherwise apply at launch, and with it a
+    #: streamed fp32 LSTM backward (H 512, batch 256) needs 192 KB of shared memory,
+    #: more than sm_80 has.  Only a streamed plan's inner K loop is pipelined (the
+    #: step loop holds the barrier's while loop, which Triton does not pipeline
+    #: across); 1 everywhere else.
+    num_stages: int = 1
 
     @property
     def split(self) -> bool:
@@ -141,6 +148,14 @@ def _plan(block_b, n_bt, H, R, gates, esize, n_sm, force_block_h, force_stream=N
         bh = hf
         while bh > 16 and n_bt * math.ceil(H / (bh // 2)) <= n_sm:
             bh //= 2
+        if bh == hf and gates * k * hf * esize > _WEIGHT_BUDGET and hf > 16:
+            # too many batch tiles to split within the co-resident limit, and the
+            # whole matrix does not fit one program (it would fail to compile):
+            # split anyway and stream; ``launch`` then runs it step by step
+            # (programs > SMs) instead of as one persistent launch.  A 32-unit
+            # tile keeps a 64-row fp32 LSTM backward within sm_80's shared memory
+            # (a 512-unit one needs 576 KB)
+            bh = min(32, hf // 2)
     n_ht = math.ceil(H / bh)
     if n_ht == 1:
         bh, br = hf, k
@@ -151,9 +166,10 @@ def _plan(block_b, n_bt, H, R, gates, esize, n_sm, force_block_h, force_stream=N
     # the larger of the two weight slices a program holds (forward / backward)
     tile = max(gates * k * bh, gates * hf * br + (hf * br if R != H else 0)) * esize
     stream = n_ht > 1 and (tile > _RESIDENT_BYTES or force_stream is not None)
-    kc = (force_stream or _STREAM_KC) if stream else k
+    # tl.arange needs a power of two and tl.dot a K of at least 16
+    kc = (_pow2(force_stream) if force_stream else _STREAM_KC) if stream else k
     warps = 8 if (not stream and tile >= 32 * 1024) or block_b * bh * gates >= 8192 else 4
-    return Plan(block_b, bh, hf, k, br, n_bt, n_ht, warps, stream, kc)
+    return Plan(block_b, bh, hf, k, br, n_bt, n_ht, warps, stream, kc, 2 if stream else 1)
 
 
 def dot_precision(dtype: torch.dtype) -> str:
@@ -164,33 +180,73 @@ def dot_precision(dtype: torch.dtype) -> str:
 
 
 # ------------------------------------------------------------------- launching
+@functools.lru_cache(maxsize=None)
+def cooperative_launch_supported() -> bool:
+    """Whether this Triton accepts ``launch_cooperative_grid`` (NVIDIA backend
+    option since Triton 3.2); an unknown launch keyword raises KeyError."""
+    try:
+        import dataclasses
+
+        from triton.backends.nvidia.compiler import CUDAOptions
+        return "launch_cooperative_grid" in {f.name for f in dataclasses.fields(CUDAOptions)}
+    except Exception:
+        return False
+
+
+def _max_resident_programs(device: torch.device) -> int:
+    """Programs of a split plan that can surely run at once: one per SM (a program
+    that compiles always fits one SM; more per SM is not guaranteed)."""
+    return _num_sms(device)
+
+
+def _is_cooperative_too_large(e: BaseException) -> bool:
+    msg = str(e).lower()
+    return "cooperative" in msg or "too many blocks" in msg
+
+
 def launch(kernel, plan: Plan, make_args, T: int, two_phase: bool, reverse: bool,
            device: torch.device, **constexprs):
     """Run ``kernel`` over all T steps.
 
     ``make_args(t0, t1, pid_h0, nsync, phases, first, sync)`` returns the positional
-    arguments.  On a GPU (or whenever the plan is unsplit) this is one persistent
-    launch.  Under the interpreter, which runs programs one after another, a split
-    plan would deadlock at its barrier, so each step and phase is launched
-    separately per hidden tile (``nsync`` = 1); the kernels carry their state
+    arguments.  An unsplit plan, or a split plan whose programs can all be resident
+    at once on the GPU, is one persistent launch whose programs meet at a grid
+    barrier.  Otherwise (under the interpreter, which runs programs one after
+    another and would deadlock at the barrier; or when there are more programs than
+    SMs, or the driver rejects the cooperative launch) each step and phase is a
+    launch of its own (``nsync`` = 1: the barrier is passed at once, and launch
+    order on the stream is the synchronisation).  The kernels carry their state
     through global memory between such launches, so the same split math runs.
     """
     constexprs.update(plan.constexprs())
-    if plan.split and interpreting():
-        steps = range(T - 1, -1, -1) if reverse else range(T)
-        phases = (1, 2) if two_phase else (3,)
-        for k, t in enumerate(steps):
-            for ph in phases:
-                for j in range(plan.n_ht):
-                    sync = torch.zeros(plan.n_bt, dtype=torch.int32, device=device)
-                    args = make_args(t, t + 1, j, 1, ph, k == 0 and ph != 2, sync)
-                    kernel[(1, plan.n_bt)](*args, **constexprs)
+    opts = dict(num_warps=plan.num_warps, num_stages=plan.num_stages)
+    if plan.split and (interpreting() or plan.n_ht * plan.n_bt > _max_resident_programs(device)):
+        _launch_stepwise(kernel, plan, make_args, T, two_phase, reverse, device, opts, constexprs)
         return
     sync = torch.zeros(plan.n_bt, dtype=torch.int32, device=device)
     args = make_args(0, T, 0, plan.n_ht, 3, True, sync)
-    extra = {}
-    if plan.split and device.type == "cuda":
-        # the barrier needs every program resident: a cooperative launch fails
-        # loudly instead of deadlocking if they cannot be
-        extra["launch_cooperative_grid"] = True
-    kernel[(plan.n_ht, plan.n_bt)](*args, num_warps=plan.num_warps, **constexprs, **extra)
+    if plan.split and device.type == "cuda" and cooperative_launch_supported():
+        # the barrier needs every program resident: a cooperative launch is refused
+        # (instead of deadlocking) when they cannot be, and we go step by step
+        try:
+            kernel[(plan.n_ht, plan.n_bt)](*args, **opts, **constexprs, launch_cooperative_grid=True)
+            return
+        except RuntimeError as e:
+            if not _is_cooperative_too_large(e):
+                raise
+        _launch_stepwise(kernel, plan, make_args, T, two_phase, reverse, device, opts, constexprs)
+        return
+    kernel[(plan.n_ht, plan.n_bt)](*args, **opts, **constexprs)
+
+
+def _launch_stepwise(kernel, plan, make_args, T, two_phase, reverse, device, opts, constexprs):
+    """One launch per step and phase; within one, programs do not depend on each
+    other (a phase reads only what earlier launches wrote)."""
+    steps = range(T - 1, -1, -1) if reverse else range(T)
+    phases = (1, 2) if two_phase else (3,)
+    # with nsync = 1 every barrier target is 1: one counter serves all launches
+    sync = torch.zeros(plan.n_bt, dtype=torch.int32, device=device)
+    for k, t in enumerate(steps):
+        for ph in phases:
+            args = make_args(t, t + 1, 0, 1, ph, k == 0 and ph != 2, sync)
+            kernel[(plan.n_ht, plan.n_bt)](*args, **opts, **constexprs)

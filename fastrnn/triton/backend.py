@@ -5,6 +5,7 @@ Importing this module never imports Triton; the kernels (``lstm``, ``gru``,
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 
@@ -55,35 +56,39 @@ class TritonBackend(Backend):
         return importlib.import_module(f"{__package__}.{name}")
 
     def _check(self, *tensors):
+        """Checks the device; returns a context in which launches go to it (Triton
+        launches on the current device and stream), restoring the caller's current
+        device afterwards instead of changing it for good."""
         dev = tensors[0].device
         if dev.type not in self.device_types:
             raise RuntimeError(f"backend 'triton' does not run on {dev.type} tensors")
         if dev.type == "cuda":
-            torch.cuda.set_device(dev)  # launches go to the current device
+            return torch.cuda.device(dev)
+        return contextlib.nullcontext()
 
     # ------------------------------------------------------------------ LSTM
     def lstm_forward(self, xg, w_hh, w_hr, h0, c0, lengths, need_ws):
-        self._check(xg)
-        return self._mod("lstm").lstm_forward(xg, w_hh, w_hr, h0, c0, lengths, need_ws, self.force_block_h, self.force_stream)
+        with self._check(xg):
+            return self._mod("lstm").lstm_forward(xg, w_hh, w_hr, h0, c0, lengths, need_ws, self.force_block_h, self.force_stream)
 
     def lstm_backward(self, dy, dh_n, dc_n, w_hh, w_hr, c0, ws, lengths):
-        self._check(dy)
-        return self._mod("lstm").lstm_backward(dy, dh_n, dc_n, w_hh, w_hr, c0, ws, lengths, self.force_block_h, self.force_stream)
+        with self._check(dy):
+            return self._mod("lstm").lstm_backward(dy, dh_n, dc_n, w_hh, w_hr, c0, ws, lengths, self.force_block_h, self.force_stream)
 
     # ------------------------------------------------------------------- GRU
     def gru_forward(self, xg, w_hh, b_hh, h0, lengths, need_ws):
-        self._check(xg)
-        return self._mod("gru").gru_forward(xg, w_hh, b_hh, h0, lengths, need_ws, self.force_block_h, self.force_stream)
+        with self._check(xg):
+            return self._mod("gru").gru_forward(xg, w_hh, b_hh, h0, lengths, need_ws, self.force_block_h, self.force_stream)
 
     def gru_backward(self, dy, dh_n, w_hh, h0, y, ws, lengths):
-        self._check(dy)
-        return self._mod("gru").gru_backward(dy, dh_n, w_hh, h0, y, ws, lengths, self.force_block_h, self.force_stream)
+        with self._check(dy):
+            return self._mod("gru").gru_backward(dy, dh_n, w_hh, h0, y, ws, lengths, self.force_block_h, self.force_stream)
 
     # ------------------------------------------------------------------- RNN
     def rnn_forward(self, xg, w_hh, h0, lengths, relu, need_ws):
-        self._check(xg)
-        return self._mod("rnn").rnn_forward(xg, w_hh, h0, lengths, relu, need_ws, self.force_block_h, self.force_stream)
+        with self._check(xg):
+            return self._mod("rnn").rnn_forward(xg, w_hh, h0, lengths, relu, need_ws, self.force_block_h, self.force_stream)
 
     def rnn_backward(self, dy, dh_n, w_hh, y, lengths, relu):
-        self._check(dy)
-        return self._mod("rnn").rnn_backward(dy, dh_n, w_hh, y, lengths, relu, self.force_block_h, self.force_stream)
+        with self._check(dy):
+            return self._mod("rnn").rnn_backward(dy, dh_n, w_hh, y, lengths, relu, self.force_block_h, self.force_stream)
