@@ -13,6 +13,9 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 TORCH = "torch"  # the name used for torch.nn's own implementation (cuDNN on GPU)
+# torch.nn with oneDNN switched off: on CPU, torch.nn's RNNs run oneDNN's fused RNN
+# primitive; this is its native ATen path (per-step ops, autograd backward).
+TORCH_NATIVE = "torch-native"
 CELLS = {"lstm": "LSTM", "gru": "GRU", "rnn": "RNN"}
 
 if str(REPO) not in sys.path:  # run from a checkout without installing
@@ -73,9 +76,27 @@ def make_layer(impl: str, cell: str, input_size: int, hidden_size: int, num_laye
     cls = CELLS[cell]
     if impl == TORCH:
         return getattr(torch.nn, cls)(input_size, hidden_size, num_layers, **kw)
+    if impl == TORCH_NATIVE:
+        return _without_onednn(getattr(torch.nn, cls))(input_size, hidden_size, num_layers, **kw)
     import fastrnn
 
     return getattr(fastrnn, cls)(input_size, hidden_size, num_layers, backend=impl, **kw)
+
+
+def _without_onednn(cls):
+    class NoOneDNN(cls):
+        """The torch.nn layer, forward run with oneDNN disabled (same parameters)."""
+
+        def forward(self, *args, **kwargs):
+            prev = torch._C._get_mkldnn_enabled()
+            torch._C._set_mkldnn_enabled(False)  # flags() would also touch oneDNN's TF32 knob and warn
+            try:
+                return super().forward(*args, **kwargs)
+            finally:
+                torch._C._set_mkldnn_enabled(prev)
+
+    NoOneDNN.__name__ = cls.__name__
+    return NoOneDNN
 
 
 def sync(device: torch.device) -> None:

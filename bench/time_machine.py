@@ -182,7 +182,7 @@ def parse_args(argv=None):
     p.add_argument("--lr", type=float, default=2.0)
     p.add_argument("--device", default="auto", help="auto (cuda if present, else cpu), cpu, cuda, cuda:1, ...")
     p.add_argument("--backends", default="all",
-                   help="comma list of fastrnn backends and 'torch' (torch.nn); 'all' = torch + every usable backend")
+                   help="comma list of fastrnn backends, 'torch' (torch.nn) and 'torch-native' (torch.nn with oneDNN off, CPU); 'all' = both torch baselines + every usable backend")
     p.add_argument("--max-tokens", type=int, default=10000)
     p.add_argument("--random-iter", action="store_true", help="random-offset iterator, state reset every batch")
     p.add_argument("--seed", type=int, default=0)
@@ -204,20 +204,23 @@ def parse_args(argv=None):
 
 def choose_impls(spec: str, device: torch.device, cell: str) -> tuple[list[str], dict[str, str]]:
     usable, skipped = C.fastrnn_backends(device, cell)
+    baselines = [C.TORCH] + ([C.TORCH_NATIVE] if device.type == "cpu" else [])
     if spec == "all":
-        return [C.TORCH] + usable, skipped
+        return baselines + usable, skipped
     wanted = [s.strip() for s in spec.split(",") if s.strip()]
     for w in wanted:
-        if w != C.TORCH and w not in usable:
+        if w not in baselines and w not in usable:
             why = skipped.get(w) or skipped.get("fastrnn") or "unknown backend"
             sys.exit(f"time_machine.py: backend {w!r} cannot run {cell} on {device}: {why}. "
-                     f"Usable here: {', '.join([C.TORCH] + usable)}")
+                     f"Usable here: {', '.join(baselines + usable)}")
     return list(dict.fromkeys(wanted)), skipped
 
 
 def label(impl: str, device: torch.device) -> str:
     if impl == C.TORCH:
         return "torch.nn (cuDNN)" if device.type == "cuda" and torch.backends.cudnn.is_available() else "torch.nn"
+    if impl == C.TORCH_NATIVE:
+        return "torch.nn, no oneDNN"
     return f"fastrnn {impl}"
 
 

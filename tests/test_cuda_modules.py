@@ -16,7 +16,12 @@ MODES = ["LSTM", "GRU", "RNN_TANH"]
 
 
 def _cuda_backends():
-    return backends_on("cuda") if torch.cuda.is_available() else []
+    """Every fastrnn backend that runs on CUDA here, Triton included."""
+    if not torch.cuda.is_available():
+        return []
+    import fastrnn
+    triton_ok = any(r["name"] == "triton" and r["available"] for r in fastrnn.backends())
+    return backends_on("cuda") + (["triton"] if triton_ok else [])
 
 
 def _run(mode, dtype, backend, T=35, N=32, H=64, L=2, proj=0):
