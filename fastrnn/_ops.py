@@ -32,6 +32,15 @@ def _hprev(h0: Tensor, y: Tensor) -> Tensor:
     return torch.cat([h0.unsqueeze(0), y[:-1]], 0)
 
 
+def _grad(g: Optional[Tensor], like: Tensor) -> Tensor:
+    """An output's incoming gradient, zeros where autograd passed None.
+
+    The ops' setup_context turns off grad materialisation: otherwise autograd
+    would fill a zero tensor for the never-differentiated workspace output on
+    every backward (megabytes per layer)."""
+    return torch.zeros_like(like) if g is None else g.contiguous()
+
+
 def _gemm_tn(a: Tensor, b: Tensor, dtype) -> Tensor:
     """sum over (T, N) of a[t, n, :]^T b[t, n, :] -> (a.size(-1), b.size(-1))."""
     a2 = a.reshape(-1, a.shape[-1])
@@ -88,6 +97,7 @@ def _(dy, dh_n, dc_n, w_hh, w_hr, c0, ws, lengths, backend):
 def _lstm_setup(ctx, inputs, output):
     xg, w_hh, w_hr, h0, c0, lengths, need_ws, backend = inputs
     y, _, _, ws = output
+    ctx.set_materialize_grads(False)
     ctx.backend = backend
     ctx.need_ws = need_ws
     ctx.save_for_backward(w_hh, w_hr, h0, c0, lengths, y, ws)
@@ -98,7 +108,7 @@ def _lstm_backward(ctx, dy, dh_n, dc_n, dws):
         raise RuntimeError("fastrnn: lstm_forward ran with need_ws=False, so it cannot be differentiated")
     w_hh, w_hr, h0, c0, lengths, y, ws = ctx.saved_tensors
     dxg, dh0, dc0, dhr = lstm_backward(
-        dy.contiguous(), dh_n.contiguous(), dc_n.contiguous(), w_hh, w_hr, c0, ws, lengths, ctx.backend
+        _grad(dy, y), _grad(dh_n, h0), _grad(dc_n, c0), w_hh, w_hr, c0, ws, lengths, ctx.backend
     )
     need = ctx.needs_input_grad
     dw_hh = _gemm_tn(dxg, _hprev(h0, y), w_hh.dtype) if need[1] else None
@@ -158,6 +168,7 @@ def _(dy, dh_n, w_hh, h0, y, ws, lengths, backend):
 def _gru_setup(ctx, inputs, output):
     xg, w_hh, b_hh, h0, lengths, need_ws, backend = inputs
     y, _, ws = output
+    ctx.set_materialize_grads(False)
     ctx.backend = backend
     ctx.need_ws = need_ws
     ctx.save_for_backward(w_hh, h0, lengths, y, ws)
@@ -167,7 +178,7 @@ def _gru_backward(ctx, dy, dh_n, dws):
     if not ctx.need_ws:
         raise RuntimeError("fastrnn: gru_forward ran with need_ws=False, so it cannot be differentiated")
     w_hh, h0, lengths, y, ws = ctx.saved_tensors
-    dxg, dgh, dh0 = gru_backward(dy.contiguous(), dh_n.contiguous(), w_hh, h0, y, ws, lengths, ctx.backend)
+    dxg, dgh, dh0 = gru_backward(_grad(dy, y), _grad(dh_n, h0), w_hh, h0, y, ws, lengths, ctx.backend)
     need = ctx.needs_input_grad
     dw_hh = _gemm_tn(dgh, _hprev(h0, y), w_hh.dtype) if need[1] else None
     db_hh = dgh.sum((0, 1), dtype=acc_dtype(dgh.dtype)).to(dgh.dtype) if need[2] else None
@@ -217,6 +228,7 @@ def _(dy, dh_n, w_hh, y, lengths, relu, backend):
 def _rnn_setup(ctx, inputs, output):
     xg, w_hh, h0, lengths, relu, need_ws, backend = inputs
     y, _ = output
+    ctx.set_materialize_grads(False)
     ctx.backend = backend
     ctx.relu = relu
     ctx.save_for_backward(w_hh, h0, lengths, y)
@@ -224,7 +236,7 @@ def _rnn_setup(ctx, inputs, output):
 
 def _rnn_backward(ctx, dy, dh_n):
     w_hh, h0, lengths, y = ctx.saved_tensors
-    dxg, dh0 = rnn_backward(dy.contiguous(), dh_n.contiguous(), w_hh, y, lengths, ctx.relu, ctx.backend)
+    dxg, dh0 = rnn_backward(_grad(dy, y), _grad(dh_n, h0), w_hh, y, lengths, ctx.relu, ctx.backend)
     dw_hh = _gemm_tn(dxg, _hprev(h0, y), w_hh.dtype) if ctx.needs_input_grad[1] else None
     return dxg, dw_hh, dh0, None, None, None, None
 

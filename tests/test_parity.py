@@ -146,3 +146,22 @@ def test_returned_state_is_fresh(mode):
         assert s._base is None and s.data_ptr() != out.data_ptr()
         s.detach_()
         assert not s.requires_grad
+
+
+@pytest.mark.parametrize("backend", backends_on("cpu"))
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("which", ["output", "h_n", "c_n"])
+def test_gradient_through_one_output(mode, backend, which):
+    """Outputs that get no gradient arrive as None in the backward (grads are not
+    materialised); the result must equal torch.nn's."""
+    if which == "c_n" and mode != "LSTM":
+        pytest.skip("only LSTM has c_n")
+    ref, fast = make_pair(mode, 4, 6, backend=backend, num_layers=2, bidirectional=True)
+    x = torch.randn(5, 3, 4, dtype=torch.float64)
+    grads = []
+    for m in (ref, fast):
+        out, h = m(x)
+        pick = {"output": out, "h_n": h[0] if mode == "LSTM" else h, "c_n": h[1] if mode == "LSTM" else None}[which]
+        grads.append(torch.autograd.grad(pick.pow(2).sum(), list(m.parameters())))
+    for a, b in zip(*grads):
+        assert rel_err(b, a) <= 1e-10
