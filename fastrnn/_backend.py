@@ -47,8 +47,8 @@ class _Missing(Backend):
 def get(name: str) -> Backend:
     b = _instances.get(name)
     if b is None:
-        if name not in _FACTORIES:
-            raise ValueError(f"unknown fastrnn backend {name!r}; choose from 'auto', {', '.join(map(repr, NAMES))}")
+        if check_name(name) == "auto":
+            raise ValueError("'auto' names a choice, not a backend: resolve it first")
         mod, cls = _FACTORIES[name]
         try:
             b = getattr(importlib.import_module(mod), cls)()

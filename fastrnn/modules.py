@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import numbers
 import warnings
+from contextlib import nullcontext
 
 import torch
 from torch import Tensor, nn
@@ -307,7 +308,7 @@ class RNNBase(nn.Module):
             x.requires_grad or h.requires_grad or (c is not None and c.requires_grad) or any(p.requires_grad for p in self.parameters())
         )
         lengths = None if lengths_cpu is None else lengths_cpu.to(x.device, non_blocking=True)
-        with torch.autocast(device_type, enabled=False) if device_type in ("cuda", "cpu") else _null():
+        with torch.autocast(device_type, enabled=False) if device_type in ("cuda", "cpu") else nullcontext():
             return rnn_stack(
                 self.mode, x, h, c, weights, self.num_layers, self.bidirectional,
                 self.dropout, self.training, lengths, need_ws, backend,
@@ -316,14 +317,6 @@ class RNNBase(nn.Module):
     @property
     def _label(self) -> str:
         return _LABEL[self.mode]
-
-
-class _null:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *a):
-        return False
 
 
 class LSTM(RNNBase):
