@@ -18,18 +18,13 @@ import torch
 from torch import Tensor
 
 from . import _backend
-from .backends.reference import acc_dtype
+from .backends.reference import acc_dtype, prev_steps
 
 _LIB = "fastrnn"
 
 
 def _empty_ws(like: Tensor) -> Tensor:
     return like.new_empty(0, dtype=acc_dtype(like.dtype))
-
-
-def _hprev(h0: Tensor, y: Tensor) -> Tensor:
-    """(T, N, R): the state each step started from."""
-    return torch.cat([h0.unsqueeze(0), y[:-1]], 0)
 
 
 def _grad(g: Optional[Tensor], like: Tensor) -> Tensor:
@@ -111,7 +106,7 @@ def _lstm_backward(ctx, dy, dh_n, dc_n, dws):
         _grad(dy, y), _grad(dh_n, h0), _grad(dc_n, c0), w_hh, w_hr, c0, ws, lengths, ctx.backend
     )
     need = ctx.needs_input_grad
-    dw_hh = _gemm_tn(dxg, _hprev(h0, y), w_hh.dtype) if need[1] else None
+    dw_hh = _gemm_tn(dxg, prev_steps(h0, y), w_hh.dtype) if need[1] else None
     dw_hr = None
     if w_hr is not None and need[2]:
         H = c0.shape[1]
@@ -180,7 +175,7 @@ def _gru_backward(ctx, dy, dh_n, dws):
     w_hh, h0, lengths, y, ws = ctx.saved_tensors
     dxg, dgh, dh0 = gru_backward(_grad(dy, y), _grad(dh_n, h0), w_hh, h0, y, ws, lengths, ctx.backend)
     need = ctx.needs_input_grad
-    dw_hh = _gemm_tn(dgh, _hprev(h0, y), w_hh.dtype) if need[1] else None
+    dw_hh = _gemm_tn(dgh, prev_steps(h0, y), w_hh.dtype) if need[1] else None
     db_hh = dgh.sum((0, 1), dtype=acc_dtype(dgh.dtype)).to(dgh.dtype) if need[2] else None
     return dxg, dw_hh, db_hh, dh0, None, None, None
 
@@ -237,7 +232,7 @@ def _rnn_setup(ctx, inputs, output):
 def _rnn_backward(ctx, dy, dh_n):
     w_hh, h0, lengths, y = ctx.saved_tensors
     dxg, dh0 = rnn_backward(_grad(dy, y), _grad(dh_n, h0), w_hh, y, lengths, ctx.relu, ctx.backend)
-    dw_hh = _gemm_tn(dxg, _hprev(h0, y), w_hh.dtype) if ctx.needs_input_grad[1] else None
+    dw_hh = _gemm_tn(dxg, prev_steps(h0, y), w_hh.dtype) if ctx.needs_input_grad[1] else None
     return dxg, dw_hh, dh0, None, None, None, None
 
 

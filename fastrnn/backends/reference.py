@@ -17,6 +17,16 @@ def acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
+def prev_steps(first: torch.Tensor, seq: torch.Tensor) -> torch.Tensor:
+    """(T, N, X): the state each step started from: first, then seq[:-1]."""
+    return torch.cat([first.unsqueeze(0), seq[:-1]], 0)
+
+
+def active_steps(T: int, lengths: torch.Tensor) -> torch.Tensor:
+    """(T, N, 1) bool: step t of row b is active iff t < lengths[b]."""
+    return (torch.arange(T, device=lengths.device).unsqueeze(1) < lengths).unsqueeze(2)
+
+
 def _active(lengths, t):
     """(N, 1) bool mask of rows whose step t is active, or None (all active)."""
     if lengths is None:
@@ -97,13 +107,13 @@ class ReferenceBackend(Backend):
         gates = ws[..., : 4 * H].view(T, N, 4, H)
         i, f, g, o = gates.unbind(2)
         c_all = ws[..., 4 * H :]
-        c_prev = torch.cat([c0.unsqueeze(0), c_all[:-1]], 0)
+        c_prev = prev_steps(c0, c_all)
         tc = torch.tanh(c_all)
         M = torch.stack([g * i * (1 - i), c_prev * f * (1 - f), i * (1 - g * g)], 2)  # (T, N, 3, H)
         P = tc * o * (1 - o)
         Q = o * (1 - tc * tc)
         if lengths is not None:  # inactive steps: no gate gradients, state gradients pass through
-            act = (torch.arange(T, device=dy.device).unsqueeze(1) < lengths).unsqueeze(2).to(A)  # (T, N, 1)
+            act = active_steps(T, lengths).to(A)
             M = M * act.unsqueeze(3)
             P = P * act
             Q = Q * act
@@ -188,7 +198,7 @@ class ReferenceBackend(Backend):
         A = acc_dtype(D)
         whh = w_hh.to(A)
         dy = dy.to(A)
-        h_prev = torch.cat([h0.to(A).unsqueeze(0), y.to(A)[:-1]], 0)
+        h_prev = prev_steps(h0.to(A), y.to(A))
         r, z, n, hn = ws.view(T, N, 4, H).unbind(2)
         # Per-step multipliers formed for all steps at once (see lstm_backward):
         #   dxg = dh_t * K,  dgh = dh_t * K2,  dh_{t-1} = dh_t * z + dgh @ W_hh
@@ -198,7 +208,7 @@ class ReferenceBackend(Backend):
         K = torch.stack([dr, dz, a], 2)
         K2 = torch.stack([dr, dz, a * r], 2)
         if lengths is not None:
-            act = (torch.arange(T, device=dy.device).unsqueeze(1) < lengths).unsqueeze(2).to(A)
+            act = active_steps(T, lengths).to(A)
             K = K * act.unsqueeze(3)
             K2 = K2 * act.unsqueeze(3)
             z = torch.where(act.bool(), z, 1)  # inactive rows pass their gradient through
@@ -243,7 +253,7 @@ class ReferenceBackend(Backend):
         yA = y.to(A)
         deriv = (yA > 0).to(A) if relu else 1 - yA * yA
         if lengths is not None:
-            act = (torch.arange(T, device=dy.device).unsqueeze(1) < lengths).unsqueeze(2)
+            act = active_steps(T, lengths)
             deriv = deriv * act
             dy = dy * act
         dh = dh_n.to(A).clone()
