@@ -16,6 +16,8 @@ TORCH = "torch"  # the name used for torch.nn's own implementation (cuDNN on GPU
 # torch.nn with oneDNN switched off: on CPU, torch.nn's RNNs run oneDNN's fused RNN
 # primitive; this is its native ATen path (per-step ops, autograd backward).
 TORCH_NATIVE = "torch-native"
+#: suffix of a fused-stack backend run layer by layer
+LAYERS = "/layers"
 CELLS = {"lstm": "LSTM", "gru": "GRU", "rnn": "RNN"}
 
 if str(REPO) not in sys.path:  # run from a checkout without installing
@@ -68,6 +70,15 @@ def fastrnn_backends(device: torch.device, cell: str = "lstm") -> tuple[list[str
     if "reference" not in usable:
         usable.insert(0, "reference")
         skipped.pop("reference", None)
+    # a backend that fuses whole stacks also runs layer by layer, to show what the
+    # fusion buys ("<backend>/layers": FASTRNN_FUSED_STACK=0 during its forward)
+    for name in list(usable):
+        try:
+            fused = fr._backend.get(name).fused_stack(cell)
+        except Exception:
+            fused = False
+        if fused:
+            usable.insert(usable.index(name) + 1, name + LAYERS)
     return usable, skipped
 
 
@@ -80,7 +91,28 @@ def make_layer(impl: str, cell: str, input_size: int, hidden_size: int, num_laye
         return _without_onednn(getattr(torch.nn, cls))(input_size, hidden_size, num_layers, **kw)
     import fastrnn
 
+    if impl.endswith(LAYERS):
+        return _layer_by_layer(getattr(fastrnn, cls))(input_size, hidden_size, num_layers, backend=impl[: -len(LAYERS)], **kw)
     return getattr(fastrnn, cls)(input_size, hidden_size, num_layers, backend=impl, **kw)
+
+
+def _layer_by_layer(cls):
+    class LayerByLayer(cls):
+        """The fastrnn layer with its stack fusion turned off (FASTRNN_FUSED_STACK=0)."""
+
+        def forward(self, *args, **kwargs):
+            prev = os.environ.get("FASTRNN_FUSED_STACK")
+            os.environ["FASTRNN_FUSED_STACK"] = "0"
+            try:
+                return super().forward(*args, **kwargs)
+            finally:
+                if prev is None:
+                    del os.environ["FASTRNN_FUSED_STACK"]
+                else:
+                    os.environ["FASTRNN_FUSED_STACK"] = prev
+
+    LayerByLayer.__name__ = cls.__name__
+    return LayerByLayer
 
 
 def _without_onednn(cls):

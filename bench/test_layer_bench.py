@@ -41,7 +41,7 @@ else:
 
 def _impls(cell: str) -> list[str]:
     usable, _ = C.fastrnn_backends(DEVICE, cell)
-    impls = [C.TORCH] + usable
+    impls = [C.TORCH] + [u for u in usable if not u.endswith(C.LAYERS)]  # one layer: nothing to fuse
     only = os.environ.get("FASTRNN_BENCH_IMPLS")
     if only:
         impls = [i for i in impls if i in {s.strip() for s in only.split(",")}]

@@ -80,6 +80,21 @@ def resolve(requested: str, cell: str, device_type: str, dtype: torch.dtype, pro
     return name
 
 
+@torch.compiler.assume_constant_result
+def fused_stack(name: str, cell: str) -> bool:
+    """Whether a unidirectional multi-layer stack goes through the ``*_stack_*`` ops.
+
+    FASTRNN_FUSED_STACK=0 never, =1 always (the base class composes per-layer
+    calls when the backend has no native stack: tests use this); otherwise when
+    backend ``name`` runs ``cell`` stacks natively."""
+    env = os.environ.get("FASTRNN_FUSED_STACK", "")
+    if env in ("0", "1"):
+        return env == "1"
+    if env:
+        raise ValueError(f"FASTRNN_FUSED_STACK must be '0' or '1', not {env!r}")
+    return bool(get(name).fused_stack(cell))
+
+
 def _resolve(requested, cell, device_type, dtype, proj):
     if requested == "auto":
         requested = default()

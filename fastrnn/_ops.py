@@ -237,3 +237,224 @@ def _rnn_backward(ctx, dy, dh_n):
 
 
 rnn_forward.register_autograd(_rnn_backward, setup_context=_rnn_setup)
+
+
+# ------------------------------------------------------------- fused stacks
+# L >= 2 unidirectional layers in one call (see ``fastrnn.backends``).  Layer 0's
+# input projection xg0 comes in from shared code; the weights of every layer come
+# stacked.  The autograd formula forms the weight gradients of all layers as
+# batched GEMMs over (T, N).
+def _bgemm_tn(a: Tensor, b: Tensor, dtype) -> Tensor:
+    """(L, T, N, X), (L, T, N, Y) -> (L, X, Y): sum over (T, N) of a^T b per layer."""
+    L = a.shape[0]
+    a2 = a.reshape(L, -1, a.shape[-1])
+    b2 = b.reshape(L, -1, b.shape[-1]).to(a2.dtype)
+    return torch.bmm(a2.transpose(1, 2), b2).to(dtype)
+
+
+def _prev_layers(h0: Tensor, y: Tensor) -> Tensor:
+    """(L, T, N, H): the state each layer's step started from."""
+    return torch.cat([h0.unsqueeze(1), y[:, :-1]], 1)
+
+
+def _bias_grad(d: Tensor) -> Tensor:
+    return d.sum((1, 2), dtype=acc_dtype(d.dtype)).to(d.dtype)
+
+
+def _stack_ws_fake(like: Tensor, L: int, width: int, need_ws: bool) -> Tensor:
+    T, N = like.shape[0], like.shape[1]
+    return like.new_empty(L, T, N, width, dtype=acc_dtype(like.dtype)) if need_ws else _empty_ws(like)
+
+
+@torch.library.custom_op(f"{_LIB}::lstm_stack_forward", mutates_args=())
+def lstm_stack_forward(
+    xg0: Tensor,
+    w_ih: Tensor,
+    b: Optional[Tensor],
+    w_hh: Tensor,
+    h0: Tensor,
+    c0: Tensor,
+    need_ws: bool,
+    backend: str,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    return _backend.get(backend).lstm_stack_forward(xg0, w_ih, b, w_hh, h0, c0, need_ws)
+
+
+@lstm_stack_forward.register_fake
+def _(xg0, w_ih, b, w_hh, h0, c0, need_ws, backend):
+    L, N, H = h0.shape
+    T = xg0.shape[0]
+    return (xg0.new_empty(L, T, N, H), torch.empty_like(h0), torch.empty_like(c0),
+            _stack_ws_fake(xg0, L, 5 * H, need_ws))
+
+
+@torch.library.custom_op(f"{_LIB}::lstm_stack_backward", mutates_args=())
+def lstm_stack_backward(
+    dy: Tensor,
+    dh_n: Tensor,
+    dc_n: Tensor,
+    w_ih: Tensor,
+    w_hh: Tensor,
+    c0: Tensor,
+    ws: Tensor,
+    backend: str,
+) -> tuple[Tensor, Tensor, Tensor]:
+    return _backend.get(backend).lstm_stack_backward(dy, dh_n, dc_n, w_ih, w_hh, c0, ws)
+
+
+@lstm_stack_backward.register_fake
+def _(dy, dh_n, dc_n, w_ih, w_hh, c0, ws, backend):
+    L, T, N, H = dy.shape
+    return dy.new_empty(L, T, N, 4 * H), torch.empty_like(dh_n), torch.empty_like(dc_n)
+
+
+def _lstm_stack_setup(ctx, inputs, output):
+    xg0, w_ih, b, w_hh, h0, c0, need_ws, backend = inputs
+    y, _, _, ws = output
+    ctx.set_materialize_grads(False)
+    ctx.backend = backend
+    ctx.need_ws = need_ws
+    ctx.save_for_backward(w_ih, w_hh, h0, c0, y, ws)
+
+
+def _lstm_stack_backward(ctx, dy, dh_n, dc_n, dws):
+    if not ctx.need_ws:
+        raise RuntimeError("fastrnn: lstm_stack_forward ran with need_ws=False, so it cannot be differentiated")
+    w_ih, w_hh, h0, c0, y, ws = ctx.saved_tensors
+    dxg, dh0, dc0 = lstm_stack_backward(
+        _grad(dy, y), _grad(dh_n, h0), _grad(dc_n, c0), w_ih, w_hh, c0, ws, ctx.backend
+    )
+    need = ctx.needs_input_grad
+    dw_ih = _bgemm_tn(dxg[1:], y[:-1], w_ih.dtype) if need[1] else None
+    db = _bias_grad(dxg[1:]) if need[2] else None
+    dw_hh = _bgemm_tn(dxg, _prev_layers(h0, y), w_hh.dtype) if need[3] else None
+    return dxg[0], dw_ih, db, dw_hh, dh0, dc0, None, None
+
+
+lstm_stack_forward.register_autograd(_lstm_stack_backward, setup_context=_lstm_stack_setup)
+
+
+@torch.library.custom_op(f"{_LIB}::gru_stack_forward", mutates_args=())
+def gru_stack_forward(
+    xg0: Tensor,
+    w_ih: Tensor,
+    b_ih: Optional[Tensor],
+    w_hh: Tensor,
+    b_hh: Optional[Tensor],
+    h0: Tensor,
+    need_ws: bool,
+    backend: str,
+) -> tuple[Tensor, Tensor, Tensor]:
+    return _backend.get(backend).gru_stack_forward(xg0, w_ih, b_ih, w_hh, b_hh, h0, need_ws)
+
+
+@gru_stack_forward.register_fake
+def _(xg0, w_ih, b_ih, w_hh, b_hh, h0, need_ws, backend):
+    L, N, H = h0.shape
+    T = xg0.shape[0]
+    return xg0.new_empty(L, T, N, H), torch.empty_like(h0), _stack_ws_fake(xg0, L, 4 * H, need_ws)
+
+
+@torch.library.custom_op(f"{_LIB}::gru_stack_backward", mutates_args=())
+def gru_stack_backward(
+    dy: Tensor,
+    dh_n: Tensor,
+    w_ih: Tensor,
+    w_hh: Tensor,
+    h0: Tensor,
+    y: Tensor,
+    ws: Tensor,
+    backend: str,
+) -> tuple[Tensor, Tensor, Tensor]:
+    return _backend.get(backend).gru_stack_backward(dy, dh_n, w_ih, w_hh, h0, y, ws)
+
+
+@gru_stack_backward.register_fake
+def _(dy, dh_n, w_ih, w_hh, h0, y, ws, backend):
+    L, T, N, H = dy.shape
+    return dy.new_empty(L, T, N, 3 * H), dy.new_empty(L, T, N, 3 * H), torch.empty_like(dh_n)
+
+
+def _gru_stack_setup(ctx, inputs, output):
+    xg0, w_ih, b_ih, w_hh, b_hh, h0, need_ws, backend = inputs
+    y, _, ws = output
+    ctx.set_materialize_grads(False)
+    ctx.backend = backend
+    ctx.need_ws = need_ws
+    ctx.save_for_backward(w_ih, w_hh, h0, y, ws)
+
+
+def _gru_stack_backward(ctx, dy, dh_n, dws):
+    if not ctx.need_ws:
+        raise RuntimeError("fastrnn: gru_stack_forward ran with need_ws=False, so it cannot be differentiated")
+    w_ih, w_hh, h0, y, ws = ctx.saved_tensors
+    dxg, dgh, dh0 = gru_stack_backward(_grad(dy, y), _grad(dh_n, h0), w_ih, w_hh, h0, y, ws, ctx.backend)
+    need = ctx.needs_input_grad
+    dw_ih = _bgemm_tn(dxg[1:], y[:-1], w_ih.dtype) if need[1] else None
+    db_ih = _bias_grad(dxg[1:]) if need[2] else None
+    dw_hh = _bgemm_tn(dgh, _prev_layers(h0, y), w_hh.dtype) if need[3] else None
+    db_hh = _bias_grad(dgh) if need[4] else None
+    return dxg[0], dw_ih, db_ih, dw_hh, db_hh, dh0, None, None
+
+
+gru_stack_forward.register_autograd(_gru_stack_backward, setup_context=_gru_stack_setup)
+
+
+@torch.library.custom_op(f"{_LIB}::rnn_stack_forward", mutates_args=())
+def rnn_stack_forward(
+    xg0: Tensor,
+    w_ih: Tensor,
+    b: Optional[Tensor],
+    w_hh: Tensor,
+    h0: Tensor,
+    relu: bool,
+    need_ws: bool,
+    backend: str,
+) -> tuple[Tensor, Tensor]:
+    return _backend.get(backend).rnn_stack_forward(xg0, w_ih, b, w_hh, h0, relu, need_ws)
+
+
+@rnn_stack_forward.register_fake
+def _(xg0, w_ih, b, w_hh, h0, relu, need_ws, backend):
+    L, N, H = h0.shape
+    return xg0.new_empty(L, xg0.shape[0], N, H), torch.empty_like(h0)
+
+
+@torch.library.custom_op(f"{_LIB}::rnn_stack_backward", mutates_args=())
+def rnn_stack_backward(
+    dy: Tensor,
+    dh_n: Tensor,
+    w_ih: Tensor,
+    w_hh: Tensor,
+    y: Tensor,
+    relu: bool,
+    backend: str,
+) -> tuple[Tensor, Tensor]:
+    return _backend.get(backend).rnn_stack_backward(dy, dh_n, w_ih, w_hh, y, relu)
+
+
+@rnn_stack_backward.register_fake
+def _(dy, dh_n, w_ih, w_hh, y, relu, backend):
+    return torch.empty_like(dy), torch.empty_like(dh_n)
+
+
+def _rnn_stack_setup(ctx, inputs, output):
+    xg0, w_ih, b, w_hh, h0, relu, need_ws, backend = inputs
+    y, _ = output
+    ctx.set_materialize_grads(False)
+    ctx.backend = backend
+    ctx.relu = relu
+    ctx.save_for_backward(w_ih, w_hh, h0, y)
+
+
+def _rnn_stack_backward(ctx, dy, dh_n):
+    w_ih, w_hh, h0, y = ctx.saved_tensors
+    dxg, dh0 = rnn_stack_backward(_grad(dy, y), _grad(dh_n, h0), w_ih, w_hh, y, ctx.relu, ctx.backend)
+    need = ctx.needs_input_grad
+    dw_ih = _bgemm_tn(dxg[1:], y[:-1], w_ih.dtype) if need[1] else None
+    db = _bias_grad(dxg[1:]) if need[2] else None
+    dw_hh = _bgemm_tn(dxg, _prev_layers(h0, y), w_hh.dtype) if need[3] else None
+    return dxg[0], dw_ih, db, dw_hh, dh0, None, None, None
+
+
+rnn_stack_forward.register_autograd(_rnn_stack_backward, setup_context=_rnn_stack_setup)

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import _ops
+from . import _backend, _ops
 
 
 def reverse_padded(x: Tensor, lengths: Optional[Tensor]) -> Tensor:
@@ -74,6 +74,15 @@ def rnn_stack(
     Returns output (T, N, D * R), h_n (L * D, N, R), c_n (L * D, N, H) or None.
     """
     D = 2 if bidirectional else 1
+    if (
+        D == 1
+        and num_layers > 1
+        and lengths is None
+        and not (dropout > 0 and training)
+        and weights[0][4] is None
+        and _backend.fused_stack(backend, mode.split("_")[0].lower())
+    ):
+        return _fused_stack(mode, x, hx, cx, weights, need_ws, backend)
     hs, cs = [], []
     layer_in = x
     for layer in range(num_layers):
@@ -92,3 +101,27 @@ def rnn_stack(
     h_n = torch.stack(hs, 0)
     c_n = torch.stack(cs, 0) if cx is not None else None
     return layer_in, h_n, c_n
+
+
+def _fused_stack(mode, x, hx, cx, weights, need_ws, backend):
+    """A unidirectional stack with no projection, lengths or active dropout, in one
+    ``*_stack_forward`` op (see ``fastrnn.backends``)."""
+    w_ih0, _, b_ih0, b_hh0, _ = weights[0]
+    has_bias = b_ih0 is not None
+    w_ih = torch.stack([w[0] for w in weights[1:]])
+    w_hh = torch.stack([w[1] for w in weights])
+    hx = hx.contiguous()
+    c_n = None
+    if mode == "GRU":
+        xg0 = F.linear(x, w_ih0, b_ih0).contiguous()
+        b_ih = torch.stack([w[2] for w in weights[1:]]) if has_bias else None
+        b_hh = torch.stack([w[3] for w in weights]) if has_bias else None
+        y, h_n, _ = _ops.gru_stack_forward(xg0, w_ih, b_ih, w_hh, b_hh, hx, need_ws, backend)
+    else:
+        xg0 = F.linear(x, w_ih0, b_ih0 + b_hh0 if has_bias else None).contiguous()
+        b = torch.stack([w[2] + w[3] for w in weights[1:]]) if has_bias else None
+        if mode == "LSTM":
+            y, h_n, c_n, _ = _ops.lstm_stack_forward(xg0, w_ih, b, w_hh, hx, cx.contiguous(), need_ws, backend)
+        else:
+            y, h_n = _ops.rnn_stack_forward(xg0, w_ih, b, w_hh, hx, mode == "RNN_RELU", need_ws, backend)
+    return y[-1], h_n, c_n

@@ -68,13 +68,46 @@ availability through ``available``; ``auto`` selection (fastrnn._backend) picks
 the first backend that can, and an explicitly chosen backend that cannot raises
 an error naming what is unsupported.
 
-Room for fused stacks: a backend may additionally implement a whole
-multi-layer, unidirectional stack in one call (``lstm_stack_forward`` /
-``lstm_stack_backward`` and the like, same per-layer workspace layouts);
-shared code uses them when present and the configuration allows.  Until then
-every layer goes through the per-layer functions above.
+Fused stacks (a backend may take over a whole multi-layer stack): for L >= 2
+unidirectional layers with no projection, no ``lengths`` and no inter-layer
+dropout, shared code calls the ``*_stack_*`` functions below instead of the
+per-layer ones when ``fused_stack(cell)`` is True (or FASTRNN_FUSED_STACK=1).
+The base class implements them by composing the per-layer functions, so every
+backend has them; a backend overrides them to run the layers as a wavefront in
+one launch.  Layer 0's input projection stays a shared GEMM; the input
+projections of layers 1..L-1 happen inside the stack, because their inputs are
+produced step by step.  The per-layer workspace layouts are those above.
+
+    lstm_stack_forward(xg0, w_ih, b, w_hh, h0, c0, need_ws) -> (y, h_n, c_n, ws)
+        xg0  (T, N, 4H) D     layer 0's input projection, b_ih + b_hh added
+        w_ih (L-1, 4H, H) D   input weights of layers 1..L-1
+        b    (L-1, 4H) D or None   b_ih + b_hh of layers 1..L-1
+        w_hh (L, 4H, H) D;  h0, c0 (L, N, H) D
+        y    (L, T, N, H) D   every layer's output (y[L-1] is the stack's output)
+        h_n, c_n (L, N, H) D
+        ws   (L, T, N, 5H) A  or empty when not need_ws
+    lstm_stack_backward(dy, dh_n, dc_n, w_ih, w_hh, c0, ws) -> (dxg, dh0, dc0)
+        dy   (L, T, N, H) D   gradient w.r.t. every layer's output y (usually zero
+                              below the top layer); layer l < L-1 also receives
+                              dxg[l+1] @ w_ih[l] through layer l+1's input
+        dxg  (L, T, N, 4H) D  gradient w.r.t. each layer's gate pre-activations
+        dh0, dc0 (L, N, H) D
+    gru_stack_forward(xg0, w_ih, b_ih, w_hh, b_hh, h0, need_ws) -> (y, h_n, ws)
+        xg0 (T, N, 3H) = x @ W_ih0^T + b_ih0;  w_ih (L-1, 3H, H);  b_ih (L-1, 3H)
+        or None;  w_hh (L, 3H, H);  b_hh (L, 3H) or None;  ws (L, T, N, 4H) A
+    gru_stack_backward(dy, dh_n, w_ih, w_hh, h0, y, ws) -> (dxg, dgh, dh0)
+        dxg, dgh (L, T, N, 3H) D as gru_backward's per layer;  dh0 (L, N, H)
+    rnn_stack_forward(xg0, w_ih, b, w_hh, h0, relu, need_ws) -> (y, h_n)
+        b (L-1, H) = b_ih + b_hh of layers 1..L-1, or None
+    rnn_stack_backward(dy, dh_n, w_ih, w_hh, y, relu) -> (dxg, dh0)
+        dxg (L, T, N, H) D;  dh0 (L, N, H)
+
+Shared code forms dW_ih (layers >= 1), their biases' gradients and every dW_hh
+as batched GEMMs from dxg (dgh for GRU's W_hh and b_hh) and y.
 """
 from __future__ import annotations
+
+import torch
 
 
 class Backend:
@@ -119,3 +152,70 @@ class Backend:
 
     def rnn_backward(self, dy, dh_n, w_hh, y, lengths, relu):
         raise NotImplementedError
+
+    # Fused stacks; see the module docstring.  The defaults compose the per-layer
+    # functions (so they are only as fast as those); a backend that runs the stack
+    # natively overrides them and returns True from ``fused_stack``.
+    def fused_stack(self, cell: str) -> bool:
+        return False
+
+    def lstm_stack_forward(self, xg0, w_ih, b, w_hh, h0, c0, need_ws):
+        ys, hs, cs, wss = [], [], [], []
+        for layer in range(w_hh.shape[0]):
+            xg = xg0 if layer == 0 else _project(ys[-1], w_ih[layer - 1], None if b is None else b[layer - 1])
+            y, h, c, ws = self.lstm_forward(xg, w_hh[layer], None, h0[layer], c0[layer], None, need_ws)
+            ys.append(y), hs.append(h), cs.append(c), wss.append(ws)
+        return torch.stack(ys), torch.stack(hs), torch.stack(cs), _stack_ws(wss, need_ws)
+
+    def lstm_stack_backward(self, dy, dh_n, dc_n, w_ih, w_hh, c0, ws):
+        L = w_hh.shape[0]
+        dxg, dh0, dc0 = [None] * L, [None] * L, [None] * L
+        for layer in reversed(range(L)):
+            dyl = dy[layer] if layer == L - 1 else dy[layer] + dxg[layer + 1] @ w_ih[layer]
+            dxg[layer], dh0[layer], dc0[layer], _ = self.lstm_backward(
+                dyl.contiguous(), dh_n[layer], dc_n[layer], w_hh[layer], None, c0[layer], ws[layer], None
+            )
+        return torch.stack(dxg), torch.stack(dh0), torch.stack(dc0)
+
+    def gru_stack_forward(self, xg0, w_ih, b_ih, w_hh, b_hh, h0, need_ws):
+        ys, hs, wss = [], [], []
+        for layer in range(w_hh.shape[0]):
+            xg = xg0 if layer == 0 else _project(ys[-1], w_ih[layer - 1], None if b_ih is None else b_ih[layer - 1])
+            y, h, ws = self.gru_forward(xg, w_hh[layer], None if b_hh is None else b_hh[layer], h0[layer], None, need_ws)
+            ys.append(y), hs.append(h), wss.append(ws)
+        return torch.stack(ys), torch.stack(hs), _stack_ws(wss, need_ws)
+
+    def gru_stack_backward(self, dy, dh_n, w_ih, w_hh, h0, y, ws):
+        L = w_hh.shape[0]
+        dxg, dgh, dh0 = [None] * L, [None] * L, [None] * L
+        for layer in reversed(range(L)):
+            dyl = dy[layer] if layer == L - 1 else dy[layer] + dxg[layer + 1] @ w_ih[layer]
+            dxg[layer], dgh[layer], dh0[layer] = self.gru_backward(
+                dyl.contiguous(), dh_n[layer], w_hh[layer], h0[layer], y[layer], ws[layer], None
+            )
+        return torch.stack(dxg), torch.stack(dgh), torch.stack(dh0)
+
+    def rnn_stack_forward(self, xg0, w_ih, b, w_hh, h0, relu, need_ws):
+        ys, hs = [], []
+        for layer in range(w_hh.shape[0]):
+            xg = xg0 if layer == 0 else _project(ys[-1], w_ih[layer - 1], None if b is None else b[layer - 1])
+            y, h = self.rnn_forward(xg, w_hh[layer], h0[layer], None, relu, need_ws)
+            ys.append(y), hs.append(h)
+        return torch.stack(ys), torch.stack(hs)
+
+    def rnn_stack_backward(self, dy, dh_n, w_ih, w_hh, y, relu):
+        L = w_hh.shape[0]
+        dxg, dh0 = [None] * L, [None] * L
+        for layer in reversed(range(L)):
+            dyl = dy[layer] if layer == L - 1 else dy[layer] + dxg[layer + 1] @ w_ih[layer]
+            dxg[layer], dh0[layer] = self.rnn_backward(dyl.contiguous(), dh_n[layer], w_hh[layer], y[layer], None, relu)
+        return torch.stack(dxg), torch.stack(dh0)
+
+
+def _project(x, w, b):
+    """The input projection of a layer above the first, as shared code computes it."""
+    return torch.nn.functional.linear(x, w, b).contiguous()
+
+
+def _stack_ws(wss, need_ws):
+    return torch.stack(wss) if need_ws else wss[0].new_empty(0)
