@@ -10,7 +10,10 @@ build/build.log.  setup.py passes -Xptxas -v to nvcc; the per-kernel lines
 (registers, shared memory, stack, spill stores/loads per architecture) are
 collected into build/ptxas_report.txt.  Exit status 1 when the build failed,
 when a compiler warning or error points into csrc/, when any kernel spills, or
-when a CUDA build produced no ptxas report at all.
+when a CUDA build produced no ptxas report at all.  The persistent recurrence
+kernels (csrc/cuda/persistent.cu) must appear in the report of every
+architecture built, with no stack frame either (their per-thread state and
+gate accumulators must stay in registers).
 """
 from __future__ import annotations
 
@@ -29,6 +32,9 @@ ENTRY = re.compile(r"ptxas info\s*: Compiling entry function '([^']+)' for '(sm_
 PROPS = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads")
 USED = re.compile(r"ptxas info\s*: Used (\d+) registers(.*)")
 SMEM = re.compile(r"(\d+) bytes smem")
+# (start of the demangled kernel name, instantiations per architecture: 3 cells x 3 dtypes)
+PERSISTENT = (("fastrnn::cuda::(anonymous namespace)::persistent_fwd<", 9),
+              ("fastrnn::cuda::(anonymous namespace)::persistent_bwd<", 9))
 
 
 def build(log_path: str) -> int:
@@ -109,6 +115,15 @@ def main():
         if k["st"] or k["ld"]:
             failures.append(f"{k['arch']} {names[k['name']]} spills "
                             f"({k['st']} bytes stores, {k['ld']} bytes loads)")
+    if cuda_build and kernels:
+        for arch in sorted({k["arch"] for k in kernels}):
+            for prefix, want in PERSISTENT:
+                got = [k for k in kernels if k["arch"] == arch and prefix in names[k["name"]]]
+                if len(got) != want:
+                    failures.append(f"{arch}: {len(got)} kernels {prefix}...> in the ptxas report, "
+                                    f"expected {want}")
+                failures += [f"{arch} {names[k['name']]} has a {k['stack']}-byte stack frame"
+                             for k in got if k["stack"]]
     with open(a.report, "w") as f:
         f.write("\n".join(rows) + "\n")
     print(f"{len(kernels)} kernel compilations in {os.path.relpath(a.report, ROOT)}; "

@@ -26,9 +26,19 @@ say "GPU tests (each test limited to 120 s: a spinning barrier must not eat the 
 timeout 900 $PY -m pytest -q -ra -p no:cacheprovider --timeout 120 \
   tests/test_cuda_modules.py tests/test_ext_cuda.py tests/test_state.py tests/triton "${@}" 2>&1 | tail -60 | tee -a "$LOG"
 
+say "module tests of the cuda backend with the persistent kernels on (FASTRNN_CUDA_PERSISTENT=1)"
+# (tests/test_ext_cuda.py above already runs each op test in both modes)
+FASTRNN_CUDA_PERSISTENT=1 timeout 600 $PY -m pytest -q -ra -p no:cacheprovider --timeout 120 \
+  tests/test_cuda_modules.py -k cuda 2>&1 | tail -15 | tee -a "$LOG"
+
 say "time machine (all backends beside cuDNN)"
 for cell in lstm gru; do
   timeout 600 $PY bench/time_machine.py --cell "$cell" --epochs ${EPOCHS:-40} --no-progress --out "$OUT" 2>&1 | tail -25 | tee -a "$LOG"
+done
+say "time machine, cuda backend with persistent kernels (FASTRNN_CUDA_PERSISTENT=1)"
+for cell in lstm gru; do
+  FASTRNN_CUDA_PERSISTENT=1 timeout 300 $PY bench/time_machine.py --cell "$cell" --backends torch,cuda \
+    --epochs ${EPOCHS:-40} --no-progress --no-plot --out "$OUT/persistent" 2>&1 | tail -8 | tee -a "$LOG"
 done
 
 say "layer sweep"

@@ -9,6 +9,10 @@ float32 from the same inputs, so they differ by accumulation order and by the
 final rounding to the output dtype: the floor is a few ulps of float32 (1e-5)
 or about one rounding of fp16 (eps 9.8e-4) / bf16 (eps 7.8e-3).  TF32 is
 switched off so that float32 products are float32.
+
+Every test runs twice, with FASTRNN_CUDA_PERSISTENT=0 (per-step cuBLAS path)
+and =1 (the persistent kernels of csrc/cuda/persistent.cu where they fit, the
+per-step path elsewhere); the tests at the end check which path was taken.
 """
 from __future__ import annotations
 
@@ -38,6 +42,13 @@ def be():
     torch.backends.cuda.matmul.allow_tf32 = False
     yield b
     torch.backends.cuda.matmul.allow_tf32 = old
+
+
+@pytest.fixture(autouse=True, params=["0", "1"], ids=["perstep", "persistent"])
+def persistent(request, monkeypatch):
+    """FASTRNN_CUDA_PERSISTENT for the test (the extension reads it at every call)."""
+    monkeypatch.setenv("FASTRNN_CUDA_PERSISTENT", request.param)
+    return request.param == "1"
 
 
 def poison():
@@ -181,3 +192,106 @@ def test_graph_capture(be):
     y2, hn2, cn2, ws2 = be.lstm_forward(xg, w_hh, None, h0, h0, None, True)
     assert torch.equal(y, y2)
     assert torch.equal(dxg, be.lstm_backward(dy, hn2, cn2, w_hh, None, h0, ws2, None)[0])
+
+
+# ------------------------------------------------- persistent kernel selection
+def launches():
+    return torch.ops.fastrnn_ext.cuda_persistent_launches()
+
+
+def plan(w_hh, N, backward):
+    return list(torch.ops.fastrnn_ext.cuda_persistent_plan(w_hh, N, backward))
+
+
+def run_cell(be, cell, T, N, H, dtype, L=None):
+    """Forward then backward of one cell; returns (forward outputs, backward outputs, w_hh)."""
+    G = {"lstm": 4, "gru": 3, "rnn": 1}[cell]
+    xg, w_hh, b_hh, h0, c0 = inputs(dtype, (T, N, G * H), (G * H, H), (G * H,), (N, H), (N, H),
+                                    scales=[1, H ** -0.5, 1, 1, 1])
+    dy, dh_n, dc_n = inputs(dtype, (T, N, H), (N, H), (N, H))
+    if cell == "lstm":
+        fwd = be.lstm_forward(xg, w_hh, None, h0, c0, L, True)
+        bwd = be.lstm_backward(dy, dh_n, dc_n, w_hh, None, c0, fwd[3], L)
+        ref_f = ref.lstm_forward(xg, w_hh, None, h0, c0, L, True)
+        ref_b = ref.lstm_backward(dy, dh_n, dc_n, w_hh, None, c0, ref_f[3], L)
+    elif cell == "gru":
+        fwd = be.gru_forward(xg, w_hh, b_hh, h0, L, True)
+        bwd = be.gru_backward(dy, dh_n, w_hh, h0, fwd[0], fwd[2], L)
+        ref_f = ref.gru_forward(xg, w_hh, b_hh, h0, L, True)
+        ref_b = ref.gru_backward(dy, dh_n, w_hh, h0, ref_f[0], ref_f[2], L)
+    else:
+        fwd = be.rnn_forward(xg, w_hh, h0, L, False, True)
+        bwd = be.rnn_backward(dy, dh_n, w_hh, fwd[0], L, False)
+        ref_f = ref.rnn_forward(xg, w_hh, h0, L, False, True)
+        ref_b = ref.rnn_backward(dy, dh_n, w_hh, ref_f[0], L, False)
+    return fwd, bwd, ref_f, ref_b, w_hh
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_persistent_taken(be, persistent, cell, dtype):
+    """H=256, N=32 fits on chip: with FASTRNN_CUDA_PERSISTENT=1 forward and backward
+    are one persistent launch each, and agree with the reference; with =0, none."""
+    T, N, H = 35, 32, 256
+    G = {"lstm": 4, "gru": 3, "rnn": 1}[cell]
+    w = torch.zeros(G * H, H, dtype=dtype, device="cuda")
+    assert plan(w, N, False) and plan(w, N, True), "H=256, N=32 should fit on any sm_80+ GPU"
+    L = lengths_for(T, N, True)
+    n0 = launches()
+    fwd, bwd, ref_f, ref_b, _ = run_cell(be, cell, T, N, H, dtype, L)
+    torch.cuda.synchronize()
+    assert launches() - n0 == (2 if persistent else 0)
+    tol = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 5e-2}[dtype]
+    # ws is left out (its gate slots are unspecified off-length); the backward,
+    # which consumes it, is compared instead
+    for k, (g, r) in enumerate(zip(fwd[:-1] if cell != "rnn" else fwd, ref_f)):
+        assert rel(g, r) <= tol, f"{cell} forward[{k}]: {rel(g, r):.2e}"
+    for k, (g, r) in enumerate(zip(bwd, ref_b)):
+        if r.numel():
+            assert rel(g, r) <= tol, f"{cell} backward[{k}]: {rel(g, r):.2e}"
+
+
+def test_persistent_fallback(be, persistent):
+    """W_hh of 64 MB cannot stay on chip: the per-step path runs, with correct results."""
+    T, N, H = 3, 2, 2048
+    w = torch.zeros(4 * H, H, device="cuda")
+    assert plan(w, N, False) == [] and plan(w, N, True) == []
+    n0 = launches()
+    fwd, bwd, ref_f, ref_b, _ = run_cell(be, "lstm", T, N, H, torch.float32)
+    torch.cuda.synchronize()
+    assert launches() == n0
+    for g, r in list(zip(fwd, ref_f)) + list(zip(bwd, ref_b)):
+        if r.numel():
+            assert rel(g, r) <= 1e-4
+
+
+@pytest.mark.parametrize("cell", ["gru", "rnn"])
+def test_graph_capture_cells(be, cell):
+    """GRU and RNN forward + backward capture in a CUDA graph too (either path)."""
+    T, N, H = 8, 4, 32
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        run_cell(be, cell, T, N, H, torch.float32)
+    torch.cuda.current_stream().wait_stream(s)
+    G = {"gru": 3, "rnn": 1}[cell]
+    xg, w_hh, b_hh, h0 = inputs(torch.float32, (T, N, G * H), (G * H, H), (G * H,), (N, H))
+    dy = inputs(torch.float32, (T, N, H))[0]
+
+    def step():
+        if cell == "gru":
+            y, hn, ws = be.gru_forward(xg, w_hh, b_hh, h0, None, True)
+            return y, be.gru_backward(dy, hn, w_hh, h0, y, ws, None)[0]
+        y, hn = be.rnn_forward(xg, w_hh, h0, None, True, True)
+        return y, be.rnn_backward(dy, hn, w_hh, y, None, True)[0]
+
+    with torch.cuda.stream(s):
+        step()
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        y, dxg = step()
+    g.replay()
+    torch.cuda.synchronize()
+    y2, dxg2 = step()
+    assert torch.equal(y, y2) and torch.equal(dxg, dxg2)

@@ -1,3 +1,8 @@
+// CUDA recurrences.  With FASTRNN_CUDA_PERSISTENT=1 each op first tries the
+// persistent kernel of persistent.cu (one cooperative launch for all steps;
+// not for projected LSTMs or float64) and falls back to the path below when it
+// does not fit on chip.
+//
 // Per-step CUDA recurrences: each time step is one cuBLAS product against the
 // recurrent weights (in the accumulation type A: fp32 for fp32/fp16/bf16
 // inputs, so state and products stay fp32) plus one fused pointwise kernel, one
@@ -14,6 +19,7 @@
 
 #include "../cell_math.h"
 #include "../checks.h"
+#include "persistent.h"
 
 namespace fastrnn {
 namespace cuda {
@@ -270,6 +276,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward_cuda(
   const auto acc = xg.options().dtype(Ad);
   const int64_t T = d.T, N = d.N, H = d.H, R = d.R;
   const bool proj = w_hr.has_value();
+  if (!proj && persistent_requested()) {
+    std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> out;
+    if (lstm_forward_persistent(xg, w_hh, h0, c0, lengths, need_ws, out)) return out;
+  }
   at::Tensor y = at::empty({T, N, R}, xg.options());
   at::Tensor ws = need_ws ? at::empty({T, N, 5 * H}, acc) : at::empty({0}, acc);
   at::Tensor scratch = need_ws ? at::Tensor() : at::empty({N, 5 * H}, acc);
@@ -311,6 +321,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_backward_cuda(
   const auto acc = dy.options().dtype(Ad);
   const int64_t T = d.T, N = d.N, H = d.H, R = d.R;
   const bool proj = w_hr.has_value();
+  if (!proj && persistent_requested()) {
+    std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> out;
+    if (lstm_backward_persistent(dy, dh_n, dc_n, w_hh, c0, ws, lengths, out)) return out;
+  }
   at::Tensor dxg = at::empty({T, N, 4 * H}, dy.options());
   at::Tensor dhr = proj ? at::empty({T, N, R}, acc) : at::empty({0}, acc);
   const at::Tensor W = w_hh.to(Ad).contiguous();
@@ -348,6 +362,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_forward_cuda(
     const at::Tensor& h0, const c10::optional<at::Tensor>& lengths, bool need_ws) {
   const Dims d = check_gru_forward(xg, w_hh, b_hh, h0, lengths);
   const c10::cuda::CUDAGuard guard(xg.device());
+  if (persistent_requested()) {
+    std::tuple<at::Tensor, at::Tensor, at::Tensor> out;
+    if (gru_forward_persistent(xg, w_hh, b_hh, h0, lengths, need_ws, out)) return out;
+  }
   const auto stream = c10::cuda::getCurrentCUDAStream();
   const auto Ad = acc_type(xg.scalar_type());
   const auto acc = xg.options().dtype(Ad);
@@ -378,6 +396,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_backward_cuda(
     const at::Tensor& y, const at::Tensor& ws, const c10::optional<at::Tensor>& lengths) {
   const Dims d = check_gru_backward(dy, dh_n, w_hh, h0, y, ws, lengths);
   const c10::cuda::CUDAGuard guard(dy.device());
+  if (persistent_requested()) {
+    std::tuple<at::Tensor, at::Tensor, at::Tensor> out;
+    if (gru_backward_persistent(dy, dh_n, w_hh, h0, y, ws, lengths, out)) return out;
+  }
   const auto stream = c10::cuda::getCurrentCUDAStream();
   const auto Ad = acc_type(dy.scalar_type());
   const int64_t T = d.T, N = d.N, H = d.H;
@@ -407,6 +429,10 @@ std::tuple<at::Tensor, at::Tensor> rnn_forward_cuda(const at::Tensor& xg, const 
                                                     bool relu, bool need_ws) {
   const Dims d = check_rnn_forward(xg, w_hh, h0, lengths);
   const c10::cuda::CUDAGuard guard(xg.device());
+  if (persistent_requested()) {
+    std::tuple<at::Tensor, at::Tensor> out;
+    if (rnn_forward_persistent(xg, w_hh, h0, lengths, relu, out)) return out;
+  }
   const auto stream = c10::cuda::getCurrentCUDAStream();
   const auto Ad = acc_type(xg.scalar_type());
   const int64_t T = d.T, N = d.N, H = d.H;
@@ -433,6 +459,10 @@ std::tuple<at::Tensor, at::Tensor> rnn_backward_cuda(const at::Tensor& dy, const
                                                      bool relu) {
   const Dims d = check_rnn_backward(dy, dh_n, w_hh, y, lengths);
   const c10::cuda::CUDAGuard guard(dy.device());
+  if (persistent_requested()) {
+    std::tuple<at::Tensor, at::Tensor> out;
+    if (rnn_backward_persistent(dy, dh_n, w_hh, y, lengths, relu, out)) return out;
+  }
   const auto stream = c10::cuda::getCurrentCUDAStream();
   const auto Ad = acc_type(dy.scalar_type());
   const int64_t T = d.T, N = d.N, H = d.H;

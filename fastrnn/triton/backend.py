@@ -75,6 +75,67 @@ class TritonBackend(Backend):
         with self._check(dy):
             return self._mod("lstm").lstm_backward(dy, dh_n, dc_n, w_hh, w_hr, c0, ws, lengths, self.force_block_h, self.force_stream)
 
+    # ------------------------------------------------------------ fused stacks
+    #: cells whose ``*_stack_*`` functions run as one wavefront launch (stack.py)
+    FUSED_CELLS = ("lstm", "gru", "rnn")
+
+    def fused_stack(self, cell: str) -> bool:
+        return cell in self.FUSED_CELLS
+
+    def _stack_plan(self, cell, t, H, L, gates):
+        """The stack's tile plan, or None where the wavefront would not run as one
+        persistent launch on this GPU (more programs than SMs): there the per-layer
+        kernels (the base class's composition) are faster than T+L launches."""
+        st = self._mod("stack")
+        if cell not in self.FUSED_CELLS:
+            return None
+        plan = st.make_stack_plan(t.shape[-2], H, L, gates, t.dtype, t.device, self.force_block_h, self.force_stream)
+        if _interpreting() or st.stack_resident(plan, t.device):
+            return plan
+        return None
+
+    def lstm_stack_forward(self, xg0, w_ih, b, w_hh, h0, c0, need_ws):
+        with self._check(xg0):
+            plan = self._stack_plan("lstm", xg0, w_hh.shape[2], w_hh.shape[0], 4)
+            if plan is None:
+                return super().lstm_stack_forward(xg0, w_ih, b, w_hh, h0, c0, need_ws)
+            return self._mod("stack").lstm_stack_forward(xg0, w_ih, b, w_hh, h0, c0, need_ws, plan=plan)
+
+    def lstm_stack_backward(self, dy, dh_n, dc_n, w_ih, w_hh, c0, ws):
+        with self._check(dy):
+            plan = self._stack_plan("lstm", dy, w_hh.shape[2], w_hh.shape[0], 4)
+            if plan is None:
+                return super().lstm_stack_backward(dy, dh_n, dc_n, w_ih, w_hh, c0, ws)
+            return self._mod("stack").lstm_stack_backward(dy, dh_n, dc_n, w_ih, w_hh, c0, ws, plan=plan)
+
+    def gru_stack_forward(self, xg0, w_ih, b_ih, w_hh, b_hh, h0, need_ws):
+        with self._check(xg0):
+            plan = self._stack_plan("gru", xg0, w_hh.shape[2], w_hh.shape[0], 3)
+            if plan is None:
+                return super().gru_stack_forward(xg0, w_ih, b_ih, w_hh, b_hh, h0, need_ws)
+            return self._mod("stack").gru_stack_forward(xg0, w_ih, b_ih, w_hh, b_hh, h0, need_ws, plan=plan)
+
+    def gru_stack_backward(self, dy, dh_n, w_ih, w_hh, h0, y, ws):
+        with self._check(dy):
+            plan = self._stack_plan("gru", dy, w_hh.shape[2], w_hh.shape[0], 3)
+            if plan is None:
+                return super().gru_stack_backward(dy, dh_n, w_ih, w_hh, h0, y, ws)
+            return self._mod("stack").gru_stack_backward(dy, dh_n, w_ih, w_hh, h0, y, ws, plan=plan)
+
+    def rnn_stack_forward(self, xg0, w_ih, b, w_hh, h0, relu, need_ws):
+        with self._check(xg0):
+            plan = self._stack_plan("rnn", xg0, w_hh.shape[2], w_hh.shape[0], 1)
+            if plan is None:
+                return super().rnn_stack_forward(xg0, w_ih, b, w_hh, h0, relu, need_ws)
+            return self._mod("stack").rnn_stack_forward(xg0, w_ih, b, w_hh, h0, relu, need_ws, plan=plan)
+
+    def rnn_stack_backward(self, dy, dh_n, w_ih, w_hh, y, relu):
+        with self._check(dy):
+            plan = self._stack_plan("rnn", dy, w_hh.shape[2], w_hh.shape[0], 1)
+            if plan is None:
+                return super().rnn_stack_backward(dy, dh_n, w_ih, w_hh, y, relu)
+            return self._mod("stack").rnn_stack_backward(dy, dh_n, w_ih, w_hh, y, relu, plan=plan)
+
     # ------------------------------------------------------------------- GRU
     def gru_forward(self, xg, w_hh, b_hh, h0, lengths, need_ws):
         with self._check(xg):

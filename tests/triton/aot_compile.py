@@ -30,8 +30,13 @@ DTYPES = {"fp32": 4, "fp16": 2, "bf16": 2}
 HIDDEN = (64, 128, 256, 384, 512, 768, 1024)
 QUICK_HIDDEN = (64, 256, 1000)
 
+#: fused-stack kernels (fastrnn/triton/stack.py) are compiled for a stack of this
+#: many layers (the layer count is a runtime argument; it only shapes the plan)
+STACK_LAYERS = 2
+STACK_CELLS = ("lstm", "gru", "rnn")
+
 # pointer arguments by name: D = the layer's dtype, others fixed
-_F32_PTRS = {"ws", "hx", "mx", "dhx", "dhr"}
+_F32_PTRS = {"ws", "hx", "mx", "dhx", "dhr", "cx", "dcx"}
 _PTR_TYPES = {"lens": "*i64", "sync": "*i32"}
 
 
@@ -50,6 +55,16 @@ def _specs(quick: bool):
     # that runs step by step instead
     for direction in ("fwd", "bwd"):
         yield "lstm", direction, False, "fp32", 1024, 8192
+    # the fused stacks (wavefront kernels), for the cells stack.py implements
+    if ROOT not in sys.path:
+        sys.path.insert(0, ROOT)
+    from fastrnn.triton import stack
+    for dt in DTYPES:
+        for H in hidden:
+            for cell in STACK_CELLS:
+                if hasattr(stack, f"{cell}_stack_fwd_kernel"):
+                    for direction in ("fwd", "bwd"):
+                        yield f"{cell}_stack", direction, False, dt, H, 32
 
 
 def _compile(job):
@@ -75,14 +90,21 @@ def _compile_in(job):
     from fastrnn.triton import _common
 
     R = H // 2 if proj else H
-    gates = {"lstm": 4, "gru": 3, "rnn": 1}[cell]
+    is_stack = cell.endswith("_stack")
+    gates = {"lstm": 4, "gru": 3, "rnn": 1}[cell.split("_")[0]]
     n_sm, smem_limit = TARGETS[arch]
     bb = _common._bucket(N)
-    plan = _common._plan(bb, math.ceil(N / bb), H, R, gates, DTYPES[dt], n_sm, None)
-    mod = importlib.import_module(f"fastrnn.triton.{cell}")
-    kernel = getattr(mod, f"{cell}_{direction}_kernel")
+    if is_stack:
+        from fastrnn.triton import stack
+        plan = stack._stack_plan(bb, math.ceil(N / bb), H, STACK_LAYERS, gates, DTYPES[dt], n_sm)
+        kernel = getattr(stack, f"{cell}_{direction}_kernel")
+    else:
+        plan = _common._plan(bb, math.ceil(N / bb), H, R, gates, DTYPES[dt], n_sm, None)
+        mod = importlib.import_module(f"fastrnn.triton.{cell}")
+        kernel = getattr(mod, f"{cell}_{direction}_kernel")
     sig, consts, attrs = {}, dict(plan.constexprs()), {}
     flags = dict(HAS_PROJ=proj, HAS_LEN=True, NEED_WS=True, SPLIT=plan.split, HAS_BIAS=True, RELU=False,
+                 HAS_BIH=True, HAS_BHH=True,
                  PREC="ieee" if dt == "fp32" else "tf32")
     for i, p in enumerate(kernel.params):
         name = p.name
@@ -93,7 +115,7 @@ def _compile_in(job):
         elif name in _PTR_TYPES:
             sig[name] = _PTR_TYPES[name]
             attrs[(i,)] = [["tt.divisibility", 16]]
-        elif name in ("T", "N", "H", "R", "t0", "t1", "pid_h0", "nsync", "phases"):
+        elif name in ("T", "N", "H", "R", "t0", "t1", "pid_h0", "nsync", "phases", "NL", "w0", "w1", "first"):
             sig[name] = "i32"
             if name in ("H", "R") and (R if name == "R" else H) % 16 == 0:
                 attrs[(i,)] = [["tt.divisibility", 16]]
@@ -103,6 +125,8 @@ def _compile_in(job):
     row = dict(kernel=f"{cell}{'_proj' if proj else ''}_{direction}", dtype=dt, hidden=H, proj=R if proj else None,
                batch=N, arch=f"sm_{arch}", block_b=plan.block_b, block_h=plan.block_h, programs=plan.n_ht * plan.n_bt,
                split=plan.split, num_warps=plan.num_warps, num_stages=plan.num_stages)
+    if is_stack:
+        row.update(layers=STACK_LAYERS, stream=plan.stream)
     t = time.time()
     log = io.StringIO()
     try:
@@ -150,9 +174,9 @@ def main():
     a = ap.parse_args()
     rep = run(a.quick, a.jobs, a.out, tuple(a.arch or (90, 80)))
     bad = [r for r in rep["rows"] if not r["ok"]]
-    print(f"{'kernel':<15}{'dtype':<6}{'H':>5}{'N':>5} {'arch':<6}{'BH':>4}{'progs':>6}{'smem':>8}{'regs':>6}{'spill':>7}")
+    print(f"{'kernel':<17}{'dtype':<6}{'H':>5}{'N':>5} {'arch':<6}{'BH':>4}{'progs':>6}{'smem':>8}{'regs':>6}{'spill':>7}")
     for r in rep["rows"]:
-        print(f"{r['kernel']:<15}{r['dtype']:<6}{r['hidden']:>5}{r['batch']:>5} {r['arch']:<6}{r['block_h']:>4}"
+        print(f"{r['kernel']:<17}{r['dtype']:<6}{r['hidden']:>5}{r['batch']:>5} {r['arch']:<6}{r['block_h']:>4}"
               f"{r['programs']:>6}{r.get('smem_bytes', -1):>8}{str(r['registers']):>6}{str(r['spill_store_bytes']):>7}"
               + ("" if r["ok"] else "  FAIL " + r["error"][:200]))
     print(f"{len(rep['rows'])} compiles in {rep['seconds']} s, {len(bad)} failed")

@@ -31,6 +31,7 @@ def test_aot_compile_sm90_sm80():
     rows = json.load(open(REPORT))["rows"]
     kernels = {r["kernel"] for r in rows}
     assert kernels >= {"lstm_fwd", "lstm_bwd", "lstm_proj_fwd", "lstm_proj_bwd", "gru_fwd", "gru_bwd",
-                       "rnn_fwd", "rnn_bwd"}
+                       "rnn_fwd", "rnn_bwd", "lstm_stack_fwd", "lstm_stack_bwd", "gru_stack_fwd", "gru_stack_bwd",
+                       "rnn_stack_fwd", "rnn_stack_bwd"}
     assert {r["arch"] for r in rows} == {"sm_90", "sm_80"}
     assert all(r["ok"] for r in rows)

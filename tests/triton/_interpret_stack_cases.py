@@ -1,0 +1,180 @@
+"""Parity of the fused-stack (wavefront) Triton kernels with the reference
+backend's composition of per-layer functions, run by Triton's CPU interpreter.
+Not collected directly: ``test_triton_stack.py`` runs this file in a fresh process
+with TRITON_INTERPRET=1 (it must be set before Triton is first imported).
+
+Under the interpreter every stack runs wave by wave (one launch per wave, state
+carried through fp32 buffers), so each case exercises the same wave schedule,
+exchange through y / dxg and cross-layer dependencies the persistent GPU launch
+synchronises with one grid barrier per wave.
+"""
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import sys  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+if "triton" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1":  # pragma: no cover
+    pytest.skip("triton was imported before TRITON_INTERPRET=1 was set", allow_module_level=True)
+pytest.importorskip("triton")
+
+from fastrnn.backends.reference import ReferenceBackend  # noqa: E402
+from fastrnn.triton import TritonBackend  # noqa: E402
+from fastrnn.triton import stack  # noqa: E402
+
+TOL = 1e-5
+REF = ReferenceBackend()
+#: tile plans: one program per layer (weights resident, n_ht = 1); 16-unit hidden
+#: tiles (several programs per layer, weights resident); 16-unit tiles with the
+#: weights streamed in 16-wide K chunks; one program per layer, streamed in one
+#: chunk wider than H.
+PLANS = {"layer": (None, None), "split": (16, None), "stream": (16, 16), "layer_stream": (None, 64)}
+
+
+@pytest.fixture(autouse=True)
+def poison_empty(monkeypatch):
+    """Every float tensor torch.empty hands out (outputs, carry buffers) starts as
+    NaN, so an element a kernel forgets to write fails the comparison."""
+    orig = torch.empty
+
+    def empty(*a, **k):
+        t = orig(*a, **k)
+        if t.is_floating_point():
+            t.fill_(float("nan"))
+        return t
+
+    monkeypatch.setattr(torch, "empty", empty)
+
+
+@pytest.fixture
+def fused_only(monkeypatch):
+    """The stack functions must run the wavefront kernels, not fall back to the
+    base class's composition of per-layer functions."""
+    def refuse(*a, **k):
+        raise AssertionError("per-layer function called from a fused stack")
+
+    for name in ("lstm_forward", "lstm_backward", "gru_forward", "gru_backward", "rnn_forward", "rnn_backward"):
+        monkeypatch.setattr(TritonBackend, name, refuse)
+
+
+def _rel(a, b):
+    assert a.shape == b.shape and a.dtype == b.dtype, (a.shape, b.shape, a.dtype, b.dtype)
+    if b.numel() == 0:
+        return 0.0
+    return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
+
+
+def _check(names, got, want):
+    for name, g, w in zip(names, got, want):
+        assert g.is_contiguous(), name
+        assert torch.isfinite(g).all(), f"{name}: not finite (an element was never written)"
+        err = _rel(g, w)
+        assert err <= TOL, f"{name}: relative error {err:.2e}"
+
+
+def _plan_of(tb, cell, N, H, L):
+    gates = {"lstm": 4, "gru": 3, "rnn": 1}[cell]
+    return stack.make_stack_plan(N, H, L, gates, torch.float32, torch.device("cpu"), tb.force_block_h,
+                                 tb.force_stream)
+
+
+# (T, N, H, L, bias, plan)
+LSTM_CASES = [
+    (5, 1, 20, 2, True, "layer"),
+    (1, 2, 20, 3, True, "layer"),
+    (4, 5, 33, 3, False, "split"),
+    (4, 5, 33, 2, True, "stream"),
+    (3, 1, 33, 3, True, "layer_stream"),
+]
+
+
+@pytest.mark.parametrize("T,N,H,L,bias,plan", LSTM_CASES)
+def test_lstm_stack(T, N, H, L, bias, plan, fused_only):
+    tb = TritonBackend(*PLANS[plan])
+    assert tb.fused_stack("lstm")
+    p = _plan_of(tb, "lstm", N, H, L)
+    assert p.n_ht == L * (1 if plan.startswith("layer") else 3) and p.stream == ("stream" in plan)
+    xg0 = torch.randn(T, N, 4 * H)
+    w_ih = torch.randn(L - 1, 4 * H, H) / H**0.5
+    b = torch.randn(L - 1, 4 * H) if bias else None
+    w_hh = torch.randn(L, 4 * H, H) / H**0.5
+    h0, c0 = torch.randn(L, N, H), torch.randn(L, N, H)
+    want = REF.lstm_stack_forward(xg0, w_ih, b, w_hh, h0, c0, True)
+    got = tb.lstm_stack_forward(xg0, w_ih, b, w_hh, h0, c0, True)
+    _check(["y", "h_n", "c_n", "ws"], got, want)
+    _check(["y", "h_n", "c_n"], tb.lstm_stack_forward(xg0, w_ih, b, w_hh, h0, c0, False)[:3], want[:3])
+    dy, dh_n, dc_n = torch.randn(L, T, N, H), torch.randn(L, N, H), torch.randn(L, N, H)
+    gwant = REF.lstm_stack_backward(dy, dh_n, dc_n, w_ih, w_hh, c0, want[3])
+    ggot = tb.lstm_stack_backward(dy, dh_n, dc_n, w_ih, w_hh, c0, want[3])
+    _check(["dxg", "dh0", "dc0"], ggot, gwant)
+    # the stack's workspace is the per-layer layout: any backend's backward reads it
+    _check(["dxg/ws"], REF.lstm_stack_backward(dy, dh_n, dc_n, w_ih, w_hh, c0, got[3])[:1], gwant[:1])
+
+
+# (T, N, H, L, bias, plan)
+GRU_CASES = [
+    (5, 1, 20, 2, True, "layer"),
+    (4, 5, 33, 3, True, "split"),
+    (4, 5, 33, 2, False, "stream"),
+]
+
+
+@pytest.mark.parametrize("T,N,H,L,bias,plan", GRU_CASES)
+def test_gru_stack(T, N, H, L, bias, plan, fused_only):
+    tb = TritonBackend(*PLANS[plan])
+    assert tb.fused_stack("gru")
+    xg0 = torch.randn(T, N, 3 * H)
+    w_ih = torch.randn(L - 1, 3 * H, H) / H**0.5
+    b_ih = torch.randn(L - 1, 3 * H) if bias else None
+    w_hh = torch.randn(L, 3 * H, H) / H**0.5
+    b_hh = torch.randn(L, 3 * H) if bias else None
+    h0 = torch.randn(L, N, H)
+    want = REF.gru_stack_forward(xg0, w_ih, b_ih, w_hh, b_hh, h0, True)
+    got = tb.gru_stack_forward(xg0, w_ih, b_ih, w_hh, b_hh, h0, True)
+    _check(["y", "h_n", "ws"], got, want)
+    _check(["y", "h_n"], tb.gru_stack_forward(xg0, w_ih, b_ih, w_hh, b_hh, h0, False)[:2], want[:2])
+    dy, dh_n = torch.randn(L, T, N, H), torch.randn(L, N, H)
+    gwant = REF.gru_stack_backward(dy, dh_n, w_ih, w_hh, h0, want[0], want[2])
+    ggot = tb.gru_stack_backward(dy, dh_n, w_ih, w_hh, h0, want[0], want[2])
+    _check(["dxg", "dgh", "dh0"], ggot, gwant)
+
+
+def test_gru_stack_one_bias():
+    # the contract lets b_ih and b_hh be absent independently
+    T, N, H, L = 3, 2, 20, 2
+    tb = TritonBackend(16)
+    xg0, h0 = torch.randn(T, N, 3 * H), torch.randn(L, N, H)
+    w_ih, w_hh = torch.randn(L - 1, 3 * H, H) / H**0.5, torch.randn(L, 3 * H, H) / H**0.5
+    for b_ih, b_hh in ((torch.randn(L - 1, 3 * H), None), (None, torch.randn(L, 3 * H))):
+        _check(["y", "h_n", "ws"], tb.gru_stack_forward(xg0, w_ih, b_ih, w_hh, b_hh, h0, True),
+               REF.gru_stack_forward(xg0, w_ih, b_ih, w_hh, b_hh, h0, True))
+
+
+# (T, N, H, L, bias, plan)
+RNN_CASES = [
+    (5, 1, 20, 2, True, "layer"),
+    (4, 5, 33, 3, False, "split"),
+    (4, 5, 33, 2, True, "stream"),
+]
+
+
+@pytest.mark.parametrize("relu", [False, True], ids=["tanh", "relu"])
+@pytest.mark.parametrize("T,N,H,L,bias,plan", RNN_CASES)
+def test_rnn_stack(T, N, H, L, bias, plan, relu, fused_only):
+    tb = TritonBackend(*PLANS[plan])
+    assert tb.fused_stack("rnn")
+    xg0 = torch.randn(T, N, H)
+    w_ih = torch.randn(L - 1, H, H) / H**0.5
+    b = torch.randn(L - 1, H) if bias else None
+    w_hh = torch.randn(L, H, H) / H**0.5
+    h0 = torch.randn(L, N, H)
+    want = REF.rnn_stack_forward(xg0, w_ih, b, w_hh, h0, relu, True)
+    got = tb.rnn_stack_forward(xg0, w_ih, b, w_hh, h0, relu, True)
+    _check(["y", "h_n"], got, want)
+    dy, dh_n = torch.randn(L, T, N, H), torch.randn(L, N, H)
+    gwant = REF.rnn_stack_backward(dy, dh_n, w_ih, w_hh, want[0], relu)
+    ggot = tb.rnn_stack_backward(dy, dh_n, w_ih, w_hh, want[0], relu)
+    _check(["dxg", "dh0"], ggot, gwant)
