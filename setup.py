@@ -7,6 +7,7 @@ CppExtension.  Environment:
   FASTRNN_BUILD_CUDA=0/1   force the CPU-only / the CUDA build
   TORCH_CUDA_ARCH_LIST     GPU architectures (default "8.0;9.0" without a GPU)
   MAX_JOBS                 parallel compile jobs (ninja)
+  FASTRNN_NO_OPENMP=1      build without -fopenmp (at::parallel_for is then serial)
 Without any csrc sources, or without torch at build time, the package is
 pure Python and the compiled backends report themselves unavailable.
 """
@@ -19,6 +20,17 @@ from setuptools import setup
 def env_flag(name):
     v = os.environ.get(name, "").strip().lower()
     return None if v == "" else v not in ("0", "false", "no", "off")
+
+
+def openmp_ok(torch):
+    """torch runs its intra-op threads on OpenMP and the compiler is GCC-like on Linux."""
+    import sys
+    if env_flag("FASTRNN_NO_OPENMP") or not sys.platform.startswith("linux"):
+        return False
+    try:
+        return bool(torch.backends.openmp.is_available())
+    except Exception:
+        return False
 
 
 def extensions():
@@ -44,8 +56,16 @@ def extensions():
             f"CUDA_HOME={ce.CUDA_HOME} (set CUDA_HOME to the toolkit root)")
 
     cxx = ["-O3", "-Wall", "-Wextra", "-Wno-unused-parameter", "-fno-math-errno", "-fno-trapping-math"]
+    link = []
+    # ATen's at::parallel_for is an inline template that runs serially unless the
+    # including file is compiled with OpenMP (_OPENMP), so the extension must be
+    # built with -fopenmp to use torch's intra-op threads.  The libgomp.so.1 it
+    # links is the one torch has already loaded (same soname): one thread pool.
+    if openmp_ok(torch):
+        cxx.append("-fopenmp")
+        link.append("-fopenmp")
     kw = dict(name="fastrnn._C", sources=cpp, extra_compile_args={"cxx": cxx},
-              py_limited_api=True)
+              extra_link_args=link, py_limited_api=True)
     if cuda:
         if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
             os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0"

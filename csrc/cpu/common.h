@@ -13,6 +13,7 @@
 
 #include "../cell_math.h"
 #include "../checks.h"
+#include "step_gemm.h"
 
 // The Fortran BLAS that torch links (MKL in the x86 wheels), taken as weak
 // symbols so that the extension still loads against a torch without one; then
@@ -82,14 +83,20 @@ void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const T* a, int64_t
 }
 
 // The right-hand operand op(B) (k x n) of C (m x n) = A (m x k) @ op(B) + beta C,
-// all row-major, fixed across the time steps of one call: packed once by MKL
-// when the float path has it, else kept as a pointer for gemm().
+// all row-major, fixed across the time steps of one call: packed once, for
+// fastrnn's AVX-512 kernel (step_gemm.h: AMD CPUs) or MKL's packed GEMM when the
+// float path has them, else kept as a pointer for gemm().
 template <typename T>
 class StepMatrix {
  public:
   StepMatrix(const T* b, int64_t ldb, bool tb, int64_t m, int64_t n, int64_t k)
       : b_(b), ldb_(ldb), tb_(tb), m_(m), n_(n), k_(k) {
     if constexpr (std::is_same<T, float>::value) {
+      if (own_gemm() && m > 0 && n > 0 && k > 0) {
+        own_ = at::empty({packed_floats(k, n)}, at::TensorOptions().dtype(at::kFloat));
+        pack_b(b, ldb, tb, k, n, own_.data_ptr<float>());
+        return;
+      }
       const bool fits = std::max({m, n, k, ldb}) < INT_MAX;
       if (cblas_sgemm_pack_get_size != nullptr && cblas_sgemm_pack != nullptr &&
           cblas_sgemm_compute != nullptr && fits && m > 0 && n > 0 && k > 0) {
@@ -103,6 +110,10 @@ class StepMatrix {
   }
   void mul(const T* a, int64_t lda, T beta, T* c, int64_t ldc) const {
     if constexpr (std::is_same<T, float>::value) {
+      if (own_.defined()) {
+        packed_gemm(m_, n_, k_, a, lda, own_.data_ptr<float>(), beta, c, ldc);
+        return;
+      }
       if (packed_.defined()) {
         cblas_sgemm_compute(kRowMajor, kNoTrans, kPacked, int(m_), int(n_), int(k_), a, int(lda),
                             packed_.data_ptr<float>(), int(ldb_), beta, c, int(ldc));
@@ -118,7 +129,8 @@ class StepMatrix {
   int64_t ldb_;
   bool tb_;
   int64_t m_, n_, k_;
-  at::Tensor packed_;
+  at::Tensor packed_;  // MKL's packed format
+  at::Tensor own_;     // step_gemm.h's panels (64-byte aligned: c10's CPU allocator)
 };
 
 // Runs f(r0, r1) over blocks of batch rows, one block per thread.  Rows of an
