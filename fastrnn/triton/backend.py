@@ -94,47 +94,36 @@ class TritonBackend(Backend):
             return plan
         return None
 
-    def lstm_stack_forward(self, xg0, w_ih, b, w_hh, h0, c0, need_ws):
-        with self._check(xg0):
-            plan = self._stack_plan("lstm", xg0, w_hh.shape[2], w_hh.shape[0], 4)
+    _GATES = {"lstm": 4, "gru": 3, "rnn": 1}
+
+    def _stack(self, cell, fn, t, w_hh, *args):
+        """``{cell}_{fn}`` (e.g. ``lstm_stack_forward``) as one wavefront launch of
+        stack.py, or the base class's per-layer composition where it would not be
+        resident.  t: the tensor whose device and dtype the launch follows."""
+        name = f"{cell}_{fn}"
+        with self._check(t):
+            plan = self._stack_plan(cell, t, w_hh.shape[2], w_hh.shape[0], self._GATES[cell])
             if plan is None:
-                return super().lstm_stack_forward(xg0, w_ih, b, w_hh, h0, c0, need_ws)
-            return self._mod("stack").lstm_stack_forward(xg0, w_ih, b, w_hh, h0, c0, need_ws, plan=plan)
+                return getattr(super(), name)(*args)
+            return getattr(self._mod("stack"), name)(*args, plan=plan)
+
+    def lstm_stack_forward(self, xg0, w_ih, b, w_hh, h0, c0, need_ws):
+        return self._stack("lstm", "stack_forward", xg0, w_hh, xg0, w_ih, b, w_hh, h0, c0, need_ws)
 
     def lstm_stack_backward(self, dy, dh_n, dc_n, w_ih, w_hh, c0, ws):
-        with self._check(dy):
-            plan = self._stack_plan("lstm", dy, w_hh.shape[2], w_hh.shape[0], 4)
-            if plan is None:
-                return super().lstm_stack_backward(dy, dh_n, dc_n, w_ih, w_hh, c0, ws)
-            return self._mod("stack").lstm_stack_backward(dy, dh_n, dc_n, w_ih, w_hh, c0, ws, plan=plan)
+        return self._stack("lstm", "stack_backward", dy, w_hh, dy, dh_n, dc_n, w_ih, w_hh, c0, ws)
 
     def gru_stack_forward(self, xg0, w_ih, b_ih, w_hh, b_hh, h0, need_ws):
-        with self._check(xg0):
-            plan = self._stack_plan("gru", xg0, w_hh.shape[2], w_hh.shape[0], 3)
-            if plan is None:
-                return super().gru_stack_forward(xg0, w_ih, b_ih, w_hh, b_hh, h0, need_ws)
-            return self._mod("stack").gru_stack_forward(xg0, w_ih, b_ih, w_hh, b_hh, h0, need_ws, plan=plan)
+        return self._stack("gru", "stack_forward", xg0, w_hh, xg0, w_ih, b_ih, w_hh, b_hh, h0, need_ws)
 
     def gru_stack_backward(self, dy, dh_n, w_ih, w_hh, h0, y, ws):
-        with self._check(dy):
-            plan = self._stack_plan("gru", dy, w_hh.shape[2], w_hh.shape[0], 3)
-            if plan is None:
-                return super().gru_stack_backward(dy, dh_n, w_ih, w_hh, h0, y, ws)
-            return self._mod("stack").gru_stack_backward(dy, dh_n, w_ih, w_hh, h0, y, ws, plan=plan)
+        return self._stack("gru", "stack_backward", dy, w_hh, dy, dh_n, w_ih, w_hh, h0, y, ws)
 
     def rnn_stack_forward(self, xg0, w_ih, b, w_hh, h0, relu, need_ws):
-        with self._check(xg0):
-            plan = self._stack_plan("rnn", xg0, w_hh.shape[2], w_hh.shape[0], 1)
-            if plan is None:
-                return super().rnn_stack_forward(xg0, w_ih, b, w_hh, h0, relu, need_ws)
-            return self._mod("stack").rnn_stack_forward(xg0, w_ih, b, w_hh, h0, relu, need_ws, plan=plan)
+        return self._stack("rnn", "stack_forward", xg0, w_hh, xg0, w_ih, b, w_hh, h0, relu, need_ws)
 
     def rnn_stack_backward(self, dy, dh_n, w_ih, w_hh, y, relu):
-        with self._check(dy):
-            plan = self._stack_plan("rnn", dy, w_hh.shape[2], w_hh.shape[0], 1)
-            if plan is None:
-                return super().rnn_stack_backward(dy, dh_n, w_ih, w_hh, y, relu)
-            return self._mod("stack").rnn_stack_backward(dy, dh_n, w_ih, w_hh, y, relu, plan=plan)
+        return self._stack("rnn", "stack_backward", dy, w_hh, dy, dh_n, w_ih, w_hh, y, relu)
 
     # ------------------------------------------------------------------- GRU
     def gru_forward(self, xg, w_hh, b_hh, h0, lengths, need_ws):
