@@ -38,7 +38,40 @@ def table() -> str:
         lines.append("")
         lines.append(f"Command: `{d['command']}`. {d['timing']}.")
         lines.append("")
+    for path in sorted((ROOT / "bench" / "results").glob("layers_*.json")):
+        lines += layer_table(path)
     return "\n".join(lines) if lines else "No results yet: run `make bench`."
+
+
+def layer_table(path: Path) -> list[str]:
+    """One layer's forward+backward (and forward) median tokens/s per shape from a
+    pytest-benchmark JSON (``make bench-layers``), each implementation's ratio to
+    torch.nn in the same file."""
+    d = json.loads(path.read_text())
+    env = d["machine_info"].get("fastrnn", {})
+    med = {}  # (cell, mode, T, N, H) -> {impl: tokens/s}
+    for b in d["benchmarks"]:
+        e = b["extra_info"]
+        med.setdefault((e["cell"], e["mode"], e["T"], e["N"], e["H"]), {})[e["impl"]] = e["tokens"] / b["stats"]["median"]
+    impls = sorted({i for v in med.values() for i in v if i != "torch"})
+    cells = sorted({k[0] for k in med})
+    out = [f"**One layer, {', '.join(c.upper() for c in cells)}** (input size = hidden size) on "
+           f"{env.get('device_name', '?')} (torch {env.get('torch', '?')}, commit "
+           f"`{str(env.get('git_commit'))[:10]}`), median of the rounds, from `{path.relative_to(ROOT)}`:", "",
+           "| cell | T | N | H | torch.nn fwd+bwd tok/s | " + " | ".join(f"{i} fwd+bwd" for i in impls)
+           + " | torch.nn fwd tok/s | " + " | ".join(f"{i} fwd" for i in impls) + " |",
+           "| --- " * (5 + 2 * len(impls) + 1) + "|"]
+    for cell, _, T, N, H in sorted(k for k in med if k[1] == "forward+backward"):
+        row = [cell, str(T), str(N), str(H)]
+        for mode in ("forward+backward", "forward"):
+            v = med.get((cell, mode, T, N, H), {})
+            base = v.get("torch")
+            row.append(f"{base:,.0f}" if base else "-")
+            row += [f"{v[i] / base:.2f}x" if base and i in v else "-" for i in impls]
+        out.append("| " + " | ".join(row) + " |")
+    out += ["", "Command: `make bench-layers ARGS=\"--benchmark-json ...\"` (pytest-benchmark, "
+            "implementations run one after another, so the ratios carry more noise than the time-machine table's).", ""]
+    return out
 
 
 def main() -> int:

@@ -8,7 +8,8 @@ pytest-benchmark group, so the table compares implementations side by side.
 
 Environment knobs:
     FASTRNN_BENCH_GRID=full       the full product of larger sizes (default: a small
-                                  grid around T=35, N=32, H=256 varying one size at a time)
+                                  grid around T=35, N=32, H=256 varying one size at a time
+                                  to each end of batch 8-256, hidden 128-1024, sequence 35-512)
     FASTRNN_BENCH_CELLS=lstm,gru  cells to benchmark (default lstm)
     FASTRNN_BENCH_DEVICE=cuda     device (default: cuda when present, else cpu)
     FASTRNN_BENCH_IMPLS=torch,reference   restrict the implementations
@@ -35,8 +36,11 @@ ROUNDS = int(os.environ.get("FASTRNN_BENCH_ROUNDS") or (20 if DEVICE.type == "cu
 if os.environ.get("FASTRNN_BENCH_GRID", "small") == "full":
     SHAPES = list(itertools.product([35, 100, 500], [1, 32, 128], [64, 256, 1024]))  # (T, N, H)
 else:
+    # the time-machine shape, then each end of the ranges the CPU target names
+    # (batch 8-256, hidden 128-1024, sequence 35-512), one size varied at a time,
+    # and batch 1 (latency)
     base = (35, 32, 256)
-    SHAPES = [base, (35, 1, 256), (35, 128, 256), (35, 32, 64), (35, 32, 1024), (200, 32, 256)]
+    SHAPES = [base, (35, 8, 256), (35, 256, 256), (35, 32, 128), (35, 32, 1024), (512, 32, 256), (35, 1, 256)]
 
 
 def _impls(cell: str) -> list[str]:
