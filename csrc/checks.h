@@ -136,4 +136,52 @@ inline Dims check_rnn_backward(const at::Tensor& dy, const at::Tensor& dh_n,
   return d;
 }
 
+// Fused stacks (the *_stack_* ops): L >= 1 unidirectional layers of one cell
+// with G gates, input size of layers >= 1 equal to H, float32 or float64.
+struct StackDims {
+  int64_t L, T, N, H;
+};
+
+namespace detail {
+
+inline StackDims stack_dims(const at::Tensor& w_hh, const at::Tensor& w_ih, int64_t G,
+                            const at::Tensor& ref, int64_t T, int64_t N) {
+  TORCH_CHECK(w_hh.dim() == 3 && w_hh.size(0) >= 1 && w_hh.size(1) == G * w_hh.size(2),
+              "fastrnn: w_hh must be (L, ", G, " H, H), got ", w_hh.sizes());
+  const auto D = ref.scalar_type();
+  TORCH_CHECK(D == at::kFloat || D == at::kDouble,
+              "fastrnn: the CPU fused stack runs float32 and float64, got ", D);
+  StackDims s{w_hh.size(0), T, N, w_hh.size(2)};
+  same(w_hh, ref, "w_hh", {s.L, G * s.H, s.H}, D);
+  same(w_ih, ref, "w_ih", {s.L - 1, G * s.H, s.H}, D);
+  return s;
+}
+
+}  // namespace detail
+
+// xg0 (T, N, G H), w_ih (L-1, G H, H), b (L-1, G H) or None, w_hh (L, G H, H),
+// h0 (L, N, H).
+inline StackDims check_stack_forward(const at::Tensor& xg0, const at::Tensor& w_ih,
+                                     const c10::optional<at::Tensor>& b, const at::Tensor& w_hh,
+                                     const at::Tensor& h0, int64_t G) {
+  detail::check_first(xg0, "xg0");
+  const StackDims s = detail::stack_dims(w_hh, w_ih, G, xg0, xg0.size(0), xg0.size(1));
+  const auto D = xg0.scalar_type();
+  detail::same(xg0, xg0, "xg0", {s.T, s.N, G * s.H}, D);
+  if (b.has_value()) detail::same(*b, xg0, "b", {s.L - 1, G * s.H}, D);
+  detail::same(h0, xg0, "h0", {s.L, s.N, s.H}, D);
+  return s;
+}
+
+// dy (L, T, N, H), dh_n (L, N, H), w_ih, w_hh as in the forward.
+inline StackDims check_stack_backward(const at::Tensor& dy, const at::Tensor& dh_n,
+                                      const at::Tensor& w_ih, const at::Tensor& w_hh, int64_t G) {
+  TORCH_CHECK(dy.dim() == 4, "fastrnn: dy must be (L, T, N, H), got ", dy.sizes());
+  const StackDims s = detail::stack_dims(w_hh, w_ih, G, dy, dy.size(1), dy.size(2));
+  const auto D = dy.scalar_type();
+  detail::same(dy, dy, "dy", {s.L, s.T, s.N, s.H}, D);
+  detail::same(dh_n, dy, "dh_n", {s.L, s.N, s.H}, D);
+  return s;
+}
+
 }  // namespace fastrnn

@@ -1,4 +1,4 @@
-// The six recurrence ops of fastrnn's backend seam, declared once.  Kernels
+// The recurrence ops of fastrnn's backend seam, declared once.  Kernels
 // register per device in cpu/ and cuda/.  No pybind: PyInit__C only makes the
 // library importable as fastrnn._C, which runs the registrations below.
 #ifndef Py_LIMITED_API
@@ -19,6 +19,20 @@ TORCH_LIBRARY(fastrnn_ext, m) {
   m.def("rnn_forward(Tensor xg, Tensor w_hh, Tensor h0, Tensor? lengths, bool relu, "
         "bool need_ws) -> (Tensor, Tensor)");
   m.def("rnn_backward(Tensor dy, Tensor dh_n, Tensor w_hh, Tensor y, Tensor? lengths, "
+        "bool relu) -> (Tensor, Tensor)");
+  // Fused stacks of unidirectional layers (fastrnn.backends' *_stack_* functions);
+  // CPU kernels only (float32, float64).
+  m.def("lstm_stack_forward(Tensor xg0, Tensor w_ih, Tensor? b, Tensor w_hh, Tensor h0, "
+        "Tensor c0, bool need_ws) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def("lstm_stack_backward(Tensor dy, Tensor dh_n, Tensor dc_n, Tensor w_ih, Tensor w_hh, "
+        "Tensor c0, Tensor ws) -> (Tensor, Tensor, Tensor)");
+  m.def("gru_stack_forward(Tensor xg0, Tensor w_ih, Tensor? b_ih, Tensor w_hh, Tensor? b_hh, "
+        "Tensor h0, bool need_ws) -> (Tensor, Tensor, Tensor)");
+  m.def("gru_stack_backward(Tensor dy, Tensor dh_n, Tensor w_ih, Tensor w_hh, Tensor h0, "
+        "Tensor y, Tensor ws) -> (Tensor, Tensor, Tensor)");
+  m.def("rnn_stack_forward(Tensor xg0, Tensor w_ih, Tensor? b, Tensor w_hh, Tensor h0, "
+        "bool relu, bool need_ws) -> (Tensor, Tensor)");
+  m.def("rnn_stack_backward(Tensor dy, Tensor dh_n, Tensor w_ih, Tensor w_hh, Tensor y, "
         "bool relu) -> (Tensor, Tensor)");
 }
 

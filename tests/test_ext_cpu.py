@@ -156,3 +156,85 @@ def test_bad_arguments(be):
         be.lstm_forward(xg, w[:, :7].contiguous(), None, h0, h0, None, True)
     with pytest.raises(RuntimeError, match="lengths"):
         be.lstm_forward(xg, w, None, h0, h0, torch.ones(3, dtype=torch.int32), True)
+
+
+# ------------------------------------------------------------- fused stacks
+# The cpu backend's native *_stack_* functions (each thread runs its rows through
+# every layer, the input side of layers >= 1 formed per step) against the
+# reference backend's composition of per-layer functions.  N = 19 and 32 split into
+# two row blocks on two threads; H = 33 leaves partial panels and tiles; dy is
+# nonzero for every layer, so the lower layers' own output gradient is covered.
+STACK_SHAPES = [(7, 32, 33, 3), (4, 19, 20, 2), (3, 1, 5, 2), (2, 5, 9, 4)]  # (T, N, H, L)
+
+
+def _stack_inputs(cell, T, N, H, L, dtype, bias):
+    G = {"lstm": 4, "gru": 3, "rnn": 1}[cell]
+    s = 0.5 if cell == "rnn" else 1.0
+    r = lambda *shape: s * torch.randn(*shape, dtype=dtype)  # noqa: E731
+    xg0, w_ih, w_hh, h0 = r(T, N, G * H), r(L - 1, G * H, H) / H**0.5, r(L, G * H, H) / H**0.5, r(L, N, H)
+    b = r(L - 1, G * H) if bias else None
+    return G, xg0, w_ih, b, w_hh, h0
+
+
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["fp64", "fp32"])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh", "rnn_relu"])
+@pytest.mark.parametrize("T,N,H,L", STACK_SHAPES)
+def test_stack_vs_reference(be, cell, dtype, bias, T, N, H, L):
+    base = cell.split("_")[0]
+    assert be.fused_stack(base)
+    G, xg0, w_ih, b, w_hh, h0 = _stack_inputs(base, T, N, H, L, dtype, bias)
+    relu = cell == "rnn_relu"
+    tol = TOL[dtype]
+    if base == "lstm":
+        c0 = torch.randn(L, N, H, dtype=dtype)
+        got, want = be.lstm_stack_forward(xg0, w_ih, b, w_hh, h0, c0, True), ref.lstm_stack_forward(xg0, w_ih, b, w_hh, h0, c0, True)
+        ys = got[0]
+        dy, dhn, dcn = torch.randn_like(ys), torch.randn_like(got[1]), torch.randn_like(got[2])
+        gb = be.lstm_stack_backward(dy, dhn, dcn, w_ih, w_hh, c0, want[3])
+        wb = ref.lstm_stack_backward(dy, dhn, dcn, w_ih, w_hh, c0, want[3])
+        inf = be.lstm_stack_forward(xg0, w_ih, b, w_hh, h0, c0, False)
+        assert inf[3].numel() == 0
+    elif base == "gru":
+        b_hh = torch.randn(L, G * H, dtype=dtype) if bias else None
+        got, want = be.gru_stack_forward(xg0, w_ih, b, w_hh, b_hh, h0, True), ref.gru_stack_forward(xg0, w_ih, b, w_hh, b_hh, h0, True)
+        ys = got[0]
+        dy, dhn = torch.randn_like(ys), torch.randn_like(got[1])
+        gb = be.gru_stack_backward(dy, dhn, w_ih, w_hh, h0, want[0], want[2])
+        wb = ref.gru_stack_backward(dy, dhn, w_ih, w_hh, h0, want[0], want[2])
+        inf = be.gru_stack_forward(xg0, w_ih, b, w_hh, b_hh, h0, False)
+        assert inf[2].numel() == 0
+    else:
+        got, want = be.rnn_stack_forward(xg0, w_ih, b, w_hh, h0, relu, True), ref.rnn_stack_forward(xg0, w_ih, b, w_hh, h0, relu, True)
+        ys = got[0]
+        dy, dhn = torch.randn_like(ys), torch.randn_like(got[1])
+        gb = be.rnn_stack_backward(dy, dhn, w_ih, w_hh, want[0], relu)
+        wb = ref.rnn_stack_backward(dy, dhn, w_ih, w_hh, want[0], relu)
+        inf = be.rnn_stack_forward(xg0, w_ih, b, w_hh, h0, relu, False)
+    for g, w in zip(list(got) + list(gb), list(want) + list(wb)):
+        if w.numel():
+            assert rel(g, w) <= tol
+    for g, w in zip(inf[:2], want[:2]):  # inference gives the training forward's outputs
+        assert rel(g, w) <= tol
+
+
+def test_stack_half_types_compose(be):
+    """bf16 stacks take the base class's composition of the per-layer kernels."""
+    G, xg0, w_ih, b, w_hh, h0 = _stack_inputs("lstm", 4, 9, 8, 2, torch.float32, True)
+    c0 = torch.randn(2, 9, 8)
+    args = [t.bfloat16() for t in (xg0, w_ih, b, w_hh, h0, c0)]
+    got = be.lstm_stack_forward(*args, True)
+    want = ref.lstm_stack_forward(*args, True)
+    for g, w in zip(got, want):
+        assert rel(g, w) <= TOL[torch.bfloat16]
+
+
+def test_stack_bad_arguments(be):
+    G, xg0, w_ih, b, w_hh, h0 = _stack_inputs("lstm", 4, 9, 8, 2, torch.float32, True)
+    c0 = torch.randn(2, 9, 8)
+    with pytest.raises(RuntimeError, match="w_ih must have shape"):
+        torch.ops.fastrnn_ext.lstm_stack_forward(xg0, w_ih[:, :-1], b, w_hh, h0, c0, True)
+    with pytest.raises(RuntimeError, match="c0 must have shape"):
+        torch.ops.fastrnn_ext.lstm_stack_forward(xg0, w_ih, b, w_hh, h0, c0[:1], True)
+    with pytest.raises(RuntimeError, match="float32 and float64"):
+        torch.ops.fastrnn_ext.lstm_stack_forward(*(t.half() for t in (xg0, w_ih, b, w_hh, h0, c0)), True)

@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <climits>
+#include <memory>
 #include <type_traits>
 
 #include "../cell_math.h"
@@ -150,6 +151,33 @@ void for_row_blocks(int64_t N, const F& f) {
     for (int64_t p = p0; p < p1; ++p) f(N * p / P, N * (p + 1) / P);
   });
 }
+
+// Fused stacks (the *_stack_* ops): each thread runs its batch rows through every
+// layer in turn, so a layer above the first forms its input side per step from
+// the layer below's output rows, which the same thread has just written, and the
+// backward adds the layer above's contribution per step likewise.  No thread
+// waits for another, and no (T, N, G H) input projection or (T, N, H) input
+// gradient is materialised between layers.
+//
+// The input side of a stacked layer: x (T, N, I) the layer below's output,
+// w_ih (G H, I), bias (G H) or nullptr.
+template <typename A>
+struct StepInput {
+  const A* x;
+  int64_t I;
+  const A* w_ih;
+  const A* bias;
+};
+
+// The layer above in the backward: its gate gradients w.r.t. its input-side
+// pre-activations dg (T, N, G H) and its w_ih (G H, H); dg[t] @ w_ih is the
+// gradient w.r.t. this layer's output at step t.
+template <typename A>
+struct StepAbove {
+  const A* dg;
+  int64_t GH;
+  const A* w_ih;
+};
 
 template <typename T>
 inline at::ScalarType dtype_of() {

@@ -55,21 +55,39 @@ FR_CPU_CLONES void bwd_row_f32(int64_t H, const float* ws, const float* h_prev, 
 }
 
 // Forward over batch rows [r0, r1), the whole sequence (see for_row_blocks).
+// With `in` (a stacked layer, D == A) the input side is in->x[t] @ W_ih^T + b_ih,
+// formed per step, and xg is not read.
 template <typename D, typename A>
 void forward_rows(int64_t r0, int64_t r1, const Dims& d, const D* xg, const A* w, const A* bh,
-                  const A* h0, const int64_t* len, A* ws_all, D* y, A* h_n) {
+                  const A* h0, const int64_t* len, A* ws_all, D* y, A* h_n,
+                  const StepInput<A>* in = nullptr) {
   const int64_t T = d.T, N = d.N, H = d.H, M = r1 - r0;
+  TORCH_CHECK(in == nullptr || (std::is_same<D, A>::value),
+              "fastrnn: a fused stack runs in float32 or float64 only");
   const StepMatrix<A> Wmul(w, H, true, M, 3 * H, H);
+  std::unique_ptr<StepMatrix<A>> Imul;
+  if (in != nullptr) Imul = std::make_unique<StepMatrix<A>>(in->w_ih, in->I, true, M, 3 * H, in->I);
   A* h = h_n + r0 * H;  // the state lives in the output rows
   std::copy(h0 + r0 * H, h0 + r1 * H, h);
-  at::Tensor buf = at::empty({M * (3 * H + (ws_all ? 0 : 4 * H))},
+  at::Tensor buf = at::empty({M * (3 * H + (ws_all ? 0 : 4 * H) + (in ? 3 * H : 0))},
                              at::TensorOptions().dtype(dtype_of<A>()));
   A* g = buf.data_ptr<A>();    // (M, 3H)
   A* scratch = g + M * 3 * H;  // (M, 4H) ws when not kept
+  A* gx = scratch + (ws_all ? 0 : M * 4 * H);  // (M, 3H) the stacked layer's input side
   for (int64_t t = 0; t < T; ++t) {
     Wmul.mul(h, H, A(0), g, 3 * H);
     A* ws = ws_all ? ws_all + (t * N + r0) * 4 * H : scratch;
-    const D* x = xg + (t * N + r0) * 3 * H;
+    const D* x = nullptr;
+    if constexpr (std::is_same<D, A>::value) {
+      if (in != nullptr) {
+        Imul->mul(in->x + (t * N + r0) * in->I, in->I, A(0), gx, 3 * H);
+        if (in->bias != nullptr)
+          for (int64_t b = 0; b < M; ++b)
+            for (int64_t j = 0; j < 3 * H; ++j) gx[b * 3 * H + j] += in->bias[j];
+        x = gx;
+      }
+    }
+    if (in == nullptr) x = xg + (t * N + r0) * 3 * H;
     D* yt = y + (t * N + r0) * H;
     for (int64_t b = 0; b < M; ++b) {
       if (!active(len, r0 + b, t)) {
@@ -87,12 +105,17 @@ void forward_rows(int64_t r0, int64_t r1, const Dims& d, const D* xg, const A* w
 }
 
 // Backward over batch rows [r0, r1): gate pass, then dh += dG_t @ W_hh.
+// With `up` (a stacked layer below the top, D == A), dh also receives
+// up->dg[t] @ W_ih of the layer above at the start of step t.
 template <typename D, typename A>
 void backward_rows(int64_t r0, int64_t r1, const Dims& d, const D* dy, const A* w, const D* h0,
-                   const D* y, const A* ws, const int64_t* len, D* dxg, D* dgh, A* dh_io) {
+                   const D* y, const A* ws, const int64_t* len, D* dxg, D* dgh, A* dh_io,
+                   const StepAbove<A>* up = nullptr) {
   const int64_t T = d.T, N = d.N, H = d.H, M = r1 - r0;
   constexpr bool same = std::is_same<D, A>::value;
   const StepMatrix<A> Wmul(w, H, false, M, H, 3 * H);
+  std::unique_ptr<StepMatrix<A>> Umul;
+  if (up != nullptr) Umul = std::make_unique<StepMatrix<A>>(up->w_ih, H, false, M, H, up->GH);
   A* dh = dh_io + r0 * H;
   at::Tensor buf = same ? at::Tensor()
                         : at::empty({M * 3 * H}, at::TensorOptions().dtype(dtype_of<A>()));
@@ -100,6 +123,7 @@ void backward_rows(int64_t r0, int64_t r1, const Dims& d, const D* dy, const A* 
     D* dxt = dxg + (t * N + r0) * 3 * H;
     D* dgt = dgh + (t * N + r0) * 3 * H;
     A* dg = same ? reinterpret_cast<A*>(dgt) : buf.data_ptr<A>();
+    if (up != nullptr) Umul->mul(up->dg + (t * N + r0) * up->GH, up->GH, A(1), dh, H);
     for (int64_t b = 0; b < M; ++b) {
       if (!active(len, r0 + b, t)) {  // dh passes through; the product adds 0
         zero_row(dxt + b * 3 * H, 3 * H);
@@ -181,11 +205,79 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_backward_cpu(
   return {dxg, dgh, dh.to(dy.scalar_type())};
 }
 
+// Fused stacks (see StepInput in common.h): float32 and float64.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_stack_forward_cpu(
+    const at::Tensor& xg0, const at::Tensor& w_ih, const c10::optional<at::Tensor>& b_ih,
+    const at::Tensor& w_hh, const c10::optional<at::Tensor>& b_hh, const at::Tensor& h0,
+    bool need_ws) {
+  const StackDims s = check_stack_forward(xg0, w_ih, b_ih, w_hh, h0, 3);
+  if (b_hh.has_value()) detail::same(*b_hh, xg0, "b_hh", {s.L, 3 * s.H}, xg0.scalar_type());
+  const int64_t L = s.L, T = s.T, N = s.N, H = s.H;
+  at::Tensor y = at::empty({L, T, N, H}, xg0.options());
+  at::Tensor hn = at::empty({L, N, H}, xg0.options());
+  at::Tensor ws = need_ws ? at::empty({L, T, N, 4 * H}, xg0.options()) : at::empty({0}, xg0.options());
+  const at::Tensor bhh = b_hh.has_value() ? *b_hh : at::zeros({L, 3 * H}, xg0.options());
+  AT_DISPATCH_FLOATING_TYPES(xg0.scalar_type(), "gru_stack_forward", [&] {
+    using A = scalar_t;
+    const Dims d{T, N, H, H};
+    A *yp = y.data_ptr<A>(), *wsp = need_ws ? ws.data_ptr<A>() : nullptr;
+    const A *wih = w_ih.data_ptr<A>(), *whh = w_hh.data_ptr<A>();
+    const A* bp = b_ih.has_value() ? b_ih->data_ptr<A>() : nullptr;
+    for_row_blocks(N, [&](int64_t r0, int64_t r1) {
+      for (int64_t l = 0; l < L; ++l) {
+        StepInput<A> in{nullptr, H, nullptr, nullptr};
+        if (l > 0)
+          in = {yp + (l - 1) * T * N * H, H, wih + (l - 1) * 3 * H * H,
+                bp != nullptr ? bp + (l - 1) * 3 * H : nullptr};
+        forward_rows<A, A>(r0, r1, d, xg0.data_ptr<A>(), whh + l * 3 * H * H,
+                           bhh.data_ptr<A>() + l * 3 * H, h0.data_ptr<A>() + l * N * H, nullptr,
+                           wsp != nullptr ? wsp + l * T * N * 4 * H : nullptr, yp + l * T * N * H,
+                           hn.data_ptr<A>() + l * N * H, l > 0 ? &in : nullptr);
+      }
+    });
+  });
+  return {y, hn, ws};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_stack_backward_cpu(
+    const at::Tensor& dy, const at::Tensor& dh_n, const at::Tensor& w_ih, const at::Tensor& w_hh,
+    const at::Tensor& h0, const at::Tensor& y, const at::Tensor& ws) {
+  const StackDims s = check_stack_backward(dy, dh_n, w_ih, w_hh, 3);
+  const auto D = dy.scalar_type();
+  detail::same(h0, dy, "h0", {s.L, s.N, s.H}, D);
+  detail::same(y, dy, "y", {s.L, s.T, s.N, s.H}, D);
+  detail::same(ws, dy, "ws", {s.L, s.T, s.N, 4 * s.H}, D);
+  const int64_t L = s.L, T = s.T, N = s.N, H = s.H;
+  at::Tensor dxg = at::empty({L, T, N, 3 * H}, dy.options());
+  at::Tensor dgh = at::empty({L, T, N, 3 * H}, dy.options());
+  at::Tensor dh = dh_n.clone();
+  AT_DISPATCH_FLOATING_TYPES(D, "gru_stack_backward", [&] {
+    using A = scalar_t;
+    const Dims d{T, N, H, H};
+    A* dxp = dxg.data_ptr<A>();
+    const A *wih = w_ih.data_ptr<A>(), *whh = w_hh.data_ptr<A>();
+    for_row_blocks(N, [&](int64_t r0, int64_t r1) {
+      for (int64_t l = L - 1; l >= 0; --l) {
+        StepAbove<A> up{nullptr, 3 * H, nullptr};
+        if (l < L - 1) up = {dxp + (l + 1) * T * N * 3 * H, 3 * H, wih + l * 3 * H * H};
+        backward_rows<A, A>(r0, r1, d, dy.data_ptr<A>() + l * T * N * H, whh + l * 3 * H * H,
+                            h0.data_ptr<A>() + l * N * H, y.data_ptr<A>() + l * T * N * H,
+                            ws.data_ptr<A>() + l * T * N * 4 * H, nullptr, dxp + l * T * N * 3 * H,
+                            dgh.data_ptr<A>() + l * T * N * 3 * H, dh.data_ptr<A>() + l * N * H,
+                            l < L - 1 ? &up : nullptr);
+      }
+    });
+  });
+  return {dxg, dgh, dh};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastrnn_ext, CPU, m) {
   m.impl("gru_forward", &gru_forward_cpu);
   m.impl("gru_backward", &gru_backward_cpu);
+  m.impl("gru_stack_forward", &gru_stack_forward_cpu);
+  m.impl("gru_stack_backward", &gru_stack_backward_cpu);
 }
 
 }  // namespace cpu

@@ -65,15 +65,23 @@ FR_CPU_CLONES void bwd_row_f32(int64_t n, const float* ws, int64_t wss, const fl
 
 // Forward over batch rows [r0, r1), the whole sequence: per step one product
 // h_{t-1} @ W_hh^T (W_hh packed once), the gate passes, and when projected
-// one product hu @ W_hr^T.  Writes rows r0..r1 of y, ws, h_n and c_n.
+// one product hu @ W_hr^T.  Writes rows r0..r1 of y, ws, h_n and c_n.  With
+// `in` (a stacked layer, D == A) the input side is in->x[t] @ W_ih^T + bias,
+// formed per step, and xg is not read.
 template <typename D, typename A>
 void forward_rows(int64_t r0, int64_t r1, const Dims& d, const D* xg, const A* w, const A* wr,
                   const A* h0, const A* c0, const int64_t* len, A* ws_all, D* y, A* h_n,
-                  A* c_n) {
+                  A* c_n, const StepInput<A>* in = nullptr) {
   const int64_t T = d.T, N = d.N, H = d.H, R = d.R, M = r1 - r0;
   const bool proj = wr != nullptr;
   const auto acc = at::TensorOptions().dtype(dtype_of<A>());
   const StepMatrix<A> Wmul(w, R, true, M, 4 * H, R);
+  std::unique_ptr<StepMatrix<A>> Imul;
+  at::Tensor in_bias;
+  if (in != nullptr) {
+    Imul = std::make_unique<StepMatrix<A>>(in->w_ih, in->I, true, M, 4 * H, in->I);
+    in_bias = in->bias != nullptr ? at::Tensor() : at::zeros({4 * H}, acc);
+  }
   A* h = h_n + r0 * R;  // the state lives in the output rows
   A* c = c_n + r0 * H;
   std::copy(h0 + r0 * R, h0 + r1 * R, h);
@@ -83,10 +91,24 @@ void forward_rows(int64_t r0, int64_t r1, const Dims& d, const D* xg, const A* w
   A* hu = proj ? g + M * 4 * H : h;                      // (M, H) o * tanh(c)
   A* hp = proj ? hu + M * H : nullptr;                   // (M, R) hu @ W_hr^T
   A* scratch = g + M * (4 * H + (proj ? H + R : 0));     // (M, 5H) ws when not kept
+  TORCH_CHECK(in == nullptr || (std::is_same<D, A>::value),
+              "fastrnn: a fused stack runs in float32 or float64 only");
   for (int64_t t = 0; t < T; ++t) {
-    Wmul.mul(h, R, A(0), g, 4 * H);
+    const D* x = nullptr;
+    int64_t xrow = 4 * H;  // x's row stride: 0 when every row adds the same bias
+    if constexpr (std::is_same<D, A>::value) {
+      if (in != nullptr) {
+        Imul->mul(in->x + (t * N + r0) * in->I, in->I, A(0), g, 4 * H);
+        Wmul.mul(h, R, A(1), g, 4 * H);
+        x = in->bias != nullptr ? in->bias : in_bias.data_ptr<A>();
+        xrow = 0;
+      }
+    }
+    if (in == nullptr) {
+      Wmul.mul(h, R, A(0), g, 4 * H);
+      x = xg + (t * N + r0) * 4 * H;
+    }
     A* ws = ws_all ? ws_all + (t * N + r0) * 5 * H : scratch;
-    const D* x = xg + (t * N + r0) * 4 * H;
     D* yt = y + (t * N + r0) * R;
     for (int64_t b = 0; b < M; ++b) {
       A* wsb = ws + b * 5 * H;
@@ -97,9 +119,9 @@ void forward_rows(int64_t r0, int64_t r1, const Dims& d, const D* xg, const A* w
         continue;
       }
       if constexpr (std::is_same<D, float>::value)
-        fwd_row_f32(H, x + b * 4 * H, H, g + b * 4 * H, H, c + b * H, wsb, H, hu + b * H);
+        fwd_row_f32(H, x + b * xrow, H, g + b * 4 * H, H, c + b * H, wsb, H, hu + b * H);
       else
-        fwd_row<D, A>(H, x + b * 4 * H, H, g + b * 4 * H, H, c + b * H, wsb, H, hu + b * H);
+        fwd_row<D, A>(H, x + b * xrow, H, g + b * 4 * H, H, c + b * H, wsb, H, hu + b * H);
       if (!proj) convert_row(yt + b * R, hu + b * H, H);
     }
     if (proj) {
@@ -116,14 +138,18 @@ void forward_rows(int64_t r0, int64_t r1, const Dims& d, const D* xg, const A* w
 // Backward over batch rows [r0, r1): per step the gate pass, then
 // dh += dG_t @ W_hh (W_hh packed once; beta = 1 because dh is zeroed where it
 // was consumed, which leaves inactive rows' carried gradient alone).
+// With `up` (a stacked layer below the top, D == A), dh also receives
+// up->dg[t] @ W_ih of the layer above at the start of step t.
 template <typename D, typename A>
 void backward_rows(int64_t r0, int64_t r1, const Dims& d, const D* dy, const A* w, const A* wr,
                    const A* c0, const A* ws, const int64_t* len, D* dxg, A* dhr_all, A* dh_io,
-                   A* dc_io) {
+                   A* dc_io, const StepAbove<A>* up = nullptr) {
   const int64_t T = d.T, N = d.N, H = d.H, R = d.R, M = r1 - r0;
   constexpr bool same = std::is_same<D, A>::value;
   const bool proj = wr != nullptr;
   const StepMatrix<A> Wmul(w, R, false, M, R, 4 * H);
+  std::unique_ptr<StepMatrix<A>> Umul;
+  if (up != nullptr) Umul = std::make_unique<StepMatrix<A>>(up->w_ih, R, false, M, R, up->GH);
   A* dh = dh_io + r0 * R;
   A* dc = dc_io + r0 * H;
   at::Tensor buf = at::empty({M * (H + (same ? 0 : 4 * H))}, at::TensorOptions().dtype(dtype_of<A>()));
@@ -133,6 +159,7 @@ void backward_rows(int64_t r0, int64_t r1, const Dims& d, const D* dy, const A* 
     const A* wst = ws + (t * N + r0) * 5 * H;
     D* dxt = dxg + (t * N + r0) * 4 * H;
     A* dg = same ? reinterpret_cast<A*>(dxt) : dhu + M * H;
+    if (up != nullptr) Umul->mul(up->dg + (t * N + r0) * up->GH, up->GH, A(1), dh, R);
     if (proj) {
       A* dhr = dhr_all + (t * N + r0) * R;
       for (int64_t b = 0; b < M; ++b) {
@@ -242,11 +269,77 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_backward_cpu(
   return {dxg, dh.to(dy.scalar_type()), dc.to(dy.scalar_type()), dhr};
 }
 
+// Fused stacks (see StepInput in common.h): float32 and float64; the Python
+// backend composes the per-layer ops for the half types.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_stack_forward_cpu(
+    const at::Tensor& xg0, const at::Tensor& w_ih, const c10::optional<at::Tensor>& b,
+    const at::Tensor& w_hh, const at::Tensor& h0, const at::Tensor& c0, bool need_ws) {
+  const StackDims s = check_stack_forward(xg0, w_ih, b, w_hh, h0, 4);
+  detail::same(c0, xg0, "c0", {s.L, s.N, s.H}, xg0.scalar_type());
+  const int64_t L = s.L, T = s.T, N = s.N, H = s.H;
+  at::Tensor y = at::empty({L, T, N, H}, xg0.options());
+  at::Tensor hn = at::empty({L, N, H}, xg0.options()), cn = at::empty({L, N, H}, xg0.options());
+  at::Tensor ws = need_ws ? at::empty({L, T, N, 5 * H}, xg0.options()) : at::empty({0}, xg0.options());
+  AT_DISPATCH_FLOATING_TYPES(xg0.scalar_type(), "lstm_stack_forward", [&] {
+    using A = scalar_t;
+    const Dims d{T, N, H, H};
+    A *yp = y.data_ptr<A>(), *wsp = need_ws ? ws.data_ptr<A>() : nullptr;
+    const A *wih = w_ih.data_ptr<A>(), *whh = w_hh.data_ptr<A>();
+    const A* bp = b.has_value() ? b->data_ptr<A>() : nullptr;
+    for_row_blocks(N, [&](int64_t r0, int64_t r1) {
+      for (int64_t l = 0; l < L; ++l) {
+        StepInput<A> in{nullptr, H, nullptr, nullptr};
+        if (l > 0)
+          in = {yp + (l - 1) * T * N * H, H, wih + (l - 1) * 4 * H * H,
+                bp != nullptr ? bp + (l - 1) * 4 * H : nullptr};
+        forward_rows<A, A>(r0, r1, d, xg0.data_ptr<A>(), whh + l * 4 * H * H, nullptr,
+                           h0.data_ptr<A>() + l * N * H, c0.data_ptr<A>() + l * N * H, nullptr,
+                           wsp != nullptr ? wsp + l * T * N * 5 * H : nullptr, yp + l * T * N * H,
+                           hn.data_ptr<A>() + l * N * H, cn.data_ptr<A>() + l * N * H,
+                           l > 0 ? &in : nullptr);
+      }
+    });
+  });
+  return {y, hn, cn, ws};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_stack_backward_cpu(
+    const at::Tensor& dy, const at::Tensor& dh_n, const at::Tensor& dc_n, const at::Tensor& w_ih,
+    const at::Tensor& w_hh, const at::Tensor& c0, const at::Tensor& ws) {
+  const StackDims s = check_stack_backward(dy, dh_n, w_ih, w_hh, 4);
+  const auto D = dy.scalar_type();
+  detail::same(dc_n, dy, "dc_n", {s.L, s.N, s.H}, D);
+  detail::same(c0, dy, "c0", {s.L, s.N, s.H}, D);
+  detail::same(ws, dy, "ws", {s.L, s.T, s.N, 5 * s.H}, D);
+  const int64_t L = s.L, T = s.T, N = s.N, H = s.H;
+  at::Tensor dxg = at::empty({L, T, N, 4 * H}, dy.options());
+  at::Tensor dh = dh_n.clone(), dc = dc_n.clone();
+  AT_DISPATCH_FLOATING_TYPES(D, "lstm_stack_backward", [&] {
+    using A = scalar_t;
+    const Dims d{T, N, H, H};
+    A* dxp = dxg.data_ptr<A>();
+    const A *wih = w_ih.data_ptr<A>(), *whh = w_hh.data_ptr<A>();
+    for_row_blocks(N, [&](int64_t r0, int64_t r1) {
+      for (int64_t l = L - 1; l >= 0; --l) {
+        StepAbove<A> up{nullptr, 4 * H, nullptr};
+        if (l < L - 1) up = {dxp + (l + 1) * T * N * 4 * H, 4 * H, wih + l * 4 * H * H};
+        backward_rows<A, A>(r0, r1, d, dy.data_ptr<A>() + l * T * N * H, whh + l * 4 * H * H,
+                            nullptr, c0.data_ptr<A>() + l * N * H, ws.data_ptr<A>() + l * T * N * 5 * H,
+                            nullptr, dxp + l * T * N * 4 * H, nullptr, dh.data_ptr<A>() + l * N * H,
+                            dc.data_ptr<A>() + l * N * H, l < L - 1 ? &up : nullptr);
+      }
+    });
+  });
+  return {dxg, dh, dc};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastrnn_ext, CPU, m) {
   m.impl("lstm_forward", &lstm_forward_cpu);
   m.impl("lstm_backward", &lstm_backward_cpu);
+  m.impl("lstm_stack_forward", &lstm_stack_forward_cpu);
+  m.impl("lstm_stack_backward", &lstm_stack_backward_cpu);
 }
 
 }  // namespace cpu

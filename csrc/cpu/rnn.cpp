@@ -31,18 +31,41 @@ FR_HD void bwd_row(int64_t H, const D* __restrict y, const D* __restrict dy, boo
 }
 
 // Forward over batch rows [r0, r1), the whole sequence (see for_row_blocks).
+// With `in` (a stacked layer, D == A) the input side is in->x[t] @ W_ih^T + bias,
+// formed per step, and xg is not read.
 template <typename D, typename A>
 void forward_rows(int64_t r0, int64_t r1, const Dims& d, const D* xg, const A* w, const A* h0,
-                  const int64_t* len, bool relu, D* y, A* h_n) {
+                  const int64_t* len, bool relu, D* y, A* h_n, const StepInput<A>* in = nullptr) {
   const int64_t T = d.T, N = d.N, H = d.H, M = r1 - r0;
+  TORCH_CHECK(in == nullptr || (std::is_same<D, A>::value),
+              "fastrnn: a fused stack runs in float32 or float64 only");
+  const auto acc = at::TensorOptions().dtype(dtype_of<A>());
   const StepMatrix<A> Wmul(w, H, true, M, H, H);
+  std::unique_ptr<StepMatrix<A>> Imul;
+  at::Tensor in_bias;
+  if (in != nullptr) {
+    Imul = std::make_unique<StepMatrix<A>>(in->w_ih, in->I, true, M, H, in->I);
+    in_bias = in->bias != nullptr ? at::Tensor() : at::zeros({H}, acc);
+  }
   A* h = h_n + r0 * H;
   std::copy(h0 + r0 * H, h0 + r1 * H, h);
-  at::Tensor pre = at::empty({M, H}, at::TensorOptions().dtype(dtype_of<A>()));
+  at::Tensor pre = at::empty({M, H}, acc);
   A* g = pre.data_ptr<A>();
   for (int64_t t = 0; t < T; ++t) {
-    Wmul.mul(h, H, A(0), g, H);
-    const D* x = xg + (t * N + r0) * H;
+    const D* x = nullptr;
+    int64_t xrow = H;  // x's row stride: 0 when every row adds the same bias
+    if constexpr (std::is_same<D, A>::value) {
+      if (in != nullptr) {
+        Imul->mul(in->x + (t * N + r0) * in->I, in->I, A(0), g, H);
+        Wmul.mul(h, H, A(1), g, H);
+        x = in->bias != nullptr ? in->bias : in_bias.data_ptr<A>();
+        xrow = 0;
+      }
+    }
+    if (in == nullptr) {
+      Wmul.mul(h, H, A(0), g, H);
+      x = xg + (t * N + r0) * H;
+    }
     D* yt = y + (t * N + r0) * H;
     for (int64_t b = 0; b < M; ++b) {
       if (!active(len, r0 + b, t)) {
@@ -50,25 +73,31 @@ void forward_rows(int64_t r0, int64_t r1, const Dims& d, const D* xg, const A* w
         continue;
       }
       if constexpr (std::is_same<D, float>::value)
-        fwd_row_f32(H, x + b * H, g + b * H, relu, h + b * H);
+        fwd_row_f32(H, x + b * xrow, g + b * H, relu, h + b * H);
       else
-        fwd_row<D, A>(H, x + b * H, g + b * H, relu, h + b * H);
+        fwd_row<D, A>(H, x + b * xrow, g + b * H, relu, h + b * H);
       convert_row(yt + b * H, h + b * H, H);
     }
   }
 }
 
+// With `up` (a stacked layer below the top, D == A), dh also receives
+// up->dg[t] @ W_ih of the layer above at the start of step t.
 template <typename D, typename A>
 void backward_rows(int64_t r0, int64_t r1, const Dims& d, const D* dy, const A* w, const D* y,
-                   const int64_t* len, bool relu, D* dxg, A* dh_io) {
+                   const int64_t* len, bool relu, D* dxg, A* dh_io,
+                   const StepAbove<A>* up = nullptr) {
   const int64_t T = d.T, N = d.N, H = d.H, M = r1 - r0;
   constexpr bool same = std::is_same<D, A>::value;
   const StepMatrix<A> Wmul(w, H, false, M, H, H);
+  std::unique_ptr<StepMatrix<A>> Umul;
+  if (up != nullptr) Umul = std::make_unique<StepMatrix<A>>(up->w_ih, H, false, M, H, up->GH);
   A* dh = dh_io + r0 * H;
   at::Tensor buf = same ? at::Tensor() : at::empty({M, H}, at::TensorOptions().dtype(dtype_of<A>()));
   for (int64_t t = T - 1; t >= 0; --t) {
     D* dxt = dxg + (t * N + r0) * H;
     A* dg = same ? reinterpret_cast<A*>(dxt) : buf.data_ptr<A>();
+    if (up != nullptr) Umul->mul(up->dg + (t * N + r0) * up->GH, up->GH, A(1), dh, H);
     for (int64_t b = 0; b < M; ++b) {
       if (!active(len, r0 + b, t)) {
         zero_row(dg + b * H, H);
@@ -136,11 +165,70 @@ std::tuple<at::Tensor, at::Tensor> rnn_backward_cpu(const at::Tensor& dy, const 
   return {dxg, dh.to(dy.scalar_type())};
 }
 
+// Fused stacks (see StepInput in common.h): float32 and float64.
+std::tuple<at::Tensor, at::Tensor> rnn_stack_forward_cpu(const at::Tensor& xg0, const at::Tensor& w_ih,
+                                                         const c10::optional<at::Tensor>& b,
+                                                         const at::Tensor& w_hh, const at::Tensor& h0,
+                                                         bool relu, bool need_ws) {
+  (void)need_ws;  // the RNN backward needs only y
+  const StackDims s = check_stack_forward(xg0, w_ih, b, w_hh, h0, 1);
+  const int64_t L = s.L, T = s.T, N = s.N, H = s.H;
+  at::Tensor y = at::empty({L, T, N, H}, xg0.options());
+  at::Tensor hn = at::empty({L, N, H}, xg0.options());
+  AT_DISPATCH_FLOATING_TYPES(xg0.scalar_type(), "rnn_stack_forward", [&] {
+    using A = scalar_t;
+    const Dims d{T, N, H, H};
+    A* yp = y.data_ptr<A>();
+    const A *wih = w_ih.data_ptr<A>(), *whh = w_hh.data_ptr<A>();
+    const A* bp = b.has_value() ? b->data_ptr<A>() : nullptr;
+    for_row_blocks(N, [&](int64_t r0, int64_t r1) {
+      for (int64_t l = 0; l < L; ++l) {
+        StepInput<A> in{nullptr, H, nullptr, nullptr};
+        if (l > 0)
+          in = {yp + (l - 1) * T * N * H, H, wih + (l - 1) * H * H,
+                bp != nullptr ? bp + (l - 1) * H : nullptr};
+        forward_rows<A, A>(r0, r1, d, xg0.data_ptr<A>(), whh + l * H * H, h0.data_ptr<A>() + l * N * H,
+                           nullptr, relu, yp + l * T * N * H, hn.data_ptr<A>() + l * N * H,
+                           l > 0 ? &in : nullptr);
+      }
+    });
+  });
+  return {y, hn};
+}
+
+std::tuple<at::Tensor, at::Tensor> rnn_stack_backward_cpu(const at::Tensor& dy, const at::Tensor& dh_n,
+                                                          const at::Tensor& w_ih, const at::Tensor& w_hh,
+                                                          const at::Tensor& y, bool relu) {
+  const StackDims s = check_stack_backward(dy, dh_n, w_ih, w_hh, 1);
+  detail::same(y, dy, "y", {s.L, s.T, s.N, s.H}, dy.scalar_type());
+  const int64_t L = s.L, T = s.T, N = s.N, H = s.H;
+  at::Tensor dxg = at::empty({L, T, N, H}, dy.options());
+  at::Tensor dh = dh_n.clone();
+  AT_DISPATCH_FLOATING_TYPES(dy.scalar_type(), "rnn_stack_backward", [&] {
+    using A = scalar_t;
+    const Dims d{T, N, H, H};
+    A* dxp = dxg.data_ptr<A>();
+    const A *wih = w_ih.data_ptr<A>(), *whh = w_hh.data_ptr<A>();
+    for_row_blocks(N, [&](int64_t r0, int64_t r1) {
+      for (int64_t l = L - 1; l >= 0; --l) {
+        StepAbove<A> up{nullptr, H, nullptr};
+        if (l < L - 1) up = {dxp + (l + 1) * T * N * H, H, wih + l * H * H};
+        backward_rows<A, A>(r0, r1, d, dy.data_ptr<A>() + l * T * N * H, whh + l * H * H,
+                            y.data_ptr<A>() + l * T * N * H, nullptr, relu, dxp + l * T * N * H,
+                            dh.data_ptr<A>() + l * N * H, l < L - 1 ? &up : nullptr);
+      }
+    });
+  });
+  return {dxg, dh};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastrnn_ext, CPU, m) {
   m.impl("rnn_forward", &rnn_forward_cpu);
   m.impl("rnn_backward", &rnn_backward_cpu);
+  m.impl("rnn_stack_forward", &rnn_stack_forward_cpu);
+  m.impl("rnn_stack_backward", &rnn_stack_backward_cpu);
 }
 
 }  // namespace cpu

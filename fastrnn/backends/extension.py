@@ -73,6 +73,48 @@ class CpuBackend(_Extension):
             return False, "fastrnn._C has no CPU kernels registered"
         return True, ""
 
+    # Fused stacks: each thread runs its batch rows through every layer, forming a
+    # layer's input projection (forward) and the layer above's input gradient
+    # (backward) per step inside the recurrence (csrc/cpu/common.h, StepInput).
+    # float32/float64 only; the half types compose the per-layer ops.
+    _STACK_DTYPES = (torch.float32, torch.float64)
+
+    def fused_stack(self, cell: str) -> bool:
+        return _has_kernel(f"{cell}_stack_forward", "CPU")
+
+    def _native(self, cell: str, t) -> bool:
+        return t.dtype in self._STACK_DTYPES and _has_kernel(f"{cell}_stack_forward", "CPU")
+
+    def lstm_stack_forward(self, xg0, w_ih, b, w_hh, h0, c0, need_ws):
+        if not self._native("lstm", xg0):
+            return super().lstm_stack_forward(xg0, w_ih, b, w_hh, h0, c0, need_ws)
+        return torch.ops.fastrnn_ext.lstm_stack_forward(xg0, w_ih, b, w_hh, h0, c0, need_ws)
+
+    def lstm_stack_backward(self, dy, dh_n, dc_n, w_ih, w_hh, c0, ws):
+        if not self._native("lstm", dy):
+            return super().lstm_stack_backward(dy, dh_n, dc_n, w_ih, w_hh, c0, ws)
+        return torch.ops.fastrnn_ext.lstm_stack_backward(dy, dh_n, dc_n, w_ih, w_hh, c0, ws)
+
+    def gru_stack_forward(self, xg0, w_ih, b_ih, w_hh, b_hh, h0, need_ws):
+        if not self._native("gru", xg0):
+            return super().gru_stack_forward(xg0, w_ih, b_ih, w_hh, b_hh, h0, need_ws)
+        return torch.ops.fastrnn_ext.gru_stack_forward(xg0, w_ih, b_ih, w_hh, b_hh, h0, need_ws)
+
+    def gru_stack_backward(self, dy, dh_n, w_ih, w_hh, h0, y, ws):
+        if not self._native("gru", dy):
+            return super().gru_stack_backward(dy, dh_n, w_ih, w_hh, h0, y, ws)
+        return torch.ops.fastrnn_ext.gru_stack_backward(dy, dh_n, w_ih, w_hh, h0, y, ws)
+
+    def rnn_stack_forward(self, xg0, w_ih, b, w_hh, h0, relu, need_ws):
+        if not self._native("rnn", xg0):
+            return super().rnn_stack_forward(xg0, w_ih, b, w_hh, h0, relu, need_ws)
+        return torch.ops.fastrnn_ext.rnn_stack_forward(xg0, w_ih, b, w_hh, h0, relu, need_ws)
+
+    def rnn_stack_backward(self, dy, dh_n, w_ih, w_hh, y, relu):
+        if not self._native("rnn", dy):
+            return super().rnn_stack_backward(dy, dh_n, w_ih, w_hh, y, relu)
+        return torch.ops.fastrnn_ext.rnn_stack_backward(dy, dh_n, w_ih, w_hh, y, relu)
+
 
 class CudaBackend(_Extension):
     """Per-step CUDA recurrences (csrc/cuda/): cuBLAS products plus fused gate kernels."""
