@@ -179,6 +179,21 @@ struct StepAbove {
   const A* w_ih;
 };
 
+// A stack of L layers with G gates each, hidden size H: where layer l's
+// StepInput (l >= 1) and StepAbove (l < L-1) point.  y: (L, T, N, H) outputs;
+// w_ih: (L-1, G H, H); b: (L-1, G H) or nullptr; dg: (L, T, N, G H).
+template <typename A>
+struct StackLayout {
+  int64_t T, N, H, G;
+  StepInput<A> input(const A* y, const A* w_ih, const A* b, int64_t l) const {
+    return {y + (l - 1) * T * N * H, H, w_ih + (l - 1) * G * H * H,
+            b != nullptr ? b + (l - 1) * G * H : nullptr};
+  }
+  StepAbove<A> above(const A* dg, const A* w_ih, int64_t l) const {
+    return {dg + (l + 1) * T * N * G * H, G * H, w_ih + l * G * H * H};
+  }
+};
+
 template <typename T>
 inline at::ScalarType dtype_of() {
   return c10::CppTypeToScalarType<T>::value;

@@ -283,15 +283,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_stack_forward_cp
   AT_DISPATCH_FLOATING_TYPES(xg0.scalar_type(), "lstm_stack_forward", [&] {
     using A = scalar_t;
     const Dims d{T, N, H, H};
+    const StackLayout<A> lay{T, N, H, 4};
     A *yp = y.data_ptr<A>(), *wsp = need_ws ? ws.data_ptr<A>() : nullptr;
     const A *wih = w_ih.data_ptr<A>(), *whh = w_hh.data_ptr<A>();
     const A* bp = b.has_value() ? b->data_ptr<A>() : nullptr;
     for_row_blocks(N, [&](int64_t r0, int64_t r1) {
       for (int64_t l = 0; l < L; ++l) {
-        StepInput<A> in{nullptr, H, nullptr, nullptr};
-        if (l > 0)
-          in = {yp + (l - 1) * T * N * H, H, wih + (l - 1) * 4 * H * H,
-                bp != nullptr ? bp + (l - 1) * 4 * H : nullptr};
+        const StepInput<A> in = l > 0 ? lay.input(yp, wih, bp, l) : StepInput<A>{};
         forward_rows<A, A>(r0, r1, d, xg0.data_ptr<A>(), whh + l * 4 * H * H, nullptr,
                            h0.data_ptr<A>() + l * N * H, c0.data_ptr<A>() + l * N * H, nullptr,
                            wsp != nullptr ? wsp + l * T * N * 5 * H : nullptr, yp + l * T * N * H,
@@ -317,12 +315,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_stack_backward_cpu(
   AT_DISPATCH_FLOATING_TYPES(D, "lstm_stack_backward", [&] {
     using A = scalar_t;
     const Dims d{T, N, H, H};
+    const StackLayout<A> lay{T, N, H, 4};
     A* dxp = dxg.data_ptr<A>();
     const A *wih = w_ih.data_ptr<A>(), *whh = w_hh.data_ptr<A>();
     for_row_blocks(N, [&](int64_t r0, int64_t r1) {
       for (int64_t l = L - 1; l >= 0; --l) {
-        StepAbove<A> up{nullptr, 4 * H, nullptr};
-        if (l < L - 1) up = {dxp + (l + 1) * T * N * 4 * H, 4 * H, wih + l * 4 * H * H};
+        const StepAbove<A> up = l < L - 1 ? lay.above(dxp, wih, l) : StepAbove<A>{};
         backward_rows<A, A>(r0, r1, d, dy.data_ptr<A>() + l * T * N * H, whh + l * 4 * H * H,
                             nullptr, c0.data_ptr<A>() + l * N * H, ws.data_ptr<A>() + l * T * N * 5 * H,
                             nullptr, dxp + l * T * N * 4 * H, nullptr, dh.data_ptr<A>() + l * N * H,

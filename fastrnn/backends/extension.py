@@ -82,38 +82,31 @@ class CpuBackend(_Extension):
     def fused_stack(self, cell: str) -> bool:
         return _has_kernel(f"{cell}_stack_forward", "CPU")
 
-    def _native(self, cell: str, t) -> bool:
-        return t.dtype in self._STACK_DTYPES and _has_kernel(f"{cell}_stack_forward", "CPU")
+    def _stack(self, cell: str, fn: str, t, *args):
+        """``{cell}_{fn}`` through the extension's kernel, or the base class's
+        composition of per-layer ops for a dtype it does not run."""
+        name = f"{cell}_{fn}"
+        if t.dtype in self._STACK_DTYPES and _has_kernel(f"{cell}_stack_forward", "CPU"):
+            return getattr(torch.ops.fastrnn_ext, name)(*args)
+        return getattr(super(), name)(*args)
 
     def lstm_stack_forward(self, xg0, w_ih, b, w_hh, h0, c0, need_ws):
-        if not self._native("lstm", xg0):
-            return super().lstm_stack_forward(xg0, w_ih, b, w_hh, h0, c0, need_ws)
-        return torch.ops.fastrnn_ext.lstm_stack_forward(xg0, w_ih, b, w_hh, h0, c0, need_ws)
+        return self._stack("lstm", "stack_forward", xg0, xg0, w_ih, b, w_hh, h0, c0, need_ws)
 
     def lstm_stack_backward(self, dy, dh_n, dc_n, w_ih, w_hh, c0, ws):
-        if not self._native("lstm", dy):
-            return super().lstm_stack_backward(dy, dh_n, dc_n, w_ih, w_hh, c0, ws)
-        return torch.ops.fastrnn_ext.lstm_stack_backward(dy, dh_n, dc_n, w_ih, w_hh, c0, ws)
+        return self._stack("lstm", "stack_backward", dy, dy, dh_n, dc_n, w_ih, w_hh, c0, ws)
 
     def gru_stack_forward(self, xg0, w_ih, b_ih, w_hh, b_hh, h0, need_ws):
-        if not self._native("gru", xg0):
-            return super().gru_stack_forward(xg0, w_ih, b_ih, w_hh, b_hh, h0, need_ws)
-        return torch.ops.fastrnn_ext.gru_stack_forward(xg0, w_ih, b_ih, w_hh, b_hh, h0, need_ws)
+        return self._stack("gru", "stack_forward", xg0, xg0, w_ih, b_ih, w_hh, b_hh, h0, need_ws)
 
     def gru_stack_backward(self, dy, dh_n, w_ih, w_hh, h0, y, ws):
-        if not self._native("gru", dy):
-            return super().gru_stack_backward(dy, dh_n, w_ih, w_hh, h0, y, ws)
-        return torch.ops.fastrnn_ext.gru_stack_backward(dy, dh_n, w_ih, w_hh, h0, y, ws)
+        return self._stack("gru", "stack_backward", dy, dy, dh_n, w_ih, w_hh, h0, y, ws)
 
     def rnn_stack_forward(self, xg0, w_ih, b, w_hh, h0, relu, need_ws):
-        if not self._native("rnn", xg0):
-            return super().rnn_stack_forward(xg0, w_ih, b, w_hh, h0, relu, need_ws)
-        return torch.ops.fastrnn_ext.rnn_stack_forward(xg0, w_ih, b, w_hh, h0, relu, need_ws)
+        return self._stack("rnn", "stack_forward", xg0, xg0, w_ih, b, w_hh, h0, relu, need_ws)
 
     def rnn_stack_backward(self, dy, dh_n, w_ih, w_hh, y, relu):
-        if not self._native("rnn", dy):
-            return super().rnn_stack_backward(dy, dh_n, w_ih, w_hh, y, relu)
-        return torch.ops.fastrnn_ext.rnn_stack_backward(dy, dh_n, w_ih, w_hh, y, relu)
+        return self._stack("rnn", "stack_backward", dy, dy, dh_n, w_ih, w_hh, y, relu)
 
 
 class CudaBackend(_Extension):
