@@ -98,12 +98,20 @@ FR_AVX512 void panels(int64_t m, int64_t n, int64_t k, const float* a, int64_t l
 }
 #endif
 
+bool has_avx512() {
+#if FR_HAVE_X86
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512f");
+#else
+  return false;
+#endif
+}
+
 bool decide() {
 #if FR_HAVE_X86
   const char* env = std::getenv("FASTRNN_CPU_GEMM");
   if (env != nullptr && std::strcmp(env, "blas") == 0) return false;
-  __builtin_cpu_init();
-  if (!__builtin_cpu_supports("avx512f")) return false;
+  if (!has_avx512()) return false;
   if (env != nullptr && std::strcmp(env, "own") == 0) return true;
   // Default: own kernel where MKL is measured slow (AMD); on Intel MKL's packed
   // GEMM takes its AVX-512 path (measured at ~80% of the big-GEMM rate there).
@@ -192,15 +200,6 @@ void packed_gemm(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
 namespace fastrnn {
 namespace cpu {
 namespace {
-
-bool has_avx512() {
-#if FR_HAVE_X86
-  __builtin_cpu_init();
-  return __builtin_cpu_supports("avx512f");
-#else
-  return false;
-#endif
-}
 
 at::Tensor step_gemm_op(const at::Tensor& a, const at::Tensor& b, bool tb, double beta,
                         const at::Tensor& c, c10::string_view impl) {

@@ -75,9 +75,9 @@ per-layer ones when ``fused_stack(cell)`` is True (or FASTRNN_FUSED_STACK=1).
 The base class implements them by composing the per-layer functions, so every
 backend has them; a backend overrides them to run the layers as a wavefront in
 one launch (triton), or, on a CPU, to run each thread's batch rows through every
-layer in turn with the input side of layers >= 1 formed step by step (cpu).  Layer 0's input projection stays a shared GEMM; the input
-projections of layers 1..L-1 happen inside the stack, because their inputs are
-produced step by step.  The per-layer workspace layouts are those above.
+layer in turn with the input side of layers >= 1 formed step by step (cpu).
+Layer 0's input projection stays a shared GEMM; the input projections of layers
+1..L-1 happen inside the stack, because their inputs are produced step by step.  The per-layer workspace layouts are those above.
 
     lstm_stack_forward(xg0, w_ih, b, w_hh, h0, c0, need_ws) -> (y, h_n, c_n, ws)
         xg0  (T, N, 4H) D     layer 0's input projection, b_ih + b_hh added

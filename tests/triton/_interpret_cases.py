@@ -3,57 +3,17 @@ interpreter.  Not collected directly (the name does not start with ``test_``):
 ``test_triton_interpret.py`` runs this file in a fresh process with
 TRITON_INTERPRET=1, which must be set before Triton is first imported.
 """
-import os
-
-os.environ.setdefault("TRITON_INTERPRET", "1")
-
-import sys  # noqa: E402
+from _interpret_common import REF, check as _check, poison_empty  # noqa: F401  (sets TRITON_INTERPRET; autouse fixture)
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-if "triton" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1":  # pragma: no cover
-    pytest.skip("triton was imported before TRITON_INTERPRET=1 was set", allow_module_level=True)
-pytest.importorskip("triton")
-
-from fastrnn.backends.reference import ReferenceBackend  # noqa: E402
 from fastrnn.triton import TritonBackend  # noqa: E402
 
-TOL = 1e-5
-REF = ReferenceBackend()
 #: tile plans: unsplit (one program per batch tile, state in registers); split over
 #: 16-unit hidden tiles with weights resident; split with weights streamed in
 #: 16-wide K chunks.  Split plans are emulated step by step under the interpreter.
 PLANS = {"unsplit": (None, None), "split": (16, None), "stream": (16, 16)}
-
-
-@pytest.fixture(autouse=True)
-def poison_empty(monkeypatch):
-    """Every float tensor torch.empty hands out (the backend's outputs and exchange
-    buffers included) starts as NaN, so an element a kernel forgets to write fails."""
-    orig = torch.empty
-
-    def empty(*a, **k):
-        t = orig(*a, **k)
-        if t.is_floating_point():
-            t.fill_(float("nan"))
-        return t
-
-    monkeypatch.setattr(torch, "empty", empty)
-
-
-def _rel(a, b):
-    assert a.shape == b.shape and a.dtype == b.dtype, (a.shape, b.shape, a.dtype, b.dtype)
-    if b.numel() == 0:
-        return 0.0
-    return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
-
-
-def _check(names, got, want):
-    for name, g, w in zip(names, got, want):
-        assert g.is_contiguous()
-        err = _rel(g, w)
-        assert err <= TOL, f"{name}: relative error {err:.2e}"
 
 
 def _lengths(N, T, use):

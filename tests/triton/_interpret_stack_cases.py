@@ -8,45 +8,19 @@ carried through fp32 buffers), so each case exercises the same wave schedule,
 exchange through y / dxg and cross-layer dependencies the persistent GPU launch
 synchronises with one grid barrier per wave.
 """
-import os
-
-os.environ.setdefault("TRITON_INTERPRET", "1")
-
-import sys  # noqa: E402
+from _interpret_common import REF, check as _check, poison_empty  # noqa: F401  (sets TRITON_INTERPRET; autouse fixture)
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-if "triton" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1":  # pragma: no cover
-    pytest.skip("triton was imported before TRITON_INTERPRET=1 was set", allow_module_level=True)
-pytest.importorskip("triton")
-
-from fastrnn.backends.reference import ReferenceBackend  # noqa: E402
 from fastrnn.triton import TritonBackend  # noqa: E402
 from fastrnn.triton import stack  # noqa: E402
 
-TOL = 1e-5
-REF = ReferenceBackend()
 #: tile plans: one program per layer (weights resident, n_ht = 1); 16-unit hidden
 #: tiles (several programs per layer, weights resident); 16-unit tiles with the
 #: weights streamed in 16-wide K chunks; one program per layer, streamed in one
 #: chunk wider than H.
 PLANS = {"layer": (None, None), "split": (16, None), "stream": (16, 16), "layer_stream": (None, 64)}
-
-
-@pytest.fixture(autouse=True)
-def poison_empty(monkeypatch):
-    """Every float tensor torch.empty hands out (outputs, carry buffers) starts as
-    NaN, so an element a kernel forgets to write fails the comparison."""
-    orig = torch.empty
-
-    def empty(*a, **k):
-        t = orig(*a, **k)
-        if t.is_floating_point():
-            t.fill_(float("nan"))
-        return t
-
-    monkeypatch.setattr(torch, "empty", empty)
 
 
 @pytest.fixture
@@ -58,21 +32,6 @@ def fused_only(monkeypatch):
 
     for name in ("lstm_forward", "lstm_backward", "gru_forward", "gru_backward", "rnn_forward", "rnn_backward"):
         monkeypatch.setattr(TritonBackend, name, refuse)
-
-
-def _rel(a, b):
-    assert a.shape == b.shape and a.dtype == b.dtype, (a.shape, b.shape, a.dtype, b.dtype)
-    if b.numel() == 0:
-        return 0.0
-    return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
-
-
-def _check(names, got, want):
-    for name, g, w in zip(names, got, want):
-        assert g.is_contiguous(), name
-        assert torch.isfinite(g).all(), f"{name}: not finite (an element was never written)"
-        err = _rel(g, w)
-        assert err <= TOL, f"{name}: relative error {err:.2e}"
 
 
 def _plan_of(tb, cell, N, H, L):

@@ -8,22 +8,11 @@ import os
 import subprocess
 import sys
 
-import pytest
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(os.path.dirname(HERE))
+from _interpret_run import ROOT, run_interpreted
 
 
 def test_interpreter_parity():
-    pytest.importorskip("triton")
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--noconftest", "--rootdir", ROOT,
-         os.path.join(HERE, "_interpret_cases.py")],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
-    )
-    if proc.returncode != 0:
-        pytest.fail(f"interpreter cases failed (rc {proc.returncode}):\n{proc.stdout[-8000:]}\n{proc.stderr[-4000:]}")
+    run_interpreted("_interpret_cases.py")
 
 
 def test_import_without_triton_or_gpu():

@@ -2,26 +2,15 @@
 under Triton's CPU interpreter (in a child process, as ``test_triton_interpret.py``
 does), and, on a machine with a CUDA GPU, parity with torch.nn."""
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(os.path.dirname(HERE))
+from _interpret_run import run_interpreted
 
 
 def test_stack_interpreter_parity():
-    pytest.importorskip("triton")
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--noconftest", "--rootdir", ROOT,
-         os.path.join(HERE, "_interpret_stack_cases.py")],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
-    )
-    if proc.returncode != 0:
-        pytest.fail(f"stack interpreter cases failed (rc {proc.returncode}):\n{proc.stdout[-8000:]}\n{proc.stderr[-4000:]}")
+    run_interpreted("_interpret_stack_cases.py")
 
 
 # ------------------------------------------------------------ plans (no GPU)
