@@ -7,6 +7,9 @@
 #   1. build fastrnn._C for sm_90 with the machine's CUDA (-Xptxas -v check)
 #   2. GPU correctness: every backend against cuDNN (tests/test_cuda_modules.py,
 #      tests/test_ext_cuda.py, the Triton stack/launch tests), each test <= 60 s
+#   2b. every autotuning candidate for the time-machine shape against the
+#      reference, and the tuned module against cuDNN (tests/triton/test_triton_tune.py);
+#      this also compiles what the benchmarks' autotuning times
 #   3. the time-machine LSTM benchmark, every backend beside cuDNN
 #   4. the same with the cuda backend's persistent kernels
 #   5. the GRU benchmark, the remaining GPU tests, the layer sweep
@@ -39,6 +42,9 @@ say "env"; { nvidia-smi -L; $PY -c "import torch, triton; print('torch', torch._
 export CUDA_HOME=${CUDA_HOME:-$(.ci/cuda_home.sh)}
 export FASTRNN_DATA=${FASTRNN_DATA:-$PWD/.devcarry/timemachine.txt}
 EPOCHS=${EPOCHS:-10}
+# the Triton autotuner's choices, shared by the benchmarks of this run (the bench
+# JSON files keep every candidate's timing)
+export FASTRNN_CACHE_DIR=${FASTRNN_CACHE_DIR:-$PWD/.tunecache}
 PYT=($PY -m pytest -q -ra -p no:cacheprovider --timeout 60)
 
 say "1. build (sm_90, -Xptxas -v, warnings/spills check)"
@@ -50,6 +56,9 @@ $PY -c "import fastrnn; [print(r) for r in fastrnn.backends()]" 2>&1 | tee -a "$
 say "2. GPU correctness against cuDNN (each test <= 60 s: a spinning barrier must not eat the lease)"
 run 150 "${PYT[@]}" -x --maxfail=20 tests/test_cuda_modules.py tests/test_ext_cuda.py \
   tests/triton/test_triton_stack.py tests/triton/test_triton_launch.py
+
+say "2b. Triton autotuning candidates and the tuned module on the GPU"
+run 150 "${PYT[@]}" --timeout 120 tests/triton/test_triton_tune.py -k cuda
 
 bench() {  # bench CAP NAME args...: time_machine.py into $OUT/NAME.json (+ .png)
   local cap=$1 name=$2; shift 2

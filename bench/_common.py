@@ -193,3 +193,11 @@ def environment(device: torch.device) -> dict:
     fr, _ = _fastrnn()
     env["fastrnn"] = getattr(fr, "__version__", None) if fr else None
     return env
+
+
+def triton_tuning() -> dict | None:
+    """What the Triton autotuner timed or read from its cache in this process: per
+    key, each candidate's milliseconds, the heuristic's config and the winner
+    (fastrnn/triton/tune.py); None when it never ran."""
+    tune = sys.modules.get("fastrnn.triton.tune")
+    return {k: dict(v) for k, v in tune.TUNER.records.items()} if tune is not None else None

@@ -24,3 +24,8 @@ def pytest_benchmark_update_machine_info(config, machine_info):
 
     device = torch.device(os.environ.get("FASTRNN_BENCH_DEVICE") or C.best_device().type)
     machine_info["fastrnn"] = C.environment(device)
+
+
+def pytest_benchmark_update_json(config, benchmarks, output_json):
+    """Keep the Triton autotuner's timings and choices beside the results."""
+    output_json["triton_tuning"] = C.triton_tuning()

@@ -324,6 +324,7 @@ def run(args) -> dict:
         "wall_seconds": wall,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "results": results,
+        "triton_tuning": C.triton_tuning(),
     }
 
 

@@ -158,18 +158,59 @@ def _plan(block_b, n_bt, H, R, gates, esize, n_sm, force_block_h, force_stream=N
             bh = min(32, hf // 2)
     n_ht = math.ceil(H / bh)
     if n_ht == 1:
-        bh, br = hf, k
-    elif R == H:
-        br = bh
-    else:
-        br = _pow2(math.ceil(R / n_ht))
-    # the larger of the two weight slices a program holds (forward / backward)
-    tile = max(gates * k * bh, gates * hf * br + (hf * br if R != H else 0)) * esize
+        bh = hf
+    tile = layer_tile_bytes(H, R, gates, esize, bh)
     stream = n_ht > 1 and (tile > _RESIDENT_BYTES or force_stream is not None)
     # tl.arange needs a power of two and tl.dot a K of at least 16
-    kc = (_pow2(force_stream) if force_stream else _STREAM_KC) if stream else k
+    kc = (_pow2(force_stream) if force_stream else _STREAM_KC) if stream else 0
     warps = 8 if (not stream and tile >= 32 * 1024) or block_b * bh * gates >= 8192 else 4
-    return Plan(block_b, bh, hf, k, br, n_bt, n_ht, warps, stream, kc, 2 if stream else 1)
+    return layer_plan(Config(block_b, bh, stream, kc, warps, 2 if stream else 1), n_bt, H, R)
+
+
+@dataclass(frozen=True)
+class Config:
+    """The tunable part of a plan: what the autotuner (``tune.py``) chooses and
+    caches.  A plan is a config applied to a shape (``layer_plan`` /
+    ``stack.stack_plan``); the compiled kernel depends only on the config and the
+    padded widths, never on the batch size."""
+
+    block_b: int
+    block_h: int
+    stream: bool
+    block_kc: int
+    num_warps: int
+    num_stages: int
+
+    @staticmethod
+    def of(plan: Plan) -> "Config":
+        return Config(plan.block_b, plan.block_h, plan.stream, plan.block_kc if plan.stream else 0,
+                      plan.num_warps, plan.num_stages)
+
+
+def _slices(H: int, R: int, bh: int) -> tuple[int, int]:
+    """(hidden tiles, output-unit slice) of a layer split into ``bh``-unit tiles."""
+    n_ht = math.ceil(H / bh)
+    if n_ht == 1:
+        return 1, _pow2(R)
+    return n_ht, bh if R == H else _pow2(math.ceil(R / n_ht))
+
+
+def layer_tile_bytes(H: int, R: int, gates: int, esize: int, bh: int) -> int:
+    """The larger of the two weight slices a program holds (forward / backward)."""
+    hf, k = _pow2(H), _pow2(R)
+    _, br = _slices(H, R, bh)
+    return max(gates * k * bh, gates * hf * br + (hf * br if R != H else 0)) * esize
+
+
+def layer_plan(cfg: Config, n_bt: int, H: int, R: int) -> Plan:
+    """A per-layer kernel's plan for ``n_bt`` batch tiles.  Only a split layer
+    streams its weights, and only a streamed one pipelines (``num_stages``)."""
+    hf, k = _pow2(H), _pow2(R)
+    n_ht, br = _slices(H, R, min(cfg.block_h, hf))
+    bh = hf if n_ht == 1 else cfg.block_h
+    stream = cfg.stream and n_ht > 1
+    return Plan(cfg.block_b, bh, hf, k, br, n_bt, n_ht, cfg.num_warps, stream,
+                cfg.block_kc if stream else k, cfg.num_stages if stream else 1)
 
 
 def dot_precision(dtype: torch.dtype) -> str:

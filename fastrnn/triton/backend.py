@@ -68,12 +68,10 @@ class TritonBackend(Backend):
 
     # ------------------------------------------------------------------ LSTM
     def lstm_forward(self, xg, w_hh, w_hr, h0, c0, lengths, need_ws):
-        with self._check(xg):
-            return self._mod("lstm").lstm_forward(xg, w_hh, w_hr, h0, c0, lengths, need_ws, self.force_block_h, self.force_stream)
+        return self._layer("lstm", "forward", w_hh, xg, w_hh, w_hr, h0, c0, lengths, need_ws)
 
     def lstm_backward(self, dy, dh_n, dc_n, w_hh, w_hr, c0, ws, lengths):
-        with self._check(dy):
-            return self._mod("lstm").lstm_backward(dy, dh_n, dc_n, w_hh, w_hr, c0, ws, lengths, self.force_block_h, self.force_stream)
+        return self._layer("lstm", "backward", w_hh, dy, dh_n, dc_n, w_hh, w_hr, c0, ws, lengths)
 
     # ------------------------------------------------------------ fused stacks
     #: cells whose ``*_stack_*`` functions run as one wavefront launch (stack.py)
@@ -82,30 +80,56 @@ class TritonBackend(Backend):
     def fused_stack(self, cell: str) -> bool:
         return cell in self.FUSED_CELLS
 
+    _GATES = {"lstm": 4, "gru": 3, "rnn": 1}
+
+    def _tuning(self, device) -> bool:
+        """Whether plans are autotuned (``tune.py``): not when a test pins them."""
+        if self.force_block_h is not None or self.force_stream is not None or os.environ.get("FASTRNN_TRITON_BLOCK_H"):
+            return False
+        return self._mod("tune").enabled(device)
+
+    def _layer(self, cell, fn, w_hh, *args):
+        """``{cell}_{fn}`` of the per-layer kernel file with the tuned plan, or the
+        heuristic (or pinned) one.  args[0]: the (T, N, .) tensor the launch follows."""
+        t, name = args[0], f"{cell}_{fn}"
+        f = getattr(self._mod(cell), name)
+        with self._check(t):
+            if self._tuning(t.device):
+                tune, gates = self._mod("tune"), self._GATES[cell]
+                plan = tune.layer_plan(name, f, args, t.shape[1], w_hh.shape[0] // gates, w_hh.shape[1], gates)
+                if plan is not tune.UNTUNED:
+                    return f(*args, plan=plan)
+            return f(*args, self.force_block_h, self.force_stream)
+
     def _stack_plan(self, cell, t, H, L, gates):
-        """The stack's tile plan, or None where the wavefront would not run as one
-        persistent launch on this GPU (more programs than SMs): there the per-layer
-        kernels (the base class's composition) are faster than T+L launches."""
+        """The stack's heuristic tile plan, or None where the wavefront would not
+        run as one persistent launch on this GPU (more programs than SMs): there the
+        per-layer kernels (the base class's composition) are faster than T+L launches."""
         st = self._mod("stack")
-        if cell not in self.FUSED_CELLS:
-            return None
         plan = st.make_stack_plan(t.shape[-2], H, L, gates, t.dtype, t.device, self.force_block_h, self.force_stream)
         if _interpreting() or st.stack_resident(plan, t.device):
             return plan
         return None
 
-    _GATES = {"lstm": 4, "gru": 3, "rnn": 1}
-
     def _stack(self, cell, fn, t, w_hh, *args):
         """``{cell}_{fn}`` (e.g. ``lstm_stack_forward``) as one wavefront launch of
         stack.py, or the base class's per-layer composition where it would not be
-        resident.  t: the tensor whose device and dtype the launch follows."""
+        resident or (when tuning) where that measured faster.  t: the tensor whose
+        device and dtype the launch follows."""
         name = f"{cell}_{fn}"
+        layers = getattr(super(), name)
         with self._check(t):
-            plan = self._stack_plan(cell, t, w_hh.shape[2], w_hh.shape[0], self._GATES[cell])
+            H, L, gates = w_hh.shape[2], w_hh.shape[0], self._GATES[cell]
+            f = getattr(self._mod("stack"), name)
+            plan = tune = None
+            if self._tuning(t.device):
+                tune = self._mod("tune")
+                plan = tune.stack_plan(name, f, layers, args, t.shape[-2], H, L, gates)
+            if tune is None or plan is tune.UNTUNED:
+                plan = self._stack_plan(cell, t, H, L, gates)
             if plan is None:
-                return getattr(super(), name)(*args)
-            return getattr(self._mod("stack"), name)(*args, plan=plan)
+                return layers(*args)
+            return f(*args, plan=plan)
 
     def lstm_stack_forward(self, xg0, w_ih, b, w_hh, h0, c0, need_ws):
         return self._stack("lstm", "stack_forward", xg0, w_hh, xg0, w_ih, b, w_hh, h0, c0, need_ws)
@@ -127,18 +151,14 @@ class TritonBackend(Backend):
 
     # ------------------------------------------------------------------- GRU
     def gru_forward(self, xg, w_hh, b_hh, h0, lengths, need_ws):
-        with self._check(xg):
-            return self._mod("gru").gru_forward(xg, w_hh, b_hh, h0, lengths, need_ws, self.force_block_h, self.force_stream)
+        return self._layer("gru", "forward", w_hh, xg, w_hh, b_hh, h0, lengths, need_ws)
 
     def gru_backward(self, dy, dh_n, w_hh, h0, y, ws, lengths):
-        with self._check(dy):
-            return self._mod("gru").gru_backward(dy, dh_n, w_hh, h0, y, ws, lengths, self.force_block_h, self.force_stream)
+        return self._layer("gru", "backward", w_hh, dy, dh_n, w_hh, h0, y, ws, lengths)
 
     # ------------------------------------------------------------------- RNN
     def rnn_forward(self, xg, w_hh, h0, lengths, relu, need_ws):
-        with self._check(xg):
-            return self._mod("rnn").rnn_forward(xg, w_hh, h0, lengths, relu, need_ws, self.force_block_h, self.force_stream)
+        return self._layer("rnn", "forward", w_hh, xg, w_hh, h0, lengths, relu, need_ws)
 
     def rnn_backward(self, dy, dh_n, w_hh, y, lengths, relu):
-        with self._check(dy):
-            return self._mod("rnn").rnn_backward(dy, dh_n, w_hh, y, lengths, relu, self.force_block_h, self.force_stream)
+        return self._layer("rnn", "backward", w_hh, dy, dh_n, w_hh, y, lengths, relu)

@@ -229,11 +229,11 @@ def gru_bwd_kernel(
 
 
 # -------------------------------------------------------------------- launchers
-def gru_forward(xg, w_hh, b_hh, h0, lengths, need_ws, force_block_h=None, force_stream=None):
+def gru_forward(xg, w_hh, b_hh, h0, lengths, need_ws, force_block_h=None, force_stream=None, plan=None):
     T, N, G = xg.shape
     H = G // 3
     dev, D = xg.device, xg.dtype
-    plan = make_plan(N, H, H, 3, D, dev, force_block_h, force_stream)
+    plan = plan or make_plan(N, H, H, 3, D, dev, force_block_h, force_stream)
     y = torch.empty(T, N, H, dtype=D, device=dev)
     hn = torch.empty(N, H, dtype=D, device=dev)
     ws = torch.empty((T, N, 4 * H) if need_ws else (0,), dtype=torch.float32, device=dev)
@@ -253,10 +253,10 @@ def gru_forward(xg, w_hh, b_hh, h0, lengths, need_ws, force_block_h=None, force_
     return y, hn, ws
 
 
-def gru_backward(dy, dh_n, w_hh, h0, y, ws, lengths, force_block_h=None, force_stream=None):
+def gru_backward(dy, dh_n, w_hh, h0, y, ws, lengths, force_block_h=None, force_stream=None, plan=None):
     T, N, H = dy.shape
     dev, D = dy.device, dy.dtype
-    plan = make_plan(N, H, H, 3, D, dev, force_block_h, force_stream)
+    plan = plan or make_plan(N, H, H, 3, D, dev, force_block_h, force_stream)
     dxg = torch.empty(T, N, 3 * H, dtype=D, device=dev)
     dgh = torch.empty(T, N, 3 * H, dtype=D, device=dev)
     dh0 = torch.empty(N, H, dtype=D, device=dev)

@@ -316,11 +316,11 @@ def lstm_bwd_kernel(
 
 
 # -------------------------------------------------------------------- launchers
-def lstm_forward(xg, w_hh, w_hr, h0, c0, lengths, need_ws, force_block_h=None, force_stream=None):
+def lstm_forward(xg, w_hh, w_hr, h0, c0, lengths, need_ws, force_block_h=None, force_stream=None, plan=None):
     T, N, G = xg.shape
     H, R = G // 4, h0.shape[1]
     dev, D = xg.device, xg.dtype
-    plan: Plan = make_plan(N, H, R, 4, D, dev, force_block_h, force_stream)
+    plan: Plan = plan or make_plan(N, H, R, 4, D, dev, force_block_h, force_stream)
     y = torch.empty(T, N, R, dtype=D, device=dev)
     hn = torch.empty(N, R, dtype=D, device=dev)
     cn = torch.empty(N, H, dtype=D, device=dev)
@@ -343,11 +343,11 @@ def lstm_forward(xg, w_hh, w_hr, h0, c0, lengths, need_ws, force_block_h=None, f
     return y, hn, cn, ws
 
 
-def lstm_backward(dy, dh_n, dc_n, w_hh, w_hr, c0, ws, lengths, force_block_h=None, force_stream=None):
+def lstm_backward(dy, dh_n, dc_n, w_hh, w_hr, c0, ws, lengths, force_block_h=None, force_stream=None, plan=None):
     T, N, R = dy.shape
     H = ws.shape[2] // 5
     dev, D = dy.device, dy.dtype
-    plan: Plan = make_plan(N, H, R, 4, D, dev, force_block_h, force_stream)
+    plan: Plan = plan or make_plan(N, H, R, 4, D, dev, force_block_h, force_stream)
     proj = w_hr is not None
     dxg = torch.empty(T, N, 4 * H, dtype=D, device=dev)
     dh0 = torch.empty(N, R, dtype=D, device=dev)

@@ -167,10 +167,10 @@ def rnn_bwd_kernel(
 
 
 # -------------------------------------------------------------------- launchers
-def rnn_forward(xg, w_hh, h0, lengths, relu, need_ws, force_block_h=None, force_stream=None):
+def rnn_forward(xg, w_hh, h0, lengths, relu, need_ws, force_block_h=None, force_stream=None, plan=None):
     T, N, H = xg.shape
     dev, D = xg.device, xg.dtype
-    plan = make_plan(N, H, H, 1, D, dev, force_block_h, force_stream)
+    plan = plan or make_plan(N, H, H, 1, D, dev, force_block_h, force_stream)
     y = torch.empty(T, N, H, dtype=D, device=dev)
     hn = torch.empty(N, H, dtype=D, device=dev)
     if plan.split:
@@ -188,10 +188,10 @@ def rnn_forward(xg, w_hh, h0, lengths, relu, need_ws, force_block_h=None, force_
     return y, hn
 
 
-def rnn_backward(dy, dh_n, w_hh, y, lengths, relu, force_block_h=None, force_stream=None):
+def rnn_backward(dy, dh_n, w_hh, y, lengths, relu, force_block_h=None, force_stream=None, plan=None):
     T, N, H = dy.shape
     dev, D = dy.device, dy.dtype
-    plan = make_plan(N, H, H, 1, D, dev, force_block_h, force_stream)
+    plan = plan or make_plan(N, H, H, 1, D, dev, force_block_h, force_stream)
     dxg = torch.empty(T, N, H, dtype=D, device=dev)
     dh0 = torch.empty(N, H, dtype=D, device=dev)
     if plan.split:

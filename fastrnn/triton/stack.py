@@ -801,23 +801,39 @@ def _stack_plan(block_b, n_bt, H, L, gates, esize, n_sm, force_block_h=None, for
         bh = hf
         while bh > 16 and L * n_bt * math.ceil(H / (bh // 2)) <= n_sm:
             bh //= 2
-    n_ht = math.ceil(H / bh)
-    if n_ht == 1:
+    if math.ceil(H / bh) == 1:
         bh = hf
-    # a program of a middle layer holds two matrices' slices (W_ih and W_hh forward,
-    # W_hh and the next layer's W_ih backward), each gates * hf * bh
-    tile = 2 * gates * hf * bh * esize
-    stream = tile > _STACK_RESIDENT_BYTES or force_stream is not None
-    if gates == 3 and esize == 4 and tile > 32 * 1024:
-        # fp32 GRU (FMA dot, weights held in registers): a resident 48 KB tile
-        # spills 0.1-3 KB (forward with 8 warps / backward with 8, forward with 4)
-        stream = True
-    kc = (_common._pow2(force_stream) if force_stream else _common._STREAM_KC) if stream else hf
+    tile = stack_tile_bytes(H, gates, esize, bh)
+    stream = must_stream(gates, esize, tile) or force_stream is not None
+    kc = (_common._pow2(force_stream) if force_stream else _common._STREAM_KC) if stream else 0
     # 8 warps for large resident tiles and for large accumulators (with 4 warps a
     # streamed 32x32-unit LSTM or GRU tile spills 1.5 KB on sm_80; with 8 a resident
     # 48 KB fp32 GRU backward tile spills 3 KB: ptxas caps it at 64 registers)
     warps = 8 if (not stream and tile >= 64 * 1024) or block_b * bh * gates >= 3072 else 4
-    return Plan(block_b, bh, hf, hf, bh, n_bt, L * n_ht, warps, stream, kc, 2 if stream else 1)
+    return stack_plan(_common.Config(block_b, bh, stream, kc, warps, 2 if stream else 1), n_bt, H, L)
+
+
+def stack_tile_bytes(H: int, gates: int, esize: int, bh: int) -> int:
+    """A program of a middle layer holds two matrices' slices (W_ih and W_hh
+    forward, W_hh and the next layer's W_ih backward), each gates * hf * bh."""
+    return 2 * gates * _common._pow2(H) * min(bh, _common._pow2(H)) * esize
+
+
+def must_stream(gates: int, esize: int, tile: int) -> bool:
+    """Whether a stack program's weight slices are too large to keep on chip."""
+    # fp32 GRU (FMA dot, weights held in registers): a resident 48 KB tile spills
+    # 0.1-3 KB (forward with 8 warps / backward with 8, forward with 4)
+    return tile > _STACK_RESIDENT_BYTES or (gates == 3 and esize == 4 and tile > 32 * 1024)
+
+
+def stack_plan(cfg: _common.Config, n_bt: int, H: int, L: int) -> Plan:
+    """A fused stack's plan for ``n_bt`` batch tiles; ``n_ht`` counts the programs
+    of all L layers.  Unlike a layer, an unsplit stack may stream its weights."""
+    hf = _common._pow2(H)
+    n_ht = math.ceil(H / min(cfg.block_h, hf))
+    bh = hf if n_ht == 1 else cfg.block_h
+    return Plan(cfg.block_b, bh, hf, hf, bh, n_bt, L * n_ht, cfg.num_warps, cfg.stream,
+                cfg.block_kc if cfg.stream else hf, cfg.num_stages if cfg.stream else 1)
 
 
 def stack_resident(plan: Plan, device: torch.device) -> bool:

@@ -5,8 +5,10 @@
 
 Each (kernel, dtype, hidden size) is compiled with the tile plan the backend would
 choose on that GPU for a batch of 32 (and of 256 for one size), so the report
-describes the code that would actually run.  Exit status 1 when a compile fails or
-a kernel needs more shared memory than the target has.
+describes the code that would actually run; for the time-machine shape on sm_90,
+so is every config the autotuner may time (rows with ``candidate`` true).  Exit
+status 1 when a compile fails or a kernel needs more shared memory than the target
+has.
 """
 from __future__ import annotations
 
@@ -34,6 +36,8 @@ QUICK_HIDDEN = (64, 256, 1000)
 #: many layers (the layer count is a runtime argument; it only shapes the plan)
 STACK_LAYERS = 2
 STACK_CELLS = ("lstm", "gru", "rnn")
+#: (H, batch) whose autotuning candidates are all compiled
+TUNE_SHAPE = (256, 32)
 
 # pointer arguments by name: D = the layer's dtype, others fixed
 _F32_PTRS = {"ws", "hx", "mx", "dhx", "dhr", "cx", "dcx"}
@@ -67,8 +71,25 @@ def _specs(quick: bool):
                         yield f"{cell}_stack", direction, False, dt, H, 32
 
 
+def _tune_jobs(arch):
+    """Every autotuning candidate (``fastrnn/triton/tune.py``) for the time-machine
+    shape (H 256, batch 32, fp32), per-layer and fused stack, LSTM and GRU: the
+    tuner compiles these on a GPU, so each must compile within the target."""
+    if ROOT not in sys.path:
+        sys.path.insert(0, ROOT)
+    from fastrnn.triton import tune
+    n_sm = TARGETS[arch][0]
+    for cell, gates in (("lstm", 4), ("gru", 3)):
+        for c in tune.layer_candidates(TUNE_SHAPE[1], TUNE_SHAPE[0], TUNE_SHAPE[0], gates, 4, n_sm):
+            for direction in ("fwd", "bwd"):
+                yield cell, direction, False, "fp32", TUNE_SHAPE[0], TUNE_SHAPE[1], arch, c
+        for c in tune.stack_candidates(TUNE_SHAPE[1], TUNE_SHAPE[0], STACK_LAYERS, gates, 4, n_sm):
+            for direction in ("fwd", "bwd"):
+                if c is not None:
+                    yield f"{cell}_stack", direction, False, "fp32", TUNE_SHAPE[0], TUNE_SHAPE[1], arch, c
+
+
 def _compile(job):
-    cell, direction, proj, dt, H, N, arch = job
     cache = tempfile.mkdtemp(prefix="fastrnn-aot-")  # fresh cache: ptxas prints its log every time
     os.environ["TRITON_CACHE_DIR"] = cache
     try:
@@ -78,7 +99,7 @@ def _compile(job):
 
 
 def _compile_in(job):
-    cell, direction, proj, dt, H, N, arch = job
+    cell, direction, proj, dt, H, N, arch, cfg = job
     sys.path.insert(0, ROOT)
     import importlib
     import math
@@ -96,10 +117,16 @@ def _compile_in(job):
     bb = _common._bucket(N)
     if is_stack:
         from fastrnn.triton import stack
-        plan = stack._stack_plan(bb, math.ceil(N / bb), H, STACK_LAYERS, gates, DTYPES[dt], n_sm)
+        if cfg is None:
+            plan = stack._stack_plan(bb, math.ceil(N / bb), H, STACK_LAYERS, gates, DTYPES[dt], n_sm)
+        else:
+            plan = stack.stack_plan(cfg, math.ceil(N / cfg.block_b), H, STACK_LAYERS)
         kernel = getattr(stack, f"{cell}_{direction}_kernel")
     else:
-        plan = _common._plan(bb, math.ceil(N / bb), H, R, gates, DTYPES[dt], n_sm, None)
+        if cfg is None:
+            plan = _common._plan(bb, math.ceil(N / bb), H, R, gates, DTYPES[dt], n_sm, None)
+        else:
+            plan = _common.layer_plan(cfg, math.ceil(N / cfg.block_b), H, R)
         mod = importlib.import_module(f"fastrnn.triton.{cell}")
         kernel = getattr(mod, f"{cell}_{direction}_kernel")
     sig, consts, attrs = {}, dict(plan.constexprs()), {}
@@ -124,9 +151,12 @@ def _compile_in(job):
             attrs[(i,)] = [["tt.divisibility", 16]]
     row = dict(kernel=f"{cell}{'_proj' if proj else ''}_{direction}", dtype=dt, hidden=H, proj=R if proj else None,
                batch=N, arch=f"sm_{arch}", block_b=plan.block_b, block_h=plan.block_h, programs=plan.n_ht * plan.n_bt,
-               split=plan.split, num_warps=plan.num_warps, num_stages=plan.num_stages)
+               split=plan.split, num_warps=plan.num_warps, num_stages=plan.num_stages, candidate=cfg is not None)
     if is_stack:
         row.update(layers=STACK_LAYERS, stream=plan.stream)
+    if cfg is not None:
+        from fastrnn.triton import tune
+        row["config"] = tune._label(cfg)
     t = time.time()
     log = io.StringIO()
     try:
@@ -151,7 +181,8 @@ def _compile_in(job):
 
 
 def run(quick=False, jobs=2, out=None, archs=(90, 80)):
-    jobs_list = [(*s, a) for a in archs for s in _specs(quick)]
+    jobs_list = [(*s, a, None) for a in archs for s in _specs(quick)]
+    jobs_list += [j for a in archs if a == 90 for j in _tune_jobs(a)]
     t = time.time()
     with ProcessPoolExecutor(max_workers=max(1, jobs)) as ex:
         rows = list(ex.map(_compile, jobs_list))
@@ -174,10 +205,11 @@ def main():
     a = ap.parse_args()
     rep = run(a.quick, a.jobs, a.out, tuple(a.arch or (90, 80)))
     bad = [r for r in rep["rows"] if not r["ok"]]
-    print(f"{'kernel':<17}{'dtype':<6}{'H':>5}{'N':>5} {'arch':<6}{'BH':>4}{'progs':>6}{'smem':>8}{'regs':>6}{'spill':>7}")
+    print(f"{'kernel':<17}{'dtype':<6}{'H':>5}{'N':>5} {'arch':<6}{'BH':>4}{'progs':>6}{'smem':>8}{'regs':>6}{'spill':>7} tune")
     for r in rep["rows"]:
         print(f"{r['kernel']:<17}{r['dtype']:<6}{r['hidden']:>5}{r['batch']:>5} {r['arch']:<6}{r['block_h']:>4}"
               f"{r['programs']:>6}{r.get('smem_bytes', -1):>8}{str(r['registers']):>6}{str(r['spill_store_bytes']):>7}"
+              f" {'cand' if r['candidate'] else ''}"
               + ("" if r["ok"] else "  FAIL " + r["error"][:200]))
     print(f"{len(rep['rows'])} compiles in {rep['seconds']} s, {len(bad)} failed")
     sys.exit(1 if bad else 0)

@@ -3,7 +3,8 @@
 Runs ``aot_compile.py --quick`` (hidden 64, 256, 1000, each dtype, both targets)
 in a child process with at most MAX_JOBS (default 2) compile workers, writes
 bench/results/triton_compile_report.json, and fails when a kernel does not compile
-or needs more shared memory than the target has.  The full sweep (hidden 64..1024)
+or needs more shared memory than the target has; with it, every autotuning
+candidate for the time-machine shape on sm_90.  The full sweep (hidden 64..1024)
 is ``python tests/triton/aot_compile.py``.
 """
 import json
@@ -35,3 +36,8 @@ def test_aot_compile_sm90_sm80():
                        "rnn_stack_fwd", "rnn_stack_bwd"}
     assert {r["arch"] for r in rows} == {"sm_90", "sm_80"}
     assert all(r["ok"] for r in rows)
+    # every config the autotuner may time for the time-machine shape compiled too
+    cands = {(r["kernel"], r["config"]) for r in rows if r["candidate"]}
+    assert {k for k, _ in cands} == {"lstm_fwd", "lstm_bwd", "gru_fwd", "gru_bwd", "lstm_stack_fwd",
+                                     "lstm_stack_bwd", "gru_stack_fwd", "gru_stack_bwd"}
+    assert len(cands) >= 40
