@@ -23,6 +23,16 @@ def backends_on(device_type: str) -> list[str]:
     return names
 
 
+def layer_kwargs(mode: str, num_layers: int = 1, proj: int = 0) -> dict:
+    """Constructor keywords of a ``mode`` ("LSTM", "GRU", "RNN_TANH", "RNN_RELU") stack."""
+    kw = dict(num_layers=num_layers)
+    if proj:
+        kw["proj_size"] = proj
+    if mode.startswith("RNN_"):
+        kw["nonlinearity"] = mode[4:].lower()
+    return kw
+
+
 def make_pair(mode, input_size, hidden_size, *, backend="auto", device="cpu", dtype=torch.float64, **kw):
     """A torch.nn module and a fastrnn module holding the same weights."""
     if mode.startswith("RNN_"):

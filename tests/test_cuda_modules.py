@@ -8,7 +8,7 @@ over time steps.
 import pytest
 import torch
 
-from _util import FAST_CLS, TORCH_CLS, backends_on, forward_and_grads, rel_err
+from _util import FAST_CLS, TORCH_CLS, backends_on, forward_and_grads, layer_kwargs, rel_err
 
 pytestmark = pytest.mark.cuda
 
@@ -25,11 +25,7 @@ def _cuda_backends():
 
 
 def _run(mode, dtype, backend, T=35, N=32, H=64, L=2, proj=0):
-    kw = dict(num_layers=L)
-    if proj:
-        kw["proj_size"] = proj
-    if mode.startswith("RNN_"):
-        kw["nonlinearity"] = mode[4:].lower()
+    kw = layer_kwargs(mode, L, proj)
     torch.manual_seed(0)
     truth = TORCH_CLS[mode](16, H, dtype=torch.float64, **kw)
     gen = torch.Generator().manual_seed(1)

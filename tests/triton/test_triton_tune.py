@@ -424,18 +424,14 @@ def test_cuda_tuned_modules(mode, dtype, proj, packed, monkeypatch, tmp_path):
     (the backend's error at most twice cuDNN's plus the floor of test_cuda_modules)."""
     from torch.nn.utils.rnn import pack_padded_sequence
 
-    from _util import FAST_CLS, TORCH_CLS, forward_and_grads
+    from _util import FAST_CLS, TORCH_CLS, forward_and_grads, layer_kwargs
 
     monkeypatch.setenv("FASTRNN_TRITON_TUNE", "1")
     monkeypatch.setenv("FASTRNN_TRITON_TUNE_MAX", "4")
     t = tune.Tuner(directory=tmp_path)
     monkeypatch.setattr(tune, "TUNER", t)
     T, N, I, H, L = 12, 6, 16, 96, 2
-    kw = dict(num_layers=L)
-    if proj:
-        kw["proj_size"] = proj
-    if mode.startswith("RNN_"):
-        kw["nonlinearity"] = mode[4:].lower()
+    kw = layer_kwargs(mode, L, proj)
     torch.manual_seed(0)
     truth = TORCH_CLS[mode](I, H, dtype=torch.float64, **kw)
     x = torch.randn(T, N, I, dtype=torch.float64)
