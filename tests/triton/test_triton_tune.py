@@ -463,3 +463,41 @@ def test_cuda_tuned_modules(mode, dtype, proj, packed, monkeypatch, tmp_path):
         for a, c, f in zip(gt, gc, gf):
             assert _rel(f.cpu(), a) <= 2 * _rel(c.cpu(), a) + floor
     assert any(sum(isinstance(v, float) for v in r["ms"].values()) >= 2 for r in t.records.values()), t.records
+
+
+@pytest.mark.cuda
+def test_cuda_graph_capture_with_tuning(monkeypatch, tmp_path):
+    """A captured forward replays the tuned plan (tuned before capture); a batch
+    class first seen during capture runs the untuned plan without timing anything
+    (timing would synchronise inside the capture and break it)."""
+    import fastrnn
+
+    monkeypatch.setenv("FASTRNN_TRITON_TUNE", "1")
+    monkeypatch.setenv("FASTRNN_TRITON_TUNE_MAX", "3")
+    t = tune.Tuner(directory=tmp_path)
+    monkeypatch.setattr(tune, "TUNER", t)
+    m = fastrnn.LSTM(16, 64, 2, device="cuda", backend="triton")
+    for N, pre_tune in ((8, True), (40, False)):
+        x = torch.randn(5, N, 16, device="cuda")
+        # tune this batch class first; or compile the untuned kernels (outside the
+        # capture) and tune nothing
+        monkeypatch.setenv("FASTRNN_TRITON_TUNE", "1" if pre_tune else "0")
+        with torch.no_grad():
+            m(x)
+            monkeypatch.setenv("FASTRNN_TRITON_TUNE", "1")
+            timed = t.timed
+            g = torch.cuda.CUDAGraph()
+            s = torch.cuda.Stream()
+            s.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(s), torch.cuda.graph(g):
+                y = m(x)[0]
+            torch.cuda.current_stream().wait_stream(s)
+            assert t.timed == timed, "timed during capture"
+            x.copy_(torch.randn_like(x))
+            g.replay()
+            torch.cuda.synchronize()
+            # the eager result with the plan the capture should have used
+            monkeypatch.setenv("FASTRNN_TRITON_TUNE", "1" if pre_tune else "0")
+            want = m(x)[0]
+        assert torch.equal(y, want)
+    assert any("|N8|" in k for k in t.records) and not any("|N64|" in k for k in t.records)
