@@ -38,9 +38,28 @@ def table() -> str:
         lines.append("")
         lines.append(f"Command: `{d['command']}`. {d['timing']}.")
         lines.append("")
+        lines += tuning_table(d.get("triton_tuning"))
     for path in sorted((ROOT / "bench" / "results").glob("layers_*.json")):
         lines += layer_table(path)
     return "\n".join(lines) if lines else "No results yet: run `make bench`."
+
+
+def tuning_table(records: dict | None) -> list[str]:
+    """What the Triton autotuner bought in that run: per tuned key, the heuristic
+    plan's time and the chosen one's, both as the tuner measured them."""
+    rows = []
+    for key, r in sorted((records or {}).items()):
+        ms = r.get("ms", {})
+        h, c = ms.get(r.get("heuristic")), ms.get(r.get("label"))
+        if isinstance(h, (int, float)) and isinstance(c, (int, float)) and c > 0:
+            fn, dims, dtype, _, batch = key.split("|")[:5]
+            rows.append(f"| {fn} | {dims} | {dtype} | {batch} | {r['heuristic']} | {h:.3f} | {r['label']} | "
+                        f"{c:.3f} | {h / c:.2f}x |")
+    if not rows:
+        return []
+    return ["Triton autotuning in that run (`fastrnn/triton/tune.py`; time of one call as the tuner measured it):",
+            "", "| function | shape | dtype | batch class | heuristic plan | ms | chosen plan | ms | speed-up |",
+            "| --- " * 9 + "|", *rows, ""]
 
 
 def layer_table(path: Path) -> list[str]:
