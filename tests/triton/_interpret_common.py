@@ -17,6 +17,35 @@ pytest.importorskip("triton")
 
 from fastrnn.backends.reference import ReferenceBackend  # noqa: E402
 
+
+def _widen_bf16_dot_operands():
+    """Triton's interpreter keeps bfloat16 as raw uint16 bits and its ``tl.dot``
+    multiplies those bit patterns (triton-lang/triton#11584; bf16 dot is not
+    supported there).  Widen bf16 operands to float32 first: exact, and what a
+    GPU's bf16 MMA computes too (exact products, fp32 accumulation), so the bf16
+    kernels' loads, casts, gate math and stores can be checked here."""
+    import numpy as np
+    import triton.language as tl
+    from triton.runtime import interpreter as it
+
+    orig = it.InterpreterBuilder.create_dot
+    if getattr(orig, "_fastrnn_bf16", False):
+        return
+
+    def widen(x):
+        if getattr(x.dtype, "scalar", x.dtype) != tl.bfloat16:
+            return x
+        return it.TensorHandle((x.data.astype(np.uint32) << 16).view(np.float32), tl.float32)
+
+    def create_dot(self, a, b, d, *rest):
+        return orig(self, widen(a), widen(b), d, *rest)
+
+    create_dot._fastrnn_bf16 = True
+    it.InterpreterBuilder.create_dot = create_dot
+
+
+_widen_bf16_dot_operands()
+
 TOL = 1e-5
 REF = ReferenceBackend()
 

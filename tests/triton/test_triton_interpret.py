@@ -15,6 +15,10 @@ def test_interpreter_parity():
     run_interpreted("_interpret_cases.py")
 
 
+def test_interpreter_half_types():
+    run_interpreted("_interpret_half_cases.py")
+
+
 def test_import_without_triton_or_gpu():
     # import fastrnn.triton and ask for availability with triton made unimportable
     code = (
