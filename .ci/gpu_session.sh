@@ -7,9 +7,9 @@
 #   1. build fastrnn._C for sm_90 with the machine's CUDA (-Xptxas -v check)
 #   2. GPU correctness: every backend against cuDNN (tests/test_cuda_modules.py,
 #      tests/test_ext_cuda.py, the Triton stack/launch tests), each test <= 60 s
-#   2b. every autotuning candidate for the time-machine shape against the
-#      reference, and the tuned module against cuDNN (tests/triton/test_triton_tune.py);
-#      this also compiles what the benchmarks' autotuning times
+#   2b. every Triton autotuning candidate for the time-machine LSTM against the
+#      reference (tests/triton/test_triton_tune.py), which also compiles what the
+#      LSTM benchmark's autotuning times; the other tuning tests run in 5b
 #   3. the time-machine LSTM benchmark, every backend beside cuDNN
 #   4. the same with the cuda backend's persistent kernels
 #   5. the GRU benchmark, the remaining GPU tests, the layer sweep
@@ -57,8 +57,8 @@ say "2. GPU correctness against cuDNN (each test <= 60 s: a spinning barrier mus
 run 150 "${PYT[@]}" -x --maxfail=20 tests/test_cuda_modules.py tests/test_ext_cuda.py \
   tests/triton/test_triton_stack.py tests/triton/test_triton_launch.py
 
-say "2b. Triton autotuning candidates and the tuned module on the GPU"
-run 150 "${PYT[@]}" --timeout 120 tests/triton/test_triton_tune.py -k cuda
+say "2b. Triton autotuning candidates for the time-machine LSTM"
+run 90 "${PYT[@]}" --timeout 85 tests/triton/test_triton_tune.py -k "cuda_every_candidate and lstm"
 
 bench() {  # bench CAP NAME args...: time_machine.py into $OUT/NAME.json (+ .png)
   local cap=$1 name=$2; shift 2
@@ -76,7 +76,7 @@ FASTRNN_CUDA_PERSISTENT=1 bench 60 time_machine_lstm_cuda_persistent --cell lstm
 say "5a. time machine, GRU"
 bench 90 time_machine_gru_cuda --cell gru --no-plot
 say "5b. remaining GPU tests"
-run 90 "${PYT[@]}" tests/test_state.py tests/triton -k "not stack_interpreter and not interpreter"
+run 120 "${PYT[@]}" --timeout 90 tests/test_state.py tests/triton -k "not interpret and not (cuda_every_candidate and lstm)"
 FASTRNN_CUDA_PERSISTENT=1 run 60 "${PYT[@]}" tests/test_cuda_modules.py -k cuda
 say "5c. layer sweep (LSTM)"
 FASTRNN_BENCH_CELLS=lstm FASTRNN_BENCH_ROUNDS=10 run 120 $PY -m pytest -q -p no:cacheprovider --timeout 60 \
