@@ -192,6 +192,29 @@ struct StackLayout {
   StepAbove<A> above(const A* dg, const A* w_ih, int64_t l) const {
     return {dg + (l + 1) * T * N * G * H, G * H, w_ih + l * G * H * H};
   }
+  // The fused stack's schedule: each thread's batch rows [r0, r1) through all
+  // L layers, bottom up, layer l >= 1 reading layer l-1's outputs y step by step:
+  // layer(r0, r1, l, in), in nullptr for the first layer.
+  template <typename F>
+  void forward(int64_t L, const A* y, const A* w_ih, const A* b, const F& layer) const {
+    for_row_blocks(N, [&](int64_t r0, int64_t r1) {
+      for (int64_t l = 0; l < L; ++l) {
+        const StepInput<A> in = l > 0 ? input(y, w_ih, b, l) : StepInput<A>{};
+        layer(r0, r1, l, l > 0 ? &in : nullptr);
+      }
+    });
+  }
+  // Backward: top down, layer l < L-1 taking the gradient w.r.t. its output
+  // from the gate gradients dg the layer above wrote: layer(r0, r1, l, up).
+  template <typename F>
+  void backward(int64_t L, const A* dg, const A* w_ih, const F& layer) const {
+    for_row_blocks(N, [&](int64_t r0, int64_t r1) {
+      for (int64_t l = L - 1; l >= 0; --l) {
+        const StepAbove<A> up = l < L - 1 ? above(dg, w_ih, l) : StepAbove<A>{};
+        layer(r0, r1, l, l < L - 1 ? &up : nullptr);
+      }
+    });
+  }
 };
 
 template <typename T>

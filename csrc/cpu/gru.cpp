@@ -224,14 +224,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_stack_forward_cpu(
     A *yp = y.data_ptr<A>(), *wsp = need_ws ? ws.data_ptr<A>() : nullptr;
     const A *wih = w_ih.data_ptr<A>(), *whh = w_hh.data_ptr<A>();
     const A* bp = b_ih.has_value() ? b_ih->data_ptr<A>() : nullptr;
-    for_row_blocks(N, [&](int64_t r0, int64_t r1) {
-      for (int64_t l = 0; l < L; ++l) {
-        const StepInput<A> in = l > 0 ? lay.input(yp, wih, bp, l) : StepInput<A>{};
-        forward_rows<A, A>(r0, r1, d, xg0.data_ptr<A>(), whh + l * 3 * H * H,
-                           bhh.data_ptr<A>() + l * 3 * H, h0.data_ptr<A>() + l * N * H, nullptr,
-                           wsp != nullptr ? wsp + l * T * N * 4 * H : nullptr, yp + l * T * N * H,
-                           hn.data_ptr<A>() + l * N * H, l > 0 ? &in : nullptr);
-      }
+    lay.forward(L, yp, wih, bp, [&](int64_t r0, int64_t r1, int64_t l, const StepInput<A>* in) {
+      forward_rows<A, A>(r0, r1, d, xg0.data_ptr<A>(), whh + l * 3 * H * H,
+                         bhh.data_ptr<A>() + l * 3 * H, h0.data_ptr<A>() + l * N * H, nullptr,
+                         wsp != nullptr ? wsp + l * T * N * 4 * H : nullptr, yp + l * T * N * H,
+                         hn.data_ptr<A>() + l * N * H, in);
     });
   });
   return {y, hn, ws};
@@ -255,15 +252,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_stack_backward_cpu(
     const StackLayout<A> lay{T, N, H, 3};
     A* dxp = dxg.data_ptr<A>();
     const A *wih = w_ih.data_ptr<A>(), *whh = w_hh.data_ptr<A>();
-    for_row_blocks(N, [&](int64_t r0, int64_t r1) {
-      for (int64_t l = L - 1; l >= 0; --l) {
-        const StepAbove<A> up = l < L - 1 ? lay.above(dxp, wih, l) : StepAbove<A>{};
-        backward_rows<A, A>(r0, r1, d, dy.data_ptr<A>() + l * T * N * H, whh + l * 3 * H * H,
-                            h0.data_ptr<A>() + l * N * H, y.data_ptr<A>() + l * T * N * H,
-                            ws.data_ptr<A>() + l * T * N * 4 * H, nullptr, dxp + l * T * N * 3 * H,
-                            dgh.data_ptr<A>() + l * T * N * 3 * H, dh.data_ptr<A>() + l * N * H,
-                            l < L - 1 ? &up : nullptr);
-      }
+    lay.backward(L, dxp, wih, [&](int64_t r0, int64_t r1, int64_t l, const StepAbove<A>* up) {
+      backward_rows<A, A>(r0, r1, d, dy.data_ptr<A>() + l * T * N * H, whh + l * 3 * H * H,
+                          h0.data_ptr<A>() + l * N * H, y.data_ptr<A>() + l * T * N * H,
+                          ws.data_ptr<A>() + l * T * N * 4 * H, nullptr, dxp + l * T * N * 3 * H,
+                          dgh.data_ptr<A>() + l * T * N * 3 * H, dh.data_ptr<A>() + l * N * H, up);
     });
   });
   return {dxg, dgh, dh};
