@@ -129,7 +129,7 @@ def make_plan(N: int, H: int, R: int, gates: int, dtype: torch.dtype, device: to
     env = os.environ.get("FASTRNN_TRITON_BLOCK_H")
     if force_block_h is None and env:
         force_block_h = int(env)
-    n_sm = 1 if interpreting() else _num_sms(device)
+    n_sm = plan_programs(device)
     return _plan(_bucket(N), math.ceil(N / _bucket(N)), H, R, gates,
                  torch.empty((), dtype=dtype).element_size(), n_sm, force_block_h, force_stream)
 
@@ -238,6 +238,12 @@ def _max_resident_programs(device: torch.device) -> int:
     """Programs of a split plan that can surely run at once: one per SM (a program
     that compiles always fits one SM; more per SM is not guaranteed)."""
     return _num_sms(device)
+
+
+def plan_programs(device: torch.device) -> int:
+    """How many co-resident programs a plan may count on: one per SM, one under the
+    interpreter (which runs programs one after another)."""
+    return 1 if interpreting() else _max_resident_programs(device)
 
 
 def _is_cooperative_too_large(e: BaseException) -> bool:

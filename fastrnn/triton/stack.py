@@ -784,7 +784,7 @@ def make_stack_plan(N: int, H: int, L: int, gates: int, dtype: torch.dtype, devi
     """The tile plan of a fused stack.  ``Plan.n_ht`` counts the programs of ALL
     layers along grid axis 0 (L * tiles per layer), so ``_common.launch`` sizes the
     grid, the barrier and the residency check from it."""
-    n_sm = 1 if _common.interpreting() else _common._num_sms(device)
+    n_sm = _common.plan_programs(device)
     bb = _common._bucket(N)
     return _stack_plan(bb, math.ceil(N / bb), H, L, gates, torch.empty((), dtype=dtype).element_size(), n_sm,
                        force_block_h, force_stream)

@@ -80,9 +80,9 @@ def max_candidates() -> int:
 
 
 def programs(device: torch.device) -> int:
-    """Programs of a split plan that can surely be resident at once (one per SM;
-    one under the interpreter).  Tests patch this to exercise split candidates."""
-    return 1 if _common.interpreting() else _common._max_resident_programs(device)
+    """Programs of a split plan that can surely be resident at once
+    (``_common.plan_programs``); tests patch this to exercise split candidates."""
+    return _common.plan_programs(device)
 
 
 def batch_class(N: int) -> int:
@@ -167,7 +167,8 @@ def stack_candidates(N: int, H: int, L: int, gates: int, esize: int, n_sm: int,
 
     limit = max_candidates() if limit is None else limit
     bb0 = _common._bucket(N)
-    base = Config.of(stack._stack_plan(bb0, math.ceil(N / bb0), H, L, gates, esize, n_sm))
+    heur = stack._stack_plan(bb0, math.ceil(N / bb0), H, L, gates, esize, n_sm)
+    base = Config.of(heur)
     hf = _common._pow2(H)
     out = []
     for bb in _block_bs(N):
@@ -184,7 +185,7 @@ def stack_candidates(N: int, H: int, L: int, gates: int, esize: int, n_sm: int,
                     out.append(Config(bb, bh_, False, 0, warps, 1))
                 if not resident or hf > _common._STREAM_KC:  # one K chunk = resident
                     out.append(_streamed(bb, bh_, warps))
-    if L * math.ceil(H / base.block_h) * math.ceil(N / base.block_b) <= n_sm:
+    if heur.n_ht * heur.n_bt <= n_sm:
         return _rank(base, out, limit - 1) + [LAYERS] if limit > 1 else [base]
     # the heuristic would compose the layers: that first, then resident configs
     return [LAYERS] + _rank(base, out, limit)[1:limit]

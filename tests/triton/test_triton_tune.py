@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from _interpret_run import run_interpreted
+from _util import FAST_CLS, TORCH_CLS, forward_and_grads, layer_kwargs, rel_err
 
 triton = pytest.importorskip("triton")
 
@@ -296,10 +297,6 @@ def test_keys_separate_what_compiles_differently():
 
 
 # -------------------------------------------------------------------- GPU
-def _rel(a, b):
-    return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
-
-
 def _calls(cell, dt, src, ref):
     """Arguments of the four functions (the stack's and its first layer's forward
     and backward) in dtype ``dt``; the backward ones take ``ref``'s forward in ``dt``."""
@@ -351,7 +348,7 @@ def test_cuda_every_candidate_time_machine_shape(cell):
                 *a32[fn], plan=plan)
             for i, (x, w, b32) in enumerate(zip(got, want[fn], base[fn])):
                 assert torch.isfinite(x).all(), (tag, fn, i)
-                err, bar = _rel(x, w), 2 * _rel(b32, w) + 1e-6
+                err, bar = rel_err(x, w), 2 * rel_err(b32, w) + 1e-6
                 assert err <= bar, (tag, fn, i, err, bar)
 
         n_sm, ran = tune.programs(dev), 0
@@ -377,7 +374,6 @@ def test_cuda_tuned_module_matches_cudnn(monkeypatch, tmp_path):
     forward and gradients against cuDNN and a float64 truth; the tuner timed
     candidates for the stack and wrote its choices to the cache."""
     import fastrnn
-    from _util import forward_and_grads
 
     monkeypatch.setenv("FASTRNN_TRITON_TUNE", "1")
     t = tune.Tuner(directory=tmp_path)
@@ -403,7 +399,7 @@ def test_cuda_tuned_module_matches_cudnn(monkeypatch, tmp_path):
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
     for gt, gc, gf in zip(res_t, res_c, res_f):
         for a, b, f in zip(gt, gc, gf):
-            assert _rel(f.cpu(), a) <= 2 * _rel(b.cpu(), a) + 1e-5
+            assert rel_err(f.cpu(), a) <= 2 * rel_err(b.cpu(), a) + 1e-5
     stack_keys = [k for k in t.records if k.startswith("lstm_stack_")]
     assert len(stack_keys) == 2, list(t.records)  # forward and backward
     for k in stack_keys:
@@ -424,7 +420,6 @@ def test_cuda_tuned_modules(mode, dtype, proj, packed, monkeypatch, tmp_path):
     (the backend's error at most twice cuDNN's plus the floor of test_cuda_modules)."""
     from torch.nn.utils.rnn import pack_padded_sequence
 
-    from _util import FAST_CLS, TORCH_CLS, forward_and_grads, layer_kwargs
 
     monkeypatch.setenv("FASTRNN_TRITON_TUNE", "1")
     monkeypatch.setenv("FASTRNN_TRITON_TUNE_MAX", "4")
@@ -461,7 +456,7 @@ def test_cuda_tuned_modules(mode, dtype, proj, packed, monkeypatch, tmp_path):
     floor = {torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 2e-3}[dtype]
     for gt, gc, gf in zip(res_t, res_c, res_f):
         for a, c, f in zip(gt, gc, gf):
-            assert _rel(f.cpu(), a) <= 2 * _rel(c.cpu(), a) + floor
+            assert rel_err(f.cpu(), a) <= 2 * rel_err(c.cpu(), a) + floor
     assert any(sum(isinstance(v, float) for v in r["ms"].values()) >= 2 for r in t.records.values()), t.records
 
 
