@@ -17,6 +17,34 @@ from torch import Tensor
 from . import _backend, _ops
 
 
+class _BiasSum(torch.autograd.Function):
+    """``b_ih + b_hh`` whose backward gives the two biases distinct gradient tensors.
+
+    Autograd's add hands both inputs the very same tensor, so ``torch.autograd.grad``
+    would return aliased gradients for ``bias_ih`` and ``bias_hh``: an in-place change to
+    one (clipping, a foreach optimizer step) would change the other too.  torch.nn's
+    gradients never alias; the clone costs one vector of 4H (or H) per layer.
+    """
+
+    @staticmethod
+    def forward(b_ih: Tensor, b_hh: Tensor) -> Tensor:
+        return b_ih + b_hh
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        pass
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        both = ctx.needs_input_grad[0] and ctx.needs_input_grad[1]
+        return grad, grad.clone() if both else grad
+
+
+def bias_sum(b_ih: Optional[Tensor], b_hh: Optional[Tensor]) -> Optional[Tensor]:
+    """b_ih + b_hh (None without biases), with unaliased gradients (see :class:`_BiasSum`)."""
+    return None if b_ih is None else _BiasSum.apply(b_ih, b_hh)
+
+
 def reverse_padded(x: Tensor, lengths: Optional[Tensor]) -> Tensor:
     """Reverse (T, N, ...) in time, each batch row within its first lengths[b] steps."""
     if lengths is None:
@@ -34,8 +62,7 @@ def _direction(mode, x, w, h0, c0, lengths, reverse, need_ws, backend):
     if mode == "GRU":
         xg = F.linear(x, w_ih, b_ih)  # b_hh enters the n gate inside the recurrence
     else:
-        bias = None if b_ih is None else b_ih + b_hh
-        xg = F.linear(x, w_ih, bias)
+        xg = F.linear(x, w_ih, bias_sum(b_ih, b_hh))
     if reverse:
         xg = reverse_padded(xg, lengths)
     xg = xg.contiguous()
@@ -118,8 +145,8 @@ def _fused_stack(mode, x, hx, cx, weights, need_ws, backend):
         b_hh = torch.stack([w[3] for w in weights]) if has_bias else None
         y, h_n, _ = _ops.gru_stack_forward(xg0, w_ih, b_ih, w_hh, b_hh, hx, need_ws, backend)
     else:
-        xg0 = F.linear(x, w_ih0, b_ih0 + b_hh0 if has_bias else None).contiguous()
-        b = torch.stack([w[2] + w[3] for w in weights[1:]]) if has_bias else None
+        xg0 = F.linear(x, w_ih0, bias_sum(b_ih0, b_hh0)).contiguous()
+        b = torch.stack([bias_sum(w[2], w[3]) for w in weights[1:]]) if has_bias else None
         if mode == "LSTM":
             y, h_n, c_n, _ = _ops.lstm_stack_forward(xg0, w_ih, b, w_hh, hx, cx.contiguous(), need_ws, backend)
         else:

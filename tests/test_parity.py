@@ -165,3 +165,22 @@ def test_gradient_through_one_output(mode, backend, which):
         grads.append(torch.autograd.grad(pick.pow(2).sum(), list(m.parameters())))
     for a, b in zip(*grads):
         assert rel_err(b, a) <= 1e-10
+
+
+@pytest.mark.parametrize("backend", backends_on("cpu"))
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("layers,bidirectional", [(1, False), (2, False), (2, True)])
+def test_parameter_gradients_do_not_alias(mode, backend, layers, bidirectional):
+    """torch.autograd.grad hands back one tensor per parameter, as torch.nn does: an
+    in-place change to one (clipping, a foreach optimizer step) leaves the others alone.
+    (The summed biases b_ih + b_hh once got the very same gradient tensor.)"""
+    ref, fast = make_pair(mode, 4, 6, backend=backend, num_layers=layers, bidirectional=bidirectional)
+    x = torch.randn(5, 3, 4, dtype=torch.float64)
+    for m in (ref, fast):
+        out, h = m(x)
+        gs = torch.autograd.grad(out.sum() + (h[0] if mode == "LSTM" else h).pow(2).sum(), list(m.parameters()))
+        before = [g.clone() for g in gs]
+        torch._foreach_mul_(list(gs), 2.0)
+        for (name, _), g, b in zip(m.named_parameters(), gs, before):
+            assert b.abs().max() > 0, name
+            assert torch.equal(g, 2 * b), f"{type(m).__module__} {name}: its gradient shares memory with another's"
