@@ -27,5 +27,10 @@ def pytest_benchmark_update_machine_info(config, machine_info):
 
 
 def pytest_benchmark_update_json(config, benchmarks, output_json):
-    """Keep the Triton autotuner's timings and choices beside the results."""
+    """Keep the Triton autotuner's timings and choices beside the results, and the
+    knobs and arguments that chose the cases (so the run can be repeated)."""
     output_json["triton_tuning"] = C.triton_tuning()
+    output_json["layer_bench"] = {
+        "env": {k: v for k, v in sorted(os.environ.items()) if k.startswith("FASTRNN_")},
+        "args": list(config.invocation_params.args),
+    }

@@ -65,25 +65,33 @@ def tuning_table(records: dict | None) -> list[str]:
 def layer_table(path: Path) -> list[str]:
     """One layer's forward+backward (and forward) median tokens/s per shape from a
     pytest-benchmark JSON (``make bench-layers``), each implementation's ratio to
-    torch.nn in the same file."""
+    torch.nn in the same file.  A dtype column appears when the benchmarks record
+    their dtype (rows without one ran in float32)."""
     d = json.loads(path.read_text())
     env = d["machine_info"].get("fastrnn", {})
-    med = {}  # (cell, mode, T, N, H) -> {impl: tokens/s}
+    med = {}  # (cell, dtype, mode, T, N, H) -> {impl: tokens/s}
     for b in d["benchmarks"]:
         e = b["extra_info"]
-        med.setdefault((e["cell"], e["mode"], e["T"], e["N"], e["H"]), {})[e["impl"]] = e["tokens"] / b["stats"]["median"]
+        key = (e["cell"], e.get("dtype", "float32"), e["mode"], e["T"], e["N"], e["H"])
+        med.setdefault(key, {})[e["impl"]] = e["tokens"] / b["stats"]["median"]
+    with_dtype = any("dtype" in b["extra_info"] for b in d["benchmarks"])
+    dtypes = ("float32", "bfloat16", "float16")
     impls = sorted({i for v in med.values() for i in v if i != "torch"})
     cells = sorted({k[0] for k in med})
+    src = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
     out = [f"**One layer, {', '.join(c.upper() for c in cells)}** (input size = hidden size) on "
            f"{env.get('device_name', '?')} (torch {env.get('torch', '?')}, commit "
-           f"`{str(env.get('git_commit'))[:10]}`), median of the rounds, from `{path.relative_to(ROOT)}`:", "",
-           "| cell | T | N | H | torch.nn fwd+bwd tok/s | " + " | ".join(f"{i} fwd+bwd" for i in impls)
+           f"`{str(env.get('git_commit'))[:10]}`), median of the rounds, from `{src}`:", "",
+           "| cell | " + ("dtype | " if with_dtype else "") + "T | N | H | torch.nn fwd+bwd tok/s | "
+           + " | ".join(f"{i} fwd+bwd" for i in impls)
            + " | torch.nn fwd tok/s | " + " | ".join(f"{i} fwd" for i in impls) + " |",
-           "| --- " * (5 + 2 * len(impls) + 1) + "|"]
-    for cell, _, T, N, H in sorted(k for k in med if k[1] == "forward+backward"):
-        row = [cell, str(T), str(N), str(H)]
+           "| --- " * (5 + with_dtype + 2 * len(impls) + 1) + "|"]
+    rows = sorted((k for k in med if k[2] == "forward+backward"),
+                  key=lambda k: (k[0], dtypes.index(k[1]) if k[1] in dtypes else len(dtypes), k[1], *k[3:]))
+    for cell, dtype, _, T, N, H in rows:
+        row = [cell] + ([dtype] if with_dtype else []) + [str(T), str(N), str(H)]
         for mode in ("forward+backward", "forward"):
-            v = med.get((cell, mode, T, N, H), {})
+            v = med.get((cell, dtype, mode, T, N, H), {})
             base = v.get("torch")
             row.append(f"{base:,.0f}" if base else "-")
             row += [f"{v[i] / base:.2f}x" if base and i in v else "-" for i in impls]

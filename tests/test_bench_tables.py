@@ -1,6 +1,9 @@
-"""bench/readme_table.py: the tuning table shows only what the tuner measured."""
+"""bench/readme_table.py: the tuning table shows only what the tuner measured; the layer
+table shows a dtype column when the benchmarks record one."""
 import importlib.util
+import json
 import os
+from pathlib import Path
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 spec = importlib.util.spec_from_file_location("readme_table", os.path.join(ROOT, "bench", "readme_table.py"))
@@ -21,3 +24,41 @@ def test_tuning_table():
     rows = [l for l in lines if l.startswith("| lstm")]
     assert rows == ["| lstm_stack_forward | H256L2 | float32 | N32 | b32-h16-s64-w4-st2 | 0.900 | layers | 0.600 | 1.50x |"]
     assert rt.tuning_table(None) == [] and rt.tuning_table({}) == []
+
+
+def _layer_json(tmp_path, rows):
+    """A pytest-benchmark JSON reduced to what layer_table reads."""
+    benches = [{"extra_info": {"cell": "lstm", "impl": impl, "mode": mode, "T": 35, "N": 32, "H": 256,
+                               "tokens": 1120, **({"dtype": dtype} if dtype else {})},
+                "stats": {"median": median}}
+               for dtype, impl, mode, median in rows]
+    env = {"device_name": "dev", "torch": "2.x", "git_commit": "abc"}
+    path = tmp_path / "layers_x.json"
+    path.write_text(json.dumps({"machine_info": {"fastrnn": env}, "benchmarks": benches}))
+    return path
+
+
+def test_layer_table_dtype_column(tmp_path):
+    fb, f = "forward+backward", "forward"
+    rows = [(d, i, m, s * {"torch": 1.0, "cpu": 0.5}[i] * {fb: 2.0, f: 1.0}[m])
+            for d, s in (("bfloat16", 0.004), ("float32", 0.001)) for i in ("torch", "cpu") for m in (fb, f)]
+    lines = rt.layer_table(_layer_json(tmp_path, rows))
+    assert lines[2] == ("| cell | dtype | T | N | H | torch.nn fwd+bwd tok/s | cpu fwd+bwd | "
+                        "torch.nn fwd tok/s | cpu fwd |")
+    assert lines[3] == "| --- " * 9 + "|"
+    # float32 before bfloat16, each with its own torch.nn baseline
+    assert lines[4:6] == ["| lstm | float32 | 35 | 32 | 256 | 560,000 | 2.00x | 1,120,000 | 2.00x |",
+                          "| lstm | bfloat16 | 35 | 32 | 256 | 140,000 | 2.00x | 280,000 | 2.00x |"]
+
+
+def test_layer_table_without_dtype_keeps_its_format(tmp_path):
+    rows = [(None, "torch", "forward+backward", 0.002), (None, "torch", "forward", 0.001),
+            (None, "cpu", "forward+backward", 0.004)]  # and no cpu forward
+    lines = rt.layer_table(_layer_json(tmp_path, rows))
+    assert lines[2] == "| cell | T | N | H | torch.nn fwd+bwd tok/s | cpu fwd+bwd | torch.nn fwd tok/s | cpu fwd |"
+    assert lines[3:] == ["| --- " * 8 + "|", "| lstm | 35 | 32 | 256 | 560,000 | 0.50x | 1,120,000 | - |", "",
+                         lines[-2], ""]
+    committed = os.path.join(ROOT, "bench", "results", "layers_cpu.json")
+    if os.path.exists(committed):  # written before the dtype knob: the README's table is unchanged
+        head = rt.layer_table(Path(committed))[2]
+        assert head.startswith("| cell | T | N | H |") and "dtype" not in head
