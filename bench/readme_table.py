@@ -39,8 +39,12 @@ def table() -> str:
         lines.append(f"Command: `{d['command']}`. {d['timing']}.")
         lines.append("")
         lines += tuning_table(d.get("triton_tuning"))
+    for path in sorted((ROOT / "bench" / "results").glob("whole_loop_*.json")):
+        lines += whole_loop_table(path)
     for path in sorted((ROOT / "bench" / "results").glob("layers_*.json")):
         lines += layer_table(path)
+    for path in sorted((ROOT / "bench" / "results").glob("floors_*.json")):
+        lines += floors_table(path)
     return "\n".join(lines) if lines else "No results yet: run `make bench`."
 
 
@@ -62,6 +66,42 @@ def tuning_table(records: dict | None) -> list[str]:
             "| --- " * 9 + "|", *rows, ""]
 
 
+def _src(path: Path):
+    return path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+
+
+def whole_loop_table(path: Path) -> list[str]:
+    """bench/whole_loop.py: each (backend, loop) pair's tokens/s over d2l's loop around torch.nn."""
+    d = json.loads(path.read_text())
+    env, cfg = d["environment"], d["config"]
+    out = [f"**Whole training loop, {cfg['cell'].upper()} {cfg['layers']}x{cfg['hidden']}, batch {cfg['batch']}, "
+           f"{cfg['steps']} steps, {cfg['epochs']} epochs** on {env['device_name']} (torch {env['torch']}, commit "
+           f"`{str(env.get('git_commit'))[:10]}`), from `{_src(path)}`; baseline: {d['baseline']}:", "",
+           "| backend | loop | final perplexity | tok/s | vs baseline | same-epoch ratio (median) |",
+           "| --- | --- | --- | --- | --- | --- |"]
+    for r in d["results"]:
+        if "train_tokens_per_s" not in r:
+            out.append(f"| {r['backend']} | {r['loop']} | failed: {r.get('error', '?')[:120]} | | | |")
+            continue
+        out.append(f"| {r['backend']} | {r['loop']} | {r['final_perplexity']:.2f} | {r['train_tokens_per_s']:,.0f} | "
+                   f"{r.get('ratio_to_baseline', 1.0):.2f}x | {r.get('ratio_to_baseline_paired_median', 1.0):.2f}x |")
+    out += ["", f"Command: `{d['command']}`. {d['timing']}.", ""]
+    return out
+
+
+def floors_table(path: Path) -> list[str]:
+    """bench/floors.py: measured time over the FLOP / byte / sequential-step floor."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import floors
+
+    d = json.loads(path.read_text())
+    b = d.get("barrier") or {}
+    per = b.get("seconds_per_barrier")
+    barrier = f"{per * 1e6:.2f} us over {b.get('programs', '?')} programs" if per else "not measured"
+    return [f"**Measured over floor** on {d['device_name']}, from `{_src(path)}` (grid barrier: {barrier}):", "",
+            floors.format_rows(d["rows"]), "", f"Command: `{d['command']}`.", ""]
+
+
 def layer_table(path: Path) -> list[str]:
     """One layer's forward+backward (and forward) median tokens/s per shape from a
     pytest-benchmark JSON (``make bench-layers``), each implementation's ratio to
@@ -78,7 +118,7 @@ def layer_table(path: Path) -> list[str]:
     dtypes = ("float32", "bfloat16", "float16")
     impls = sorted({i for v in med.values() for i in v if i != "torch"})
     cells = sorted({k[0] for k in med})
-    src = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+    src = _src(path)
     out = [f"**One layer, {', '.join(c.upper() for c in cells)}** (input size = hidden size) on "
            f"{env.get('device_name', '?')} (torch {env.get('torch', '?')}, commit "
            f"`{str(env.get('git_commit'))[:10]}`), median of the rounds, from `{src}`:", "",

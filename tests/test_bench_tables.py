@@ -62,3 +62,29 @@ def test_layer_table_without_dtype_keeps_its_format(tmp_path):
     if os.path.exists(committed):  # written before the dtype knob: the README's table is unchanged
         head = rt.layer_table(Path(committed))[2]
         assert head.startswith("| cell | T | N | H |") and "dtype" not in head
+
+
+def test_whole_loop_and_floors_tables(tmp_path):
+    wl = {"environment": {"device_name": "NVIDIA H200", "torch": "2.11", "git_commit": "abcdef0123456"},
+          "config": {"cell": "lstm", "layers": 2, "hidden": 256, "batch": 32, "steps": 35, "epochs": 10},
+          "baseline": "torch.nn (cuDNN), d2l loop", "command": "python bench/whole_loop.py", "timing": "fastest epoch",
+          "results": [
+              {"backend": "torch", "loop": "d2l", "final_perplexity": 12.345, "train_tokens_per_s": 200000.0},
+              {"backend": "cuda", "loop": "graph", "final_perplexity": 12.346, "train_tokens_per_s": 1000000.0,
+               "ratio_to_baseline": 5.0, "ratio_to_baseline_paired_median": 4.5},
+              {"backend": "triton", "loop": "graph", "error": "epoch 0: RuntimeError: capture failed"}]}
+    p = tmp_path / "whole_loop_lstm_cuda.json"
+    p.write_text(json.dumps(wl))
+    lines = rt.whole_loop_table(p)
+    assert "| torch | d2l | 12.35 | 200,000 | 1.00x | 1.00x |" in lines
+    assert "| cuda | graph | 12.35 | 1,000,000 | 5.00x | 4.50x |" in lines
+    assert any(l.startswith("| triton | graph | failed: epoch 0: RuntimeError") for l in lines)
+    assert "baseline: torch.nn (cuDNN), d2l loop" in lines[0]
+    fl = {"device_name": "NVIDIA H200", "command": "python bench/floors.py", "barrier": None,
+          "rows": [{"what": "x", "impl": "cuda", "measured_s": 1e-3, "flop_s": 1e-4, "byte_s": 2e-4,
+                    "latency_s": None, "floor_s": 2e-4, "bound": "byte_s"}]}
+    p = tmp_path / "floors_cuda.json"
+    p.write_text(json.dumps(fl))
+    lines = rt.floors_table(p)
+    assert "| x | cuda | 1,000.0 | 100.0 | 200.0 | - | byte | 5.0x |" in "\n".join(lines)
+    assert "grid barrier: not measured" in lines[0]
