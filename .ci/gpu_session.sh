@@ -24,8 +24,10 @@
 #   9. the remaining GPU tests (tuning for GRU/RNN/stacks, state, graphs)
 # On this machine first:  mkdir -p .devcarry && cp ../shared/data/timemachine.txt .devcarry/
 # then device run:  bash .ci/gpu_session.sh   with carry [".devcarry"], timeout_s 600,
-# and at once:      PART=2 bash .ci/gpu_session.sh   with the same carry, timeout_s 280
-# (about 900 s in all: the two runs and one machine start fit a 15-minute lease).
+# and at once (the machine stays warm only ~30 s; a fresh one needs 4 minutes left):
+#   BUDGET=<status budget_left_s - 30> PART=2 bash .ci/gpu_session.sh, same carry,
+#   timeout_s = that BUDGET + 10.  With a 15-minute lease part 2 gets what part 1
+#   and the machine start left, about 200-250 s; its stages are in priority order.
 # The GPU machine has torch 2.11 + Triton 3.6 and pytest, hypothesis,
 # pytest-benchmark and pytest-timeout preinstalled; nothing is installed here.
 # $OUT gets at most 8 files a run (the device tool's limit).
@@ -99,9 +101,12 @@ if [ "$PART" = 1 ]; then
   bench 90 time_machine_gru_cuda --cell gru --no-plot
 else
   say "6. layer sweep (LSTM, fp32 and bf16)"
-  # one pytest run per dtype: a run killed by its timeout writes no JSON at all
+  # one pytest run per dtype, each ending itself at its deadline (a run killed by
+  # its timeout writes no JSON at all); the Triton plans are the heuristic ones
+  # (tuning 9 shape classes x 8 candidates would not fit), the tuned ones are in part 1
   for dt in float32 bfloat16; do
     FASTRNN_BENCH_GRID=sweep FASTRNN_BENCH_DTYPES=$dt FASTRNN_BENCH_CELLS=lstm FASTRNN_BENCH_ROUNDS=10 \
+      FASTRNN_TRITON_TUNE=0 FASTRNN_BENCH_DEADLINE_S=$(($(left 50) - 12)) \
       run 50 $PY -m pytest -q -p no:cacheprovider --timeout 40 bench/test_layer_bench.py --benchmark-only \
       --benchmark-json .gpuresults/layers_$dt.json --benchmark-columns=median,iqr,rounds
   done

@@ -42,7 +42,7 @@ MEMLOG="$OUT/sanitizer_memcheck.txt"
 RACELOG="$OUT/sanitizer_racecheck.txt"
 PY=${PY:-python3}
 BUDGET=${SANITIZE_BUDGET:-120}
-RACE_K=${SANITIZE_RACECHECK_K:-"/persistent/ /persistent-chunks/ /stack- /stream/"}
+RACE_K=${SANITIZE_RACECHECK_K:-"/persistent /stack- /stream/"}  # /persistent: also -chunks and -wide
 CASES=.ci/sanitize_cases.py
 GRACE=3  # timeout's TERM-to-KILL grace, reserved in every cap so the stage ends within BUDGET
 export PYTHONUNBUFFERED=1
@@ -74,21 +74,36 @@ both "compute-sanitizer: $SAN ($("$SAN" --version 2>&1 | tail -1))"
 
 # ---------------------------------------------------------------- 0. warm-up
 cap=$((BUDGET * 30 / 100 - GRACE))
+if [ "$cap" -lt 10 ]; then
+  both "budget ${BUDGET} s is too small for the sanitizer stage: nothing checked"
+  exit 124
+fi
 jobs=$(nproc 2>/dev/null || echo 4)
 [ "$jobs" -gt 8 ] && jobs=8
-both "0. warm-up: Triton cases without the sanitizer, $jobs shards, <= ${cap} s"
+both "0. warm-up: Triton cases without the sanitizer, $jobs shards, <= ${cap} s; beside it, a one-allocation probe of the tool"
 tmp=$(mktemp -d)
 pids=()
 for ((i = 0; i < jobs; i++)); do
   timeout -k $GRACE "$cap" $PY $CASES -k triton/ --shard "$i/$jobs" > "$tmp/warm.$i" 2>&1 &
   pids+=($!)
 done
+# some runtimes refuse the tool ("Device not supported", then error 999 at the first
+# allocation: gVisor, per the device notes); find that out before spending the budget
+timeout -k $GRACE "$cap" "$SAN" --tool memcheck --error-exitcode 1 --target-processes application-only \
+  $PY -c "import torch; print('probe', float(torch.ones(8, device='cuda').sum()))" > "$tmp/probe" 2>&1
+probe_rc=$?
 warm_rc=0
 for p in "${pids[@]}"; do wait "$p" || warm_rc=$?; done
 { echo "-- warm-up output (no sanitizer; exit status $warm_rc)"; cat "$tmp"/warm.*; echo "--"; } >> "$MEMLOG"
 grep -hE "^sanitize_cases:|FAIL|Traceback|skipped: no CUDA" "$tmp"/warm.* | head -20
 if grep -q "skipped: no CUDA device" "$tmp"/warm.*; then
   both "skipped: no CUDA device"
+  rm -rf "$tmp"
+  exit 0
+fi
+{ echo "-- probe (exit status $probe_rc)"; cat "$tmp/probe"; echo "--"; } | tee -a "$MEMLOG" "$RACELOG" | tail -5
+if ! grep -q "^probe 8.0" "$tmp/probe"; then  # the program did not run under the tool
+  both "compute-sanitizer cannot check a CUDA program on this machine (probe exit status $probe_rc): nothing checked"
   rm -rf "$tmp"
   exit 0
 fi

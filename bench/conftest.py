@@ -3,11 +3,26 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
+
+import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # `import _common`, whatever the import mode
 
 import _common as C  # noqa: E402
+
+
+_START = time.monotonic()
+
+
+def pytest_runtest_setup(item):
+    """FASTRNN_BENCH_DEADLINE_S=S: benchmarks that would start more than S seconds
+    into the session are skipped.  A run cut short by a timeout writes no JSON at
+    all (pytest-benchmark saves at the end), so a time-boxed run ends itself."""
+    limit = os.environ.get("FASTRNN_BENCH_DEADLINE_S")
+    if limit and time.monotonic() - _START > float(limit):
+        pytest.skip(f"FASTRNN_BENCH_DEADLINE_S={limit} s passed")
 
 
 def pytest_configure(config):

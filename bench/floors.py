@@ -15,7 +15,8 @@ For a recurrent layer (and for the whole time-machine training step) this counts
   persistent kernels, fastrnn's split plans, needed once the weights outgrow one
   SM) pays at least one grid-wide exchange per step, so the latency floor is
   steps x one grid barrier, *measured on the GPU itself* (``--measure-barrier``,
-  a Triton kernel that does nothing but pass barriers).
+  a Triton kernel that does nothing but pass barriers, between 2 programs: the
+  cheapest barrier there is).
 
 fp32 FLOPs are counted at the FP32 FMA peak (fastrnn's fp32 kernels multiply in
 exact fp32 unless ``torch.backends.cuda.matmul.allow_tf32``), except torch.nn's
@@ -128,32 +129,42 @@ def barrier_kernel():
     return _KERNEL[0]
 
 
-def measure_barrier(programs: int | None = None, rounds: int = 2000) -> dict:
-    """Seconds per grid barrier among ``programs`` co-resident Triton programs (default:
-    one per SM), from two launches that differ only in the number of barriers."""
+def measure_barrier(rounds: int = 2000, programs=(2, None)) -> dict:
+    """Seconds per grid barrier among P co-resident Triton programs, from two launches
+    that differ only in the number of barriers (the fastest of five pairs: a floor).
+
+    The floor uses P = 2, the fewest programs that need a barrier at all: arrivals
+    and polls hit one counter, so a barrier among more programs costs more.  P = one
+    per SM (None) is recorded beside it, for what a whole-GPU split plan pays.
+    """
     import torch
 
     from fastrnn.triton._common import cooperative_launch_supported
 
-    _barriers = barrier_kernel()
+    kernel = barrier_kernel()
     dev = torch.device("cuda")
-    P = programs or torch.cuda.get_device_properties(dev).multi_processor_count
+    sms = torch.cuda.get_device_properties(dev).multi_processor_count
     coop = dict(launch_cooperative_grid=True) if cooperative_launch_supported() else {}
 
-    def once(n):
+    def once(n, P):
         cnt = torch.zeros(1, dtype=torch.int32, device=dev)
         a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         a.record()
-        _barriers[(P,)](cnt, n, P, num_warps=4, **coop)
+        kernel[(P,)](cnt, n, P, num_warps=4, **coop)
         b.record()
         torch.cuda.synchronize()
         if int(cnt.item()) != n * P:
             raise RuntimeError(f"barrier count {int(cnt.item())} != {n * P}")
         return a.elapsed_time(b) / 1e3
 
-    once(rounds)  # compile
-    t = sorted(once(rounds) - once(0) for _ in range(5))
-    return {"programs": P, "rounds": rounds, "seconds_per_barrier": t[2] / rounds}
+    per = {}
+    for P in programs:
+        P = P or sms
+        once(rounds, P), once(0, P)  # compile and warm up
+        per[P] = min(once(rounds, P) - once(0, P) for _ in range(5)) / rounds
+    P0 = min(per)
+    return {"programs": P0, "rounds": rounds, "seconds_per_barrier": per[P0],
+            "seconds_per_barrier_by_programs": {str(k): v for k, v in per.items()}}
 
 
 # ----------------------------------------------------------------------------- report

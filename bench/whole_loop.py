@@ -27,7 +27,10 @@ from the same weights and see the same batches; they are timed round-robin,
 one epoch each (the first model rotates), with the device synchronised before
 each clock read, and the fastest epoch is reported (on a shared machine other
 work only ever adds time).  The three loops compute the same updates, so each
-model's perplexity curve is also compared with the baseline's.
+model's perplexity curve is also compared with the baseline's.  Every loop gets
+its batches already on the device (d2l's loop copies each batch inside the
+step): that makes the baseline a little faster than d2l's own, so the ratios
+are, if anything, understated.
 
     python bench/whole_loop.py                       # every backend, every loop usable here
     python bench/whole_loop.py --backends torch,cuda --loops d2l,graph --epochs 20

@@ -77,7 +77,9 @@ def test_report_from_benchmark_json(tmp_path):
 @pytest.mark.cuda
 def test_barrier_measurement():
     b = FL.measure_barrier(rounds=200)
-    assert b["programs"] >= 1 and 1e-8 < b["seconds_per_barrier"] < 1e-3
+    per = b["seconds_per_barrier_by_programs"]
+    assert b["programs"] == 2 and len(per) == 2 and 1e-8 < b["seconds_per_barrier"] < 1e-3
+    assert b["seconds_per_barrier"] == min(per.values())
 
 
 def test_barrier_kernel_compiles_for_sm90():

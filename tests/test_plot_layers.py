@@ -209,3 +209,18 @@ def test_unsupported_names_the_reason(monkeypatch):
     with pytest.raises(ValueError, match="choose from small, sweep, full"):
         lb._shapes("huge")
     assert len(lb._shapes("sweep")) == 12 and len(set(lb._shapes("full"))) == 27
+
+
+def test_bench_deadline_skips_late_benchmarks(monkeypatch):
+    """FASTRNN_BENCH_DEADLINE_S: a benchmark that would start after the deadline is
+    skipped (so a time-boxed run still ends and writes its JSON); before it, it runs."""
+    spec = importlib.util.spec_from_file_location("bench_conftest", os.path.join(ROOT, "bench", "conftest.py"))
+    conf = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(conf)
+    monkeypatch.setenv("FASTRNN_BENCH_DEADLINE_S", "3600")
+    conf.pytest_runtest_setup(None)  # well before the deadline: nothing happens
+    monkeypatch.setattr(conf, "_START", conf.time.monotonic() - 3601)
+    with pytest.raises(pytest.skip.Exception, match="FASTRNN_BENCH_DEADLINE_S=3600 s passed"):
+        conf.pytest_runtest_setup(None)
+    monkeypatch.delenv("FASTRNN_BENCH_DEADLINE_S")
+    conf.pytest_runtest_setup(None)  # no deadline set: never skips

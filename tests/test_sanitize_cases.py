@@ -176,7 +176,8 @@ FAKE_SANITIZER = r"""#!/usr/bin/env bash
 tool=memcheck
 while [ $# -gt 0 ]; do case $1 in --tool) tool=$2; shift 2;; --error-exitcode|--target-processes|--padding) shift 2;;
   --*) shift;; *) break;; esac; done
-[ "$SAN_MODE" = norun ] && { echo "========= ERROR SUMMARY: 0 errors"; exit 0; }
+[ "$SAN_MODE" = norun ] && [ "${2:-}" != -c ] && { echo "========= ERROR SUMMARY: 0 errors"; exit 0; }
+[ "$SAN_MODE" = refused ] && { echo "========= Error: Device not supported"; exit 1; }
 "$@"; rc=$?
 if [ "$tool" = racecheck ] && [ "$SAN_MODE" = races ]; then
   echo "========= RACECHECK SUMMARY: 3 hazards displayed (1 error, 2 warnings)"; exit 1
@@ -190,6 +191,7 @@ exit $rc
 #: stand-in python: what sanitize_cases.py prints (PY_MODE: ok, fail, nogpu), and its arguments
 FAKE_PYTHON = r"""#!/usr/bin/env bash
 echo "# args: $*"
+[ "$1" = -c ] && { echo "probe 8.0"; exit 0; }  # the tool probe: one allocation
 [ "$PY_MODE" = nogpu ] && { echo "skipped: no CUDA device"; exit 0; }
 st=ok; rc=0; [ "$PY_MODE" = fail ] && { st=FAIL; rc=3; }
 echo "cuda/gru/perstep/fp32/varlen                   max_err 1.0e-07 (bound 2.0e-05, dxg     ) $st     0.1 s"
@@ -206,6 +208,7 @@ exit $rc
     ("warnings", "ok", 0, "clean", "clean: RACECHECK SUMMARY: 2 hazards displayed (0 errors, 2 warnings)"),
     ("clean", "fail", 1, "FAIL: a case failed", "FAIL: a case failed"),
     ("clean", "nogpu", 0, None, None),
+    ("refused", "ok", 0, "refused", "refused"),  # a runtime where the tool cannot attach: say so, spend nothing
 ])
 def test_shell_verdicts(tmp_path, san, py, rc, memcheck, racecheck):
     """sanitize.sh's verdict per tool and exit status, with a stand-in sanitizer and
@@ -222,7 +225,12 @@ def test_shell_verdicts(tmp_path, san, py, rc, memcheck, racecheck):
     if memcheck is None:
         assert "skipped: no CUDA device" in mem and "skipped: no CUDA device" in race
         return
+    if memcheck == "refused":
+        for log in (mem, race):
+            assert "Device not supported" in log and "cannot check a CUDA program on this machine" in log, log
+            assert "verdict memcheck" not in log and "verdict racecheck" not in log
+        return
     assert f"verdict memcheck: {memcheck}" in mem, mem
     assert f"verdict racecheck: {racecheck}" in race, race
     assert "warm-up output" in mem and "-k triton/ --shard" in mem
-    assert re.search(r"--tool racecheck .* -v -k /persistent/ .*-k /stack- ", race), race
+    assert re.search(r"--tool racecheck .* -v -k /persistent .*-k /stack- ", race), race

@@ -104,6 +104,7 @@ def test_script_end_to_end(tmp_path):
         pytest.skip("the Time Machine text is not here")
     out = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "whole_loop.py"), "--epochs", "2", "--hidden", "32",
                           "--max-tokens", "3000", "--backends", "torch,reference", "--data", data, "--out", str(tmp_path),
+                          "--device", "cpu",
                           "--threads", "1"], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     rep = json.loads((tmp_path / "whole_loop_lstm_cpu.json").read_text())
