@@ -54,3 +54,25 @@ def test_compile_bidirectional_proj_no_grad():
         a, (ha, ca) = m(x)
         b, (hb, cb) = c(x)
     assert rel_err(b, a) <= 1e-6 and rel_err(hb, ha) <= 1e-6 and rel_err(cb, ca) <= 1e-6
+
+
+def test_torch_func_grad_is_refused_with_torchs_message():
+    """torch.func.grad over a fastrnn module fails inside PyTorch: custom_op's
+    register_autograd does not support functorch transforms (pytorch/pytorch#168393).
+    When this test fails, PyTorch has mended it: drop the README's note and assert
+    the gradients against torch.nn instead."""
+    from torch.func import functional_call, grad
+
+    x = torch.randn(5, 3, 4)
+    torch.manual_seed(0)
+    ref = torch.nn.LSTM(4, 6, 2)
+    fast = fastrnn.LSTM(4, 6, 2, backend="reference")
+    fast.load_state_dict(ref.state_dict())
+
+    def loss(m):
+        return lambda p: functional_call(m, p, (x,))[0].pow(2).sum()
+
+    g = grad(loss(ref))(dict(ref.named_parameters()))  # torch.nn takes it
+    assert set(g) == {n for n, _ in ref.named_parameters()}
+    with pytest.raises(RuntimeError, match="setup_context"):
+        grad(loss(fast))(dict(fast.named_parameters()))
