@@ -102,8 +102,8 @@ def _lstm_backward(ctx, dy, dh_n, dc_n, dws):
     if not ctx.need_ws:
         raise RuntimeError("fastrnn: lstm_forward ran with need_ws=False, so it cannot be differentiated")
     w_hh, w_hr, h0, c0, lengths, y, ws = ctx.saved_tensors
-    dxg, dh0, dc0, dhr = lstm_backward(
-        _grad(dy, y), _grad(dh_n, h0), _grad(dc_n, c0), w_hh, w_hr, c0, ws, lengths, ctx.backend
+    dxg, dh0, dc0, dhr = call(
+        lstm_backward, _grad(dy, y), _grad(dh_n, h0), _grad(dc_n, c0), w_hh, w_hr, c0, ws, lengths, ctx.backend
     )
     need = ctx.needs_input_grad
     dw_hh = _gemm_tn(dxg, prev_steps(h0, y), w_hh.dtype) if need[1] else None
@@ -173,7 +173,7 @@ def _gru_backward(ctx, dy, dh_n, dws):
     if not ctx.need_ws:
         raise RuntimeError("fastrnn: gru_forward ran with need_ws=False, so it cannot be differentiated")
     w_hh, h0, lengths, y, ws = ctx.saved_tensors
-    dxg, dgh, dh0 = gru_backward(_grad(dy, y), _grad(dh_n, h0), w_hh, h0, y, ws, lengths, ctx.backend)
+    dxg, dgh, dh0 = call(gru_backward, _grad(dy, y), _grad(dh_n, h0), w_hh, h0, y, ws, lengths, ctx.backend)
     need = ctx.needs_input_grad
     dw_hh = _gemm_tn(dgh, prev_steps(h0, y), w_hh.dtype) if need[1] else None
     db_hh = dgh.sum((0, 1), dtype=acc_dtype(dgh.dtype)).to(dgh.dtype) if need[2] else None
@@ -231,7 +231,7 @@ def _rnn_setup(ctx, inputs, output):
 
 def _rnn_backward(ctx, dy, dh_n):
     w_hh, h0, lengths, y = ctx.saved_tensors
-    dxg, dh0 = rnn_backward(_grad(dy, y), _grad(dh_n, h0), w_hh, y, lengths, ctx.relu, ctx.backend)
+    dxg, dh0 = call(rnn_backward, _grad(dy, y), _grad(dh_n, h0), w_hh, y, lengths, ctx.relu, ctx.backend)
     dw_hh = _gemm_tn(dxg, prev_steps(h0, y), w_hh.dtype) if ctx.needs_input_grad[1] else None
     return dxg, dw_hh, dh0, None, None, None, None
 
@@ -321,8 +321,8 @@ def _lstm_stack_backward(ctx, dy, dh_n, dc_n, dws):
     if not ctx.need_ws:
         raise RuntimeError("fastrnn: lstm_stack_forward ran with need_ws=False, so it cannot be differentiated")
     w_ih, w_hh, h0, c0, y, ws = ctx.saved_tensors
-    dxg, dh0, dc0 = lstm_stack_backward(
-        _grad(dy, y), _grad(dh_n, h0), _grad(dc_n, c0), w_ih, w_hh, c0, ws, ctx.backend
+    dxg, dh0, dc0 = call(
+        lstm_stack_backward, _grad(dy, y), _grad(dh_n, h0), _grad(dc_n, c0), w_ih, w_hh, c0, ws, ctx.backend
     )
     need = ctx.needs_input_grad
     dw_ih = _bgemm_tn(dxg[1:], y[:-1], w_ih.dtype) if need[1] else None
@@ -388,7 +388,7 @@ def _gru_stack_backward(ctx, dy, dh_n, dws):
     if not ctx.need_ws:
         raise RuntimeError("fastrnn: gru_stack_forward ran with need_ws=False, so it cannot be differentiated")
     w_ih, w_hh, h0, y, ws = ctx.saved_tensors
-    dxg, dgh, dh0 = gru_stack_backward(_grad(dy, y), _grad(dh_n, h0), w_ih, w_hh, h0, y, ws, ctx.backend)
+    dxg, dgh, dh0 = call(gru_stack_backward, _grad(dy, y), _grad(dh_n, h0), w_ih, w_hh, h0, y, ws, ctx.backend)
     need = ctx.needs_input_grad
     dw_ih = _bgemm_tn(dxg[1:], y[:-1], w_ih.dtype) if need[1] else None
     db_ih = _bias_grad(dxg[1:]) if need[2] else None
@@ -449,7 +449,7 @@ def _rnn_stack_setup(ctx, inputs, output):
 
 def _rnn_stack_backward(ctx, dy, dh_n):
     w_ih, w_hh, h0, y = ctx.saved_tensors
-    dxg, dh0 = rnn_stack_backward(_grad(dy, y), _grad(dh_n, h0), w_ih, w_hh, y, ctx.relu, ctx.backend)
+    dxg, dh0 = call(rnn_stack_backward, _grad(dy, y), _grad(dh_n, h0), w_ih, w_hh, y, ctx.relu, ctx.backend)
     need = ctx.needs_input_grad
     dw_ih = _bgemm_tn(dxg[1:], y[:-1], w_ih.dtype) if need[1] else None
     db = _bias_grad(dxg[1:]) if need[2] else None
@@ -458,3 +458,59 @@ def _rnn_stack_backward(ctx, dy, dh_n):
 
 
 rnn_stack_forward.register_autograd(_rnn_stack_backward, setup_context=_rnn_stack_setup)
+
+
+# ---------------------------------------------------------------- torch.func
+def _no_double_backward(ctx, *grads):
+    raise RuntimeError("fastrnn: the recurrences' backward ops cannot be differentiated (no double backward)")
+
+
+def _functorch_function(op, backward=_no_double_backward, setup=lambda ctx, inputs, output: None):
+    """The same op, setup and backward as an autograd.Function.
+
+    torch.func transforms (grad, ...) refuse the autograd that ``register_autograd``
+    generates (it lacks a setup_context staticmethod: pytorch/pytorch#168393), but
+    take a Function whose setup_context is split from its forward; the signatures
+    are the ones register_autograd already uses.  The backward ops get one too:
+    under a transform, even an op without a formula goes through that autograd."""
+    name = op._name.split("::")[-1]
+
+    class Function(torch.autograd.Function):
+        @staticmethod
+        def forward(*args):
+            return op(*args)
+
+        @staticmethod
+        def setup_context(ctx, inputs, output):
+            setup(ctx, inputs, output)
+
+        @staticmethod
+        def backward(ctx, *grads):
+            return backward(ctx, *grads)
+
+    Function.__name__ = Function.__qualname__ = f"{name}_function"
+    return Function
+
+
+_FUNCTORCH = {
+    op._name: _functorch_function(op, backward, setup)
+    for op, backward, setup in (
+        (lstm_forward, _lstm_backward, _lstm_setup),
+        (gru_forward, _gru_backward, _gru_setup),
+        (rnn_forward, _rnn_backward, _rnn_setup),
+        (lstm_stack_forward, _lstm_stack_backward, _lstm_stack_setup),
+        (gru_stack_forward, _gru_stack_backward, _gru_stack_setup),
+        (rnn_stack_forward, _rnn_stack_backward, _rnn_stack_setup),
+    )
+}
+_FUNCTORCH.update((op._name, _functorch_function(op)) for op in (
+    lstm_backward, gru_backward, rnn_backward, lstm_stack_backward, gru_stack_backward, rnn_stack_backward))
+
+
+def call(op, *args):
+    """Run an op: the op itself (what torch.compile traces and autograd
+    differentiates), or under a torch.func transform the same op through an
+    autograd.Function that functorch accepts."""
+    if not torch.compiler.is_compiling() and torch._C._are_functorch_transforms_active():
+        return _FUNCTORCH[op._name].apply(*args)
+    return op(*args)

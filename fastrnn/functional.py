@@ -69,11 +69,11 @@ def _direction(mode, x, w, h0, c0, lengths, reverse, need_ws, backend):
     h0 = h0.contiguous()
     c_n = None
     if mode == "LSTM":
-        y, h_n, c_n, _ = _ops.lstm_forward(xg, w_hh, w_hr, h0, c0.contiguous(), lengths, need_ws, backend)
+        y, h_n, c_n, _ = _ops.call(_ops.lstm_forward, xg, w_hh, w_hr, h0, c0.contiguous(), lengths, need_ws, backend)
     elif mode == "GRU":
-        y, h_n, _ = _ops.gru_forward(xg, w_hh, b_hh, h0, lengths, need_ws, backend)
+        y, h_n, _ = _ops.call(_ops.gru_forward, xg, w_hh, b_hh, h0, lengths, need_ws, backend)
     else:
-        y, h_n = _ops.rnn_forward(xg, w_hh, h0, lengths, mode == "RNN_RELU", need_ws, backend)
+        y, h_n = _ops.call(_ops.rnn_forward, xg, w_hh, h0, lengths, mode == "RNN_RELU", need_ws, backend)
     if reverse:
         y = reverse_padded(y, lengths)
     return y, h_n, c_n
@@ -143,12 +143,12 @@ def _fused_stack(mode, x, hx, cx, weights, need_ws, backend):
         xg0 = F.linear(x, w_ih0, b_ih0).contiguous()
         b_ih = torch.stack([w[2] for w in weights[1:]]) if has_bias else None
         b_hh = torch.stack([w[3] for w in weights]) if has_bias else None
-        y, h_n, _ = _ops.gru_stack_forward(xg0, w_ih, b_ih, w_hh, b_hh, hx, need_ws, backend)
+        y, h_n, _ = _ops.call(_ops.gru_stack_forward, xg0, w_ih, b_ih, w_hh, b_hh, hx, need_ws, backend)
     else:
         xg0 = F.linear(x, w_ih0, bias_sum(b_ih0, b_hh0)).contiguous()
         b = torch.stack([bias_sum(w[2], w[3]) for w in weights[1:]]) if has_bias else None
         if mode == "LSTM":
-            y, h_n, c_n, _ = _ops.lstm_stack_forward(xg0, w_ih, b, w_hh, hx, cx.contiguous(), need_ws, backend)
+            y, h_n, c_n, _ = _ops.call(_ops.lstm_stack_forward, xg0, w_ih, b, w_hh, hx, cx.contiguous(), need_ws, backend)
         else:
-            y, h_n = _ops.rnn_stack_forward(xg0, w_ih, b, w_hh, hx, mode == "RNN_RELU", need_ws, backend)
+            y, h_n = _ops.call(_ops.rnn_stack_forward, xg0, w_ih, b, w_hh, hx, mode == "RNN_RELU", need_ws, backend)
     return y[-1], h_n, c_n
