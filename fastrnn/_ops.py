@@ -12,6 +12,7 @@ few large GEMMs over all time steps (the backend only runs the sequential part).
 """
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import torch
@@ -41,6 +42,17 @@ def _gemm_tn(a: Tensor, b: Tensor, dtype) -> Tensor:
     a2 = a.reshape(-1, a.shape[-1])
     b2 = b.reshape(-1, b.shape[-1]).to(a2.dtype)
     return (a2.t() @ b2).to(dtype)
+
+
+#: op name -> (backward, setup_context) of the forward ops
+_AUTOGRAD: dict = {}
+
+
+def _register_autograd(op, backward, setup) -> None:
+    """``op.register_autograd(backward, setup_context=setup)``, and the same pair
+    kept for the torch.func path (:func:`call`)."""
+    op.register_autograd(backward, setup_context=setup)
+    _AUTOGRAD[op._name] = (backward, setup)
 
 
 # ---------------------------------------------------------------------- LSTM
@@ -115,7 +127,7 @@ def _lstm_backward(ctx, dy, dh_n, dc_n, dws):
     return dxg, dw_hh, dw_hr, dh0, dc0, None, None, None
 
 
-lstm_forward.register_autograd(_lstm_backward, setup_context=_lstm_setup)
+_register_autograd(lstm_forward, _lstm_backward, _lstm_setup)
 
 
 # ----------------------------------------------------------------------- GRU
@@ -180,7 +192,7 @@ def _gru_backward(ctx, dy, dh_n, dws):
     return dxg, dw_hh, db_hh, dh0, None, None, None
 
 
-gru_forward.register_autograd(_gru_backward, setup_context=_gru_setup)
+_register_autograd(gru_forward, _gru_backward, _gru_setup)
 
 
 # ----------------------------------------------------------------------- RNN
@@ -236,7 +248,7 @@ def _rnn_backward(ctx, dy, dh_n):
     return dxg, dw_hh, dh0, None, None, None, None
 
 
-rnn_forward.register_autograd(_rnn_backward, setup_context=_rnn_setup)
+_register_autograd(rnn_forward, _rnn_backward, _rnn_setup)
 
 
 # ------------------------------------------------------------- fused stacks
@@ -331,7 +343,7 @@ def _lstm_stack_backward(ctx, dy, dh_n, dc_n, dws):
     return dxg[0], dw_ih, db, dw_hh, dh0, dc0, None, None
 
 
-lstm_stack_forward.register_autograd(_lstm_stack_backward, setup_context=_lstm_stack_setup)
+_register_autograd(lstm_stack_forward, _lstm_stack_backward, _lstm_stack_setup)
 
 
 @torch.library.custom_op(f"{_LIB}::gru_stack_forward", mutates_args=())
@@ -397,7 +409,7 @@ def _gru_stack_backward(ctx, dy, dh_n, dws):
     return dxg[0], dw_ih, db_ih, dw_hh, db_hh, dh0, None, None
 
 
-gru_stack_forward.register_autograd(_gru_stack_backward, setup_context=_gru_stack_setup)
+_register_autograd(gru_stack_forward, _gru_stack_backward, _gru_stack_setup)
 
 
 @torch.library.custom_op(f"{_LIB}::rnn_stack_forward", mutates_args=())
@@ -457,7 +469,7 @@ def _rnn_stack_backward(ctx, dy, dh_n):
     return dxg[0], dw_ih, db, dw_hh, dh0, None, None, None
 
 
-rnn_stack_forward.register_autograd(_rnn_stack_backward, setup_context=_rnn_stack_setup)
+_register_autograd(rnn_stack_forward, _rnn_stack_backward, _rnn_stack_setup)
 
 
 # ---------------------------------------------------------------- torch.func
@@ -465,15 +477,20 @@ def _no_double_backward(ctx, *grads):
     raise RuntimeError("fastrnn: the recurrences' backward ops cannot be differentiated (no double backward)")
 
 
-def _functorch_function(op, backward=_no_double_backward, setup=lambda ctx, inputs, output: None):
-    """The same op, setup and backward as an autograd.Function.
+def _no_setup(ctx, inputs, output) -> None:
+    pass
+
+
+@functools.lru_cache(maxsize=None)
+def _functorch_function(op):
+    """``op`` with its registered setup and backward as an autograd.Function.
 
     torch.func transforms (grad, ...) refuse the autograd that ``register_autograd``
     generates (it lacks a setup_context staticmethod: pytorch/pytorch#168393), but
     take a Function whose setup_context is split from its forward; the signatures
-    are the ones register_autograd already uses.  The backward ops get one too:
-    under a transform, even an op without a formula goes through that autograd."""
-    name = op._name.split("::")[-1]
+    are the ones register_autograd already uses.  The backward ops (no formula of
+    their own) get one too: under a transform, even they go through that autograd."""
+    backward, setup = _AUTOGRAD.get(op._name, (_no_double_backward, _no_setup))
 
     class Function(torch.autograd.Function):
         @staticmethod
@@ -488,23 +505,8 @@ def _functorch_function(op, backward=_no_double_backward, setup=lambda ctx, inpu
         def backward(ctx, *grads):
             return backward(ctx, *grads)
 
-    Function.__name__ = Function.__qualname__ = f"{name}_function"
+    Function.__name__ = Function.__qualname__ = f"{op._name.split('::')[-1]}_function"
     return Function
-
-
-_FUNCTORCH = {
-    op._name: _functorch_function(op, backward, setup)
-    for op, backward, setup in (
-        (lstm_forward, _lstm_backward, _lstm_setup),
-        (gru_forward, _gru_backward, _gru_setup),
-        (rnn_forward, _rnn_backward, _rnn_setup),
-        (lstm_stack_forward, _lstm_stack_backward, _lstm_stack_setup),
-        (gru_stack_forward, _gru_stack_backward, _gru_stack_setup),
-        (rnn_stack_forward, _rnn_stack_backward, _rnn_stack_setup),
-    )
-}
-_FUNCTORCH.update((op._name, _functorch_function(op)) for op in (
-    lstm_backward, gru_backward, rnn_backward, lstm_stack_backward, gru_stack_backward, rnn_stack_backward))
 
 
 def call(op, *args):
@@ -512,5 +514,5 @@ def call(op, *args):
     differentiates), or under a torch.func transform the same op through an
     autograd.Function that functorch accepts."""
     if not torch.compiler.is_compiling() and torch._C._are_functorch_transforms_active():
-        return _FUNCTORCH[op._name].apply(*args)
+        return _functorch_function(op).apply(*args)
     return op(*args)
