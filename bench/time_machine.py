@@ -74,6 +74,21 @@ class RNNModel(nn.Module):
         return type(self.rnn).__name__ == "LSTM"
 
 
+def same_init_models(impls, args, V: int, device) -> list:
+    """One RNNModel per entry of ``impls`` (torch.nn or a fastrnn backend), all with
+    the same initial weights: torch.nn's model built from ``args.seed``, its
+    state_dict copied into each (fastrnn names its parameters exactly as torch.nn does)."""
+    torch.manual_seed(args.seed)
+    first = RNNModel(C.make_layer(C.TORCH, args.cell, V, args.hidden, args.layers), V)
+    init = {k: v.clone() for k, v in first.state_dict().items()}
+    out = []
+    for impl in impls:
+        m = RNNModel(C.make_layer(impl, args.cell, V, args.hidden, args.layers), V)
+        m.load_state_dict(init)
+        out.append(m.to(device))
+    return out
+
+
 def detach_state(state):
     if isinstance(state, tuple):
         return tuple(s.detach() for s in state)
@@ -235,16 +250,9 @@ def run(args) -> dict:
     )
     V = len(vocab)
 
-    # Same initial weights everywhere: build torch.nn's model from the seed and
-    # copy its state_dict (fastrnn names its parameters exactly as torch.nn does).
-    torch.manual_seed(args.seed)
-    first = RNNModel(C.make_layer(C.TORCH, args.cell, V, args.hidden, args.layers), V)
-    init = {k: v.clone() for k, v in first.state_dict().items()}
     models, opts = {}, {}
-    for impl in impls:
-        m = first if impl == C.TORCH else RNNModel(C.make_layer(impl, args.cell, V, args.hidden, args.layers), V)
-        m.load_state_dict(init)
-        models[impl] = m.to(device)
+    for impl, m in zip(impls, same_init_models(impls, args, V, device)):
+        models[impl] = m
         opts[impl] = torch.optim.SGD(m.parameters(), lr=args.lr)
 
     def epoch_batches():

@@ -264,14 +264,9 @@ def run(args) -> dict:
     loader, vocab = tmdata.load_data_time_machine(args.batch, args.steps, False, args.max_tokens,
                                                   path=args.data, seed=args.seed)
     V = len(vocab)
-    torch.manual_seed(args.seed)
-    first = TM.RNNModel(C.make_layer(C.TORCH, args.cell, V, args.hidden, args.layers), V)
-    init = {k: v.clone() for k, v in first.state_dict().items()}
-    loops, errors = {}, {}
-    for impl, kind in pairs:
-        m = TM.RNNModel(C.make_layer(impl, args.cell, V, args.hidden, args.layers), V)
-        m.load_state_dict(init)
-        loops[impl, kind] = make_loop(kind, m.to(device), args, device)
+    models = TM.same_init_models([impl for impl, _ in pairs], args, V, device)
+    loops = {(impl, kind): make_loop(kind, m, args, device) for (impl, kind), m in zip(pairs, models)}
+    errors = {}
 
     secs = {k: [] for k in loops}
     ppl = {k: [] for k in loops}
