@@ -51,7 +51,7 @@ run() {  # run CAP cmd...: the command under timeout, skipped when no time is le
   return 0
 }
 keep() {  # keep FILE NAME: into $OUT (fetched) and .gpuresults/ (read by part 2)
-  [ -e "$1" ] && cp "$1" "$OUT/$2" && cp "$1" ".gpuresults/$2"
+  [ -e "$1" ] && cp "$1" "$OUT/$2" && { [ "$1" -ef ".gpuresults/$2" ] || cp "$1" ".gpuresults/$2"; }
   return 0
 }
 PY=${PY:-python3}
