@@ -1,5 +1,7 @@
 # make test  - set up .venv (idempotent) and run the whole test suite
+# make test-seeds - the randomized suites under 50 base seeds (issue #17's proof)
 # make bench - set up .venv and run the time-machine training benchmark
+# make test-compat - the GPU machine's torch 2.11 / Triton 3.6 on the CPU (.ci/compat.sh, own .venv-compat)
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -18,7 +20,7 @@ endif
 export MAX_JOBS ?= 2
 SOURCES := $(shell find csrc -type f 2>/dev/null) setup.py pyproject.toml
 
-.PHONY: setup test bench bench-layers clean
+.PHONY: setup test test-compat bench bench-layers clean
 setup: $(VENV)/.deps $(VENV)/.built
 
 $(VENV)/.deps: Makefile
@@ -36,8 +38,41 @@ $(VENV)/.built: $(VENV)/.deps $(SOURCES)
 	$(PY) -c "import site, os; open(os.path.join(site.getsitepackages()[0], 'fastrnn-checkout.pth'), 'w').write(os.getcwd() + '\\n')"
 	touch $@
 
+# One base seed for the whole run, printed; every test's random inputs derive from
+# it and the test's id (tests/conftest.py).  Replay a run: make test FASTRNN_TEST_SEED=N.
+ifndef FASTRNN_TEST_SEED
+FASTRNN_TEST_SEED := $(shell od -An -N4 -tu4 /dev/urandom | tr -d ' ')
+endif
+export FASTRNN_TEST_SEED
+# make test-seeds: the randomized suites under SEEDS consecutive base seeds
+# (SEEDS_SLOW for the slower module-level stack and interpreter suites), from
+# FASTRNN_TEST_SEED on.
+SEEDS ?= 50
+SEEDS_SLOW ?= 10
+SEED_FAST := tests/test_parity.py tests/test_ops.py tests/test_ext_cpu.py tests/test_numerics.py
+SEED_FAST_INTERP := tests/interpret/test_cells.py
+SEED_SLOW := tests/test_stack.py
+SEED_SLOW_INTERP := tests/interpret/test_stacks.py tests/interpret/test_half.py tests/interpret/test_tune.py
+
+.PHONY: test-seeds
+# tests/interpret (Triton's interpreter) is its own invocation: TRITON_INTERPRET
+# must be set before Triton is first imported.
 test: setup
+	@echo "FASTRNN_TEST_SEED=$(FASTRNN_TEST_SEED)"
 	$(PY) -m pytest tests -q -ra
+	$(PY) -m pytest tests/interpret -q -ra
+
+test-seeds: setup
+	@echo "FASTRNN_TEST_SEED=$(FASTRNN_TEST_SEED): $(SEEDS) seeds (slow interpreter suites $(SEEDS_SLOW))"
+	$(PY) -m pytest $(SEED_FAST) -q -ra -p no:cacheprovider --seeds $(SEEDS)
+	$(PY) -m pytest $(SEED_FAST_INTERP) -q -ra -p no:cacheprovider --seeds $(SEEDS)
+	$(PY) -m pytest $(SEED_SLOW) -q -ra -p no:cacheprovider --seeds $(SEEDS_SLOW)
+	$(PY) -m pytest $(SEED_SLOW_INTERP) -q -ra -p no:cacheprovider --seeds $(SEEDS_SLOW)
+
+# The extension's build and CPU tests, the Triton interpreter tests and the sm_80/sm_90
+# AOT compile under the GPU machine's versions, in a copy of the tree (build/compat/).
+test-compat:
+	.ci/compat.sh
 
 bench: setup
 	$(PY) bench/time_machine.py $(ARGS)

@@ -5,10 +5,10 @@ import torch
 from torch.nn.utils.rnn import PackedSequence, pack_sequence
 
 import fastrnn
+from fastrnn.testing import rel_err  # noqa: F401  (one definition for the suite)
 
 TORCH_CLS = {"LSTM": torch.nn.LSTM, "GRU": torch.nn.GRU, "RNN_TANH": torch.nn.RNN, "RNN_RELU": torch.nn.RNN}
 FAST_CLS = {"LSTM": fastrnn.LSTM, "GRU": fastrnn.GRU, "RNN_TANH": fastrnn.RNN, "RNN_RELU": fastrnn.RNN}
-TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
 
 
 def backends_on(device_type: str) -> list[str]:
@@ -41,12 +41,6 @@ def make_pair(mode, input_size, hidden_size, *, backend="auto", device="cpu", dt
     fast = FAST_CLS[mode](input_size, hidden_size, device=device, dtype=dtype, backend=backend, **kw)
     fast.load_state_dict(ref.state_dict())
     return ref, fast
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.double(), b.double()
-    assert not torch.isnan(a).any(), "NaN in result"
-    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item() if b.numel() else 0.0
 
 
 def forward_and_grads(module, inp, hx, weights):

@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from fastrnn.backends.reference import ReferenceBackend
+from fastrnn.testing import rel_err as rel
 
 pytestmark = pytest.mark.cuda
 FLOOR = {torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 8e-3}
@@ -55,11 +56,6 @@ def poison():
     """Leave NaN in the caching allocator's free blocks, so unwritten outputs show."""
     x = torch.full((1 << 24,), float("nan"), device="cuda")
     del x
-
-
-def rel(a, b):
-    a, b = a.double().cpu(), b.double().cpu()
-    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
 
 
 def check(got, want_d, want64, dtype, what, mask=None):

@@ -1,16 +1,12 @@
-"""The fused-stack (wavefront) Triton kernels: parity with the reference backend
-under Triton's CPU interpreter (in a child process, as ``test_triton_interpret.py``
-does), and, on a machine with a CUDA GPU, parity with torch.nn."""
+"""The fused-stack (wavefront) Triton kernels: their plans, and, on a machine with
+a CUDA GPU, parity with torch.nn (parity with the reference backend under Triton's
+interpreter is ``tests/interpret/test_stacks.py``)."""
 import os
 
 import pytest
 import torch
 
-from _interpret_run import run_interpreted
-
-
-def test_stack_interpreter_parity():
-    run_interpreted("_interpret_stack_cases.py")
+from fastrnn.testing import rel_err as _rel
 
 
 # ------------------------------------------------------------ plans (no GPU)
@@ -63,10 +59,6 @@ def _gpu():
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0") or not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU (compiled Triton)")
     pytest.importorskip("triton")
-
-
-def _rel(a, b):
-    return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])

@@ -1,7 +1,6 @@
 """The Triton autotuner (``fastrnn/triton/tune.py``): which candidates it offers,
 how it chooses, what it caches.  The candidates' numerics are checked by
-``_interpret_tune_cases.py`` under Triton's interpreter (run from here, in a child
-process); the timing and caching logic runs here with stand-in timers, since
+``tests/interpret/test_tune.py`` under Triton's interpreter; the timing and caching logic runs here with stand-in timers, since
 without a GPU there is nothing real to time."""
 import itertools
 import json
@@ -10,7 +9,6 @@ import math
 import pytest
 import torch
 
-from _interpret_run import run_interpreted
 from _util import FAST_CLS, TORCH_CLS, forward_and_grads, layer_kwargs, rel_err
 
 triton = pytest.importorskip("triton")
@@ -18,10 +16,6 @@ triton = pytest.importorskip("triton")
 from fastrnn.triton import TritonBackend, _common, stack, tune  # noqa: E402
 
 CPU = torch.device("cpu")
-
-
-def test_interpreted_candidates_and_tuning():
-    run_interpreted("_interpret_tune_cases.py")
 
 
 # ------------------------------------------------------------- candidates

@@ -1,21 +1,27 @@
-"""What the interpreter case files (``_interpret_cases.py``, ``_interpret_stack_cases.py``)
-share.  Importing this module sets TRITON_INTERPRET=1, so the case files import it
-before anything imports Triton; only those child processes import it (the parent
-side is ``_interpret_run.py``)."""
+"""Triton's kernels under its CPU interpreter, as ordinary tests.
+
+TRITON_INTERPRET must be set before Triton is first imported, so this folder runs
+as its own pytest invocation (``make test`` runs ``pytest tests`` and then
+``pytest tests/interpret``; the top-level conftest leaves this folder out of any
+run that does not name it).  This conftest sets the variable on import, before
+any test module here imports Triton, and refuses to run if Triton was imported
+without it.
+
+The cases' helpers are in ``_interp.py``.
+"""
 import os
 
-os.environ.setdefault("TRITON_INTERPRET", "1")
+os.environ["TRITON_INTERPRET"] = "1"
 
 import sys  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-if "triton" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1":  # pragma: no cover
-    pytest.skip("triton was imported before TRITON_INTERPRET=1 was set", allow_module_level=True)
+if "triton" in sys.modules and sys.modules["triton"] is not None:  # pragma: no cover
+    raise pytest.UsageError("tests/interpret must run in its own pytest invocation: Triton was imported "
+                            "before TRITON_INTERPRET=1 could be set")
 pytest.importorskip("triton")
-
-from fastrnn.backends.reference import ReferenceBackend  # noqa: E402
 
 
 def _widen_bf16_dot_operands():
@@ -46,10 +52,6 @@ def _widen_bf16_dot_operands():
 
 _widen_bf16_dot_operands()
 
-TOL = 1e-5
-REF = ReferenceBackend()
-
-
 @pytest.fixture(autouse=True)
 def poison_empty(monkeypatch):
     """Every float tensor torch.empty hands out (the backend's outputs, exchange and
@@ -63,18 +65,3 @@ def poison_empty(monkeypatch):
         return t
 
     monkeypatch.setattr(torch, "empty", empty)
-
-
-def rel(a, b):
-    assert a.shape == b.shape and a.dtype == b.dtype, (a.shape, b.shape, a.dtype, b.dtype)
-    if b.numel() == 0:
-        return 0.0
-    return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
-
-
-def check(names, got, want):
-    for name, g, w in zip(names, got, want):
-        assert g.is_contiguous(), name
-        assert torch.isfinite(g).all(), f"{name}: not finite (an element was never written)"
-        err = rel(g, w)
-        assert err <= TOL, f"{name}: relative error {err:.2e}"

@@ -1,20 +1,18 @@
 """Parity of the fused-stack (wavefront) Triton kernels with the reference
 backend's composition of per-layer functions, run by Triton's CPU interpreter.
-Not collected directly: ``test_triton_stack.py`` runs this file in a fresh process
-with TRITON_INTERPRET=1 (it must be set before Triton is first imported).
+Float64 truth, float32 baseline (``_interp``).
 
 Under the interpreter every stack runs wave by wave (one launch per wave, state
 carried through fp32 buffers), so each case exercises the same wave schedule,
 exchange through y / dxg and cross-layer dependencies the persistent GPU launch
 synchronises with one grid barrier per wave.
 """
-from _interpret_common import REF, check as _check, poison_empty  # noqa: F401  (sets TRITON_INTERPRET; autouse fixture)
+import pytest
+import torch
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
-
-from fastrnn.triton import TritonBackend  # noqa: E402
-from fastrnn.triton import stack  # noqa: E402
+from _interp import REF, check as _check, expect
+from fastrnn.triton import TritonBackend
+from fastrnn.triton import stack
 
 #: tile plans: one program per layer (weights resident, n_ht = 1); 16-unit hidden
 #: tiles (several programs per layer, weights resident); 16-unit tiles with the
@@ -61,12 +59,12 @@ def test_lstm_stack(T, N, H, L, bias, plan, fused_only):
     b = torch.randn(L - 1, 4 * H) if bias else None
     w_hh = torch.randn(L, 4 * H, H) / H**0.5
     h0, c0 = torch.randn(L, N, H), torch.randn(L, N, H)
-    want = REF.lstm_stack_forward(xg0, w_ih, b, w_hh, h0, c0, True)
+    want = expect(REF.lstm_stack_forward, xg0, w_ih, b, w_hh, h0, c0, True, K=T * H * L)
     got = tb.lstm_stack_forward(xg0, w_ih, b, w_hh, h0, c0, True)
     _check(["y", "h_n", "c_n", "ws"], got, want)
     _check(["y", "h_n", "c_n"], tb.lstm_stack_forward(xg0, w_ih, b, w_hh, h0, c0, False)[:3], want[:3])
     dy, dh_n, dc_n = torch.randn(L, T, N, H), torch.randn(L, N, H), torch.randn(L, N, H)
-    gwant = REF.lstm_stack_backward(dy, dh_n, dc_n, w_ih, w_hh, c0, want[3])
+    gwant = expect(REF.lstm_stack_backward, dy, dh_n, dc_n, w_ih, w_hh, c0, want[3], K=T * H * L)
     ggot = tb.lstm_stack_backward(dy, dh_n, dc_n, w_ih, w_hh, c0, want[3])
     _check(["dxg", "dh0", "dc0"], ggot, gwant)
     # the stack's workspace is the per-layer layout: any backend's backward reads it
@@ -91,12 +89,12 @@ def test_gru_stack(T, N, H, L, bias, plan, fused_only):
     w_hh = torch.randn(L, 3 * H, H) / H**0.5
     b_hh = torch.randn(L, 3 * H) if bias else None
     h0 = torch.randn(L, N, H)
-    want = REF.gru_stack_forward(xg0, w_ih, b_ih, w_hh, b_hh, h0, True)
+    want = expect(REF.gru_stack_forward, xg0, w_ih, b_ih, w_hh, b_hh, h0, True, K=T * H * L)
     got = tb.gru_stack_forward(xg0, w_ih, b_ih, w_hh, b_hh, h0, True)
     _check(["y", "h_n", "ws"], got, want)
     _check(["y", "h_n"], tb.gru_stack_forward(xg0, w_ih, b_ih, w_hh, b_hh, h0, False)[:2], want[:2])
     dy, dh_n = torch.randn(L, T, N, H), torch.randn(L, N, H)
-    gwant = REF.gru_stack_backward(dy, dh_n, w_ih, w_hh, h0, want[0], want[2])
+    gwant = expect(REF.gru_stack_backward, dy, dh_n, w_ih, w_hh, h0, want[0], want[2], K=T * H * L)
     ggot = tb.gru_stack_backward(dy, dh_n, w_ih, w_hh, h0, want[0], want[2])
     _check(["dxg", "dgh", "dh0"], ggot, gwant)
 
@@ -109,7 +107,7 @@ def test_gru_stack_one_bias():
     w_ih, w_hh = torch.randn(L - 1, 3 * H, H) / H**0.5, torch.randn(L, 3 * H, H) / H**0.5
     for b_ih, b_hh in ((torch.randn(L - 1, 3 * H), None), (None, torch.randn(L, 3 * H))):
         _check(["y", "h_n", "ws"], tb.gru_stack_forward(xg0, w_ih, b_ih, w_hh, b_hh, h0, True),
-               REF.gru_stack_forward(xg0, w_ih, b_ih, w_hh, b_hh, h0, True))
+               expect(REF.gru_stack_forward, xg0, w_ih, b_ih, w_hh, b_hh, h0, True, K=T * H * L))
 
 
 # (T, N, H, L, bias, plan)
@@ -130,10 +128,10 @@ def test_rnn_stack(T, N, H, L, bias, plan, relu, fused_only):
     b = torch.randn(L - 1, H) if bias else None
     w_hh = torch.randn(L, H, H) / H**0.5
     h0 = torch.randn(L, N, H)
-    want = REF.rnn_stack_forward(xg0, w_ih, b, w_hh, h0, relu, True)
+    want = expect(REF.rnn_stack_forward, xg0, w_ih, b, w_hh, h0, relu, True, K=T * H * L)
     got = tb.rnn_stack_forward(xg0, w_ih, b, w_hh, h0, relu, True)
     _check(["y", "h_n"], got, want)
     dy, dh_n = torch.randn(L, T, N, H), torch.randn(L, N, H)
-    gwant = REF.rnn_stack_backward(dy, dh_n, w_ih, w_hh, want[0], relu)
+    gwant = expect(REF.rnn_stack_backward, dy, dh_n, w_ih, w_hh, want[0], relu, K=T * H * L)
     ggot = tb.rnn_stack_backward(dy, dh_n, w_ih, w_hh, want[0], relu)
     _check(["dxg", "dh0"], ggot, gwant)

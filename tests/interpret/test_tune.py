@@ -1,6 +1,6 @@
-"""The autotuner's candidates and choices under Triton's CPU interpreter.  Not
-collected directly: ``test_triton_tune.py`` runs this file in a fresh process with
-TRITON_INTERPRET=1.
+"""The autotuner's candidates and choices under Triton's CPU interpreter, against a
+float64 truth, float32 baseline (``_interp``); the rest of the tuner's tests, with
+stand-in timers, are ``tests/triton/test_triton_tune.py``.
 
 Every config the tuner may pick for a shape must compute the same thing, so each
 case runs *every* candidate (split ones are emulated step by step, as in the other
@@ -9,15 +9,14 @@ through the backend, with a fresh cache directory, and check what was timed,
 chosen, cached and reused.  The interpreter has one "SM"; ``tune.programs`` is
 patched to 8 so split and multi-program candidates exist.
 """
-from _interpret_common import REF, check as _check, poison_empty  # noqa: F401  (sets TRITON_INTERPRET; autouse fixture)
+import math
 
-import math  # noqa: E402
+import pytest
+import torch
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
-
-from fastrnn.triton import TritonBackend, _common, stack, tune  # noqa: E402
-from fastrnn.triton import gru as tgru, lstm as tlstm, rnn as trnn  # noqa: E402
+from _interp import REF, check as _check, expect
+from fastrnn.triton import TritonBackend, _common, stack, tune
+from fastrnn.triton import gru as tgru, lstm as tlstm, rnn as trnn
 
 PROGRAMS = 8
 
@@ -71,9 +70,9 @@ def test_every_lstm_candidate(T, N, H, P, use_len):
     L = torch.randint(1, T + 1, (N,)) if use_len else None
     if L is not None:
         L[0] = T
-    want = REF.lstm_forward(xg, w_hh, w_hr, h0, c0, L, True)
+    want = expect(REF.lstm_forward, xg, w_hh, w_hr, h0, c0, L, True, K=T * R)
     dy, dh_n, dc_n = torch.randn(T, N, R), torch.randn(N, R), torch.randn(N, H)
-    gwant = REF.lstm_backward(dy, dh_n, dc_n, w_hh, w_hr, c0, want[3], L)
+    gwant = expect(REF.lstm_backward, dy, dh_n, dc_n, w_hh, w_hr, c0, want[3], L, K=T * max(H, R))
     for c in _layer_cands(N, H, R, 4):
         p = _plan(c, N, H, R)
         _check([f"{c} y", "h_n", "c_n", "ws"], tlstm.lstm_forward(xg, w_hh, w_hr, h0, c0, L, True, plan=p), want)
@@ -84,16 +83,16 @@ def test_every_lstm_candidate(T, N, H, P, use_len):
 def test_every_gru_and_rnn_candidate():
     T, N, H = 3, 5, 33
     xg, w_hh, b_hh, h0 = torch.randn(T, N, 3 * H), torch.randn(3 * H, H) / H**0.5, torch.randn(3 * H), torch.randn(N, H)
-    want = REF.gru_forward(xg, w_hh, b_hh, h0, None, True)
+    want = expect(REF.gru_forward, xg, w_hh, b_hh, h0, None, True, K=T * H)
     dy, dh_n = torch.randn(T, N, H), torch.randn(N, H)
-    gwant = REF.gru_backward(dy, dh_n, w_hh, h0, want[0], want[2], None)
+    gwant = expect(REF.gru_backward, dy, dh_n, w_hh, h0, want[0], want[2], None, K=T * H)
     for c in _layer_cands(N, H, H, 3):
         p = _plan(c, N, H, H)
         _check([f"{c} y", "h_n", "ws"], tgru.gru_forward(xg, w_hh, b_hh, h0, None, True, plan=p), want)
         _check([f"{c} dxg", "dh0", "dgh"], tgru.gru_backward(dy, dh_n, w_hh, h0, want[0], want[2], None, plan=p), gwant)
     xr, wr = torch.randn(T, N, H), torch.randn(H, H) / H**0.5
-    rwant = REF.rnn_forward(xr, wr, h0, None, False, True)
-    rg = REF.rnn_backward(dy, dh_n, wr, rwant[0], None, False)
+    rwant = expect(REF.rnn_forward, xr, wr, h0, None, False, True, K=T * H)
+    rg = expect(REF.rnn_backward, dy, dh_n, wr, rwant[0], None, False, K=T * H)
     for c in _layer_cands(N, H, H, 1):
         p = _plan(c, N, H, H)
         _check([f"{c} y", "h_n"], trnn.rnn_forward(xr, wr, h0, None, False, True, plan=p)[:2], rwant[:2])
@@ -110,9 +109,9 @@ def test_every_stack_candidate(T, N, H):
     w_ih, b = torch.randn(L - 1, 4 * H, H) / H**0.5, torch.randn(L - 1, 4 * H)
     w_hh = torch.randn(L, 4 * H, H) / H**0.5
     h0, c0 = torch.randn(L, N, H), torch.randn(L, N, H)
-    want = REF.lstm_stack_forward(xg0, w_ih, b, w_hh, h0, c0, True)
+    want = expect(REF.lstm_stack_forward, xg0, w_ih, b, w_hh, h0, c0, True, K=T * H * L)
     dy, dh_n, dc_n = torch.randn(L, T, N, H), torch.randn(L, N, H), torch.randn(L, N, H)
-    gwant = REF.lstm_stack_backward(dy, dh_n, dc_n, w_ih, w_hh, c0, want[3])
+    gwant = expect(REF.lstm_stack_backward, dy, dh_n, dc_n, w_ih, w_hh, c0, want[3], K=T * H * L)
     for c in _distinct([c for c in cands if c is not None]):
         p = stack.stack_plan(c, math.ceil(N / c.block_b), H, L)
         assert p.n_ht * p.n_bt <= PROGRAMS
@@ -130,7 +129,7 @@ def test_backend_tunes_caches_and_reuses(fresh_tuner, tmp_path, monkeypatch):
         xg, h0, c0 = torch.randn(T, N, 4 * H), torch.randn(N, H), torch.randn(N, H)
         args = (xg, w_hh, None, h0, c0, None, True)
         kept = [a.clone() if isinstance(a, torch.Tensor) else a for a in args]
-        want = REF.lstm_forward(*args)
+        want = expect(REF.lstm_forward, *args, K=T * H)
         _check(["y", "h_n", "c_n", "ws"], tb.lstm_forward(*args), want)
         # the candidates ran on the caller's own tensors: none was written
         assert all(torch.equal(a, b) for a, b in zip(args, kept) if isinstance(a, torch.Tensor))
@@ -161,7 +160,7 @@ def test_backend_tunes_stacks_against_layers(fresh_tuner):
     xg0, h0 = torch.randn(T, N, 3 * H), torch.randn(L, N, H)
     w_ih, w_hh = torch.randn(L - 1, 3 * H, H) / H**0.5, torch.randn(L, 3 * H, H) / H**0.5
     b_ih, b_hh = torch.randn(L - 1, 3 * H), torch.randn(L, 3 * H)
-    want = REF.gru_stack_forward(xg0, w_ih, b_ih, w_hh, b_hh, h0, True)
+    want = expect(REF.gru_stack_forward, xg0, w_ih, b_ih, w_hh, b_hh, h0, True, K=T * H * L)
     kept = [t.clone() for t in (xg0, w_ih, b_ih, w_hh, b_hh, h0)]
     _check(["y", "h_n", "ws"], tb.gru_stack_forward(xg0, w_ih, b_ih, w_hh, b_hh, h0, True), want)
     assert all(torch.equal(a, b) for a, b in zip((xg0, w_ih, b_ih, w_hh, b_hh, h0), kept))
@@ -172,12 +171,12 @@ def test_backend_tunes_stacks_against_layers(fresh_tuner):
     assert any(k.startswith("gru_forward|H20R20|") for k in rec), rec
     dy, dh_n = torch.randn(L, T, N, H), torch.randn(L, N, H)
     _check(["dxg", "dgh", "dh0"], tb.gru_stack_backward(dy, dh_n, w_ih, w_hh, h0, want[0], want[2]),
-           REF.gru_stack_backward(dy, dh_n, w_ih, w_hh, h0, want[0], want[2]))
+           expect(REF.gru_stack_backward, dy, dh_n, w_ih, w_hh, h0, want[0], want[2], K=T * H * L))
 
 
 def test_pinned_plans_are_not_tuned(fresh_tuner):
     T, N, H = 2, 2, 20
     xg, w_hh, h0 = torch.randn(T, N, H), torch.randn(H, H) / H**0.5, torch.randn(N, H)
     _check(["y", "h_n"], TritonBackend(16).rnn_forward(xg, w_hh, h0, None, True, True)[:2],
-           REF.rnn_forward(xg, w_hh, h0, None, True, True)[:2])
+           expect(REF.rnn_forward, xg, w_hh, h0, None, True, True, K=T * H)[:2])
     assert fresh_tuner.timed == 0 and not fresh_tuner.records

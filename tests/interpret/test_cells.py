@@ -1,14 +1,10 @@
-"""Parity of the Triton kernels with the reference backend, run by Triton's CPU
-interpreter.  Not collected directly (the name does not start with ``test_``):
-``test_triton_interpret.py`` runs this file in a fresh process with
-TRITON_INTERPRET=1, which must be set before Triton is first imported.
-"""
-from _interpret_common import REF, check as _check, poison_empty  # noqa: F401  (sets TRITON_INTERPRET; autouse fixture)
+"""Parity of the per-layer Triton kernels with the reference backend (float64
+truth, float32 baseline), run by Triton's CPU interpreter."""
+import pytest
+import torch
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
-
-from fastrnn.triton import TritonBackend  # noqa: E402
+from _interp import REF, check as _check, expect
+from fastrnn.triton import TritonBackend
 
 #: tile plans: unsplit (one program per batch tile, state in registers); split over
 #: 16-unit hidden tiles with weights resident; split with weights streamed in
@@ -48,13 +44,13 @@ def test_lstm(T, N, H, P, use_len, plan):
     w_hr = torch.randn(R, H) / H**0.5 if P else None
     h0, c0 = torch.randn(N, R), torch.randn(N, H)
     L = _lengths(N, T, use_len)
-    want = REF.lstm_forward(xg, w_hh, w_hr, h0, c0, L, True)
+    want = expect(REF.lstm_forward, xg, w_hh, w_hr, h0, c0, L, True, K=T * R)
     got = tb.lstm_forward(xg, w_hh, w_hr, h0, c0, L, True)
     _check(["y", "h_n", "c_n", "ws"], got, want)
     inf = tb.lstm_forward(xg, w_hh, w_hr, h0, c0, L, False)
     _check(["y", "h_n", "c_n"], inf[:3], want[:3])
     dy, dh_n, dc_n = torch.randn(T, N, R), torch.randn(N, R), torch.randn(N, H)
-    gwant = REF.lstm_backward(dy, dh_n, dc_n, w_hh, w_hr, c0, want[3], L)
+    gwant = expect(REF.lstm_backward, dy, dh_n, dc_n, w_hh, w_hr, c0, want[3], L, K=T * max(H, R))
     ggot = tb.lstm_backward(dy, dh_n, dc_n, w_hh, w_hr, c0, want[3], L)
     _check(["dxg", "dh0", "dc0", "dhr"], ggot, gwant)
     # any backend's backward consumes any backend's workspace
@@ -79,12 +75,12 @@ def test_gru(T, N, H, bias, use_len, plan):
     b_hh = torch.randn(3 * H) if bias else None
     h0 = torch.randn(N, H)
     L = _lengths(N, T, use_len)
-    want = REF.gru_forward(xg, w_hh, b_hh, h0, L, True)
+    want = expect(REF.gru_forward, xg, w_hh, b_hh, h0, L, True, K=T * H)
     got = tb.gru_forward(xg, w_hh, b_hh, h0, L, True)
     _check(["y", "h_n", "ws"], got, want)
     _check(["y", "h_n"], tb.gru_forward(xg, w_hh, b_hh, h0, L, False)[:2], want[:2])
     dy, dh_n = torch.randn(T, N, H), torch.randn(N, H)
-    gwant = REF.gru_backward(dy, dh_n, w_hh, h0, want[0], want[2], L)
+    gwant = expect(REF.gru_backward, dy, dh_n, w_hh, h0, want[0], want[2], L, K=T * H)
     ggot = tb.gru_backward(dy, dh_n, w_hh, h0, want[0], want[2], L)
     _check(["dxg", "dgh", "dh0"], ggot, gwant)
 
@@ -106,11 +102,11 @@ def test_rnn(T, N, H, use_len, plan, relu):
     w_hh = torch.randn(H, H) / H**0.5
     h0 = torch.randn(N, H)
     L = _lengths(N, T, use_len)
-    want = REF.rnn_forward(xg, w_hh, h0, L, relu, True)
+    want = expect(REF.rnn_forward, xg, w_hh, h0, L, relu, True, K=T * H)
     got = tb.rnn_forward(xg, w_hh, h0, L, relu, True)
     _check(["y", "h_n"], got, want)
     dy, dh_n = torch.randn(T, N, H), torch.randn(N, H)
-    gwant = REF.rnn_backward(dy, dh_n, w_hh, want[0], L, relu)
+    gwant = expect(REF.rnn_backward, dy, dh_n, w_hh, want[0], L, relu, K=T * H)
     ggot = tb.rnn_backward(dy, dh_n, w_hh, want[0], L, relu)
     _check(["dxg", "dh0"], ggot, gwant)
 
