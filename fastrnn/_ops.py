@@ -1,11 +1,22 @@
-"""The recurrence ops: declared once with torch.library, with fake and autograd.
+"""The recurrence ops, declared from one table, with fake and autograd.
 
 One op per recurrence and direction of travel (``fastrnn::lstm_forward``,
-``fastrnn::lstm_backward``, ...).  Their schemas are the backend contract of
-``fastrnn.backends`` plus a trailing ``backend`` string naming the backend that
-runs them; the implementation looks the backend up and calls it, so one op serves
-every device and every backend, torch.compile sees one opaque node per
-recurrence, and the autograd formula is written once above all backends.
+``fastrnn::lstm_backward``, ...).  ``fastrnn.backends.SCHEMAS`` is the backend
+contract written as torch.library schemas: each op takes those arguments, then
+a trailing ``str backend``, and returns the contract's results.
+The one implementation of each op looks the backend up by that name and calls
+its function of the op's name (``Backend.impl``), so one op serves every device
+and every backend; torch.compile sees one opaque node per recurrence, and the
+autograd formula is written once above all backends.  The compiled extension
+declares the same schemas without the backend argument (``fastrnn_ext::*``,
+csrc/ops.cpp), and a test holds the two to this table.
+
+Why the op carries the backend's name: on one device several backends can run
+the same op (``cpu`` and ``reference`` on a CPU; ``cuda``, ``triton`` and
+``reference`` on a GPU), and a dispatch key names only the device.  As an
+argument, the choice made once by ``fastrnn._backend`` is a constant that
+torch.compile bakes into the graph, and it is saved for the backward so the
+same backend runs both directions (their workspaces are interchangeable anyway).
 
 The backward formula adds the weight gradients of the recurrent matrices as a
 few large GEMMs over all time steps (the backend only runs the sequential part).
@@ -19,9 +30,37 @@ import torch
 from torch import Tensor
 
 from . import _backend
+from .backends import SCHEMAS, arg_names
 from .backends.reference import acc_dtype, prev_steps
 
 _LIB = "fastrnn"
+
+_lib = torch.library.Library(_LIB, "DEF")
+
+
+def _implementation(name: str):
+    def impl(*args):
+        return _backend.get(args[-1]).impl(name)(*args[:-1])
+
+    impl.__name__ = name
+    return impl
+
+
+def _declare(name: str):
+    """Declares ``fastrnn::name`` from the table, with its one implementation."""
+    args, results = SCHEMAS[name].split(" -> ")
+    _lib.define(f"{name}{args[:-1]}, str backend) -> {results}")
+    _lib.impl(name, _implementation(name), "CompositeExplicitAutograd")
+    return getattr(torch.ops.fastrnn, name).default
+
+
+# the ops as module attributes: lstm_forward, lstm_backward, ..., rnn_stack_backward
+for _name in SCHEMAS:
+    globals()[_name] = _declare(_name)
+
+
+def _fake(name: str):
+    return torch.library.register_fake(f"{_LIB}::{name}")
 
 
 def _empty_ws(like: Tensor) -> Tensor:
@@ -48,29 +87,38 @@ def _gemm_tn(a: Tensor, b: Tensor, dtype) -> Tensor:
 _AUTOGRAD: dict = {}
 
 
-def _register_autograd(op, backward, setup) -> None:
-    """``op.register_autograd(backward, setup_context=setup)``, and the same pair
-    kept for the torch.func path (:func:`call`)."""
-    op.register_autograd(backward, setup_context=setup)
-    _AUTOGRAD[op._name] = (backward, setup)
+def _register_autograd(name: str, backward, saved: tuple) -> None:
+    """The autograd of forward op ``name``: ``backward`` gets, from :func:`_saved`,
+    the inputs named ``saved``, then the output y and, where the op has one, the
+    workspace; the pair is kept for the torch.func path (:func:`call`) too."""
+    names = arg_names(name) + ["backend"]
+    has_ws = _has_ws(name)
+
+    def setup(ctx, inputs, output):
+        args = dict(zip(names, inputs))
+        ctx.set_materialize_grads(False)
+        ctx.backend, ctx.need_ws, ctx.relu = args["backend"], args["need_ws"], args.get("relu")
+        ctx.save_for_backward(*(args[n] for n in saved), output[0], *(output[-1:] if has_ws else ()))
+
+    torch.library.register_autograd(f"{_LIB}::{name}", backward, setup_context=setup)
+    _AUTOGRAD[name] = (backward, setup)
+
+
+def _has_ws(name: str) -> bool:
+    """Whether forward op ``name`` returns a workspace (last): the RNN's backward
+    needs only its output y."""
+    return not name.startswith("rnn")
+
+
+def _saved(ctx, name: str):
+    """What the setup of forward op ``name`` saved, where it can be differentiated."""
+    if _has_ws(name) and not ctx.need_ws:
+        raise RuntimeError(f"fastrnn: {name} ran with need_ws=False, so it cannot be differentiated")
+    return ctx.saved_tensors
 
 
 # ---------------------------------------------------------------------- LSTM
-@torch.library.custom_op(f"{_LIB}::lstm_forward", mutates_args=())
-def lstm_forward(
-    xg: Tensor,
-    w_hh: Tensor,
-    w_hr: Optional[Tensor],
-    h0: Tensor,
-    c0: Tensor,
-    lengths: Optional[Tensor],
-    need_ws: bool,
-    backend: str,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    return _backend.get(backend).lstm_forward(xg, w_hh, w_hr, h0, c0, lengths, need_ws)
-
-
-@lstm_forward.register_fake
+@_fake("lstm_forward")
 def _(xg, w_hh, w_hr, h0, c0, lengths, need_ws, backend):
     T, N, G = xg.shape
     H = G // 4
@@ -78,22 +126,7 @@ def _(xg, w_hh, w_hr, h0, c0, lengths, need_ws, backend):
     return xg.new_empty(T, N, h0.shape[1]), torch.empty_like(h0), torch.empty_like(c0), ws
 
 
-@torch.library.custom_op(f"{_LIB}::lstm_backward", mutates_args=())
-def lstm_backward(
-    dy: Tensor,
-    dh_n: Tensor,
-    dc_n: Tensor,
-    w_hh: Tensor,
-    w_hr: Optional[Tensor],
-    c0: Tensor,
-    ws: Tensor,
-    lengths: Optional[Tensor],
-    backend: str,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    return _backend.get(backend).lstm_backward(dy, dh_n, dc_n, w_hh, w_hr, c0, ws, lengths)
-
-
-@lstm_backward.register_fake
+@_fake("lstm_backward")
 def _(dy, dh_n, dc_n, w_hh, w_hr, c0, ws, lengths, backend):
     T, N, R = dy.shape
     H = c0.shape[1]
@@ -101,19 +134,8 @@ def _(dy, dh_n, dc_n, w_hh, w_hr, c0, ws, lengths, backend):
     return dy.new_empty(T, N, 4 * H), torch.empty_like(dh_n), torch.empty_like(dc_n), dhr
 
 
-def _lstm_setup(ctx, inputs, output):
-    xg, w_hh, w_hr, h0, c0, lengths, need_ws, backend = inputs
-    y, _, _, ws = output
-    ctx.set_materialize_grads(False)
-    ctx.backend = backend
-    ctx.need_ws = need_ws
-    ctx.save_for_backward(w_hh, w_hr, h0, c0, lengths, y, ws)
-
-
 def _lstm_backward(ctx, dy, dh_n, dc_n, dws):
-    if not ctx.need_ws:
-        raise RuntimeError("fastrnn: lstm_forward ran with need_ws=False, so it cannot be differentiated")
-    w_hh, w_hr, h0, c0, lengths, y, ws = ctx.saved_tensors
+    w_hh, w_hr, h0, c0, lengths, y, ws = _saved(ctx, "lstm_forward")
     dxg, dh0, dc0, dhr = call(
         lstm_backward, _grad(dy, y), _grad(dh_n, h0), _grad(dc_n, c0), w_hh, w_hr, c0, ws, lengths, ctx.backend
     )
@@ -127,24 +149,11 @@ def _lstm_backward(ctx, dy, dh_n, dc_n, dws):
     return dxg, dw_hh, dw_hr, dh0, dc0, None, None, None
 
 
-_register_autograd(lstm_forward, _lstm_backward, _lstm_setup)
+_register_autograd("lstm_forward", _lstm_backward, ("w_hh", "w_hr", "h0", "c0", "lengths"))
 
 
 # ----------------------------------------------------------------------- GRU
-@torch.library.custom_op(f"{_LIB}::gru_forward", mutates_args=())
-def gru_forward(
-    xg: Tensor,
-    w_hh: Tensor,
-    b_hh: Optional[Tensor],
-    h0: Tensor,
-    lengths: Optional[Tensor],
-    need_ws: bool,
-    backend: str,
-) -> tuple[Tensor, Tensor, Tensor]:
-    return _backend.get(backend).gru_forward(xg, w_hh, b_hh, h0, lengths, need_ws)
-
-
-@gru_forward.register_fake
+@_fake("gru_forward")
 def _(xg, w_hh, b_hh, h0, lengths, need_ws, backend):
     T, N, G = xg.shape
     H = G // 3
@@ -152,39 +161,14 @@ def _(xg, w_hh, b_hh, h0, lengths, need_ws, backend):
     return xg.new_empty(T, N, H), torch.empty_like(h0), ws
 
 
-@torch.library.custom_op(f"{_LIB}::gru_backward", mutates_args=())
-def gru_backward(
-    dy: Tensor,
-    dh_n: Tensor,
-    w_hh: Tensor,
-    h0: Tensor,
-    y: Tensor,
-    ws: Tensor,
-    lengths: Optional[Tensor],
-    backend: str,
-) -> tuple[Tensor, Tensor, Tensor]:
-    return _backend.get(backend).gru_backward(dy, dh_n, w_hh, h0, y, ws, lengths)
-
-
-@gru_backward.register_fake
+@_fake("gru_backward")
 def _(dy, dh_n, w_hh, h0, y, ws, lengths, backend):
     T, N, H = dy.shape
     return dy.new_empty(T, N, 3 * H), dy.new_empty(T, N, 3 * H), torch.empty_like(dh_n)
 
 
-def _gru_setup(ctx, inputs, output):
-    xg, w_hh, b_hh, h0, lengths, need_ws, backend = inputs
-    y, _, ws = output
-    ctx.set_materialize_grads(False)
-    ctx.backend = backend
-    ctx.need_ws = need_ws
-    ctx.save_for_backward(w_hh, h0, lengths, y, ws)
-
-
 def _gru_backward(ctx, dy, dh_n, dws):
-    if not ctx.need_ws:
-        raise RuntimeError("fastrnn: gru_forward ran with need_ws=False, so it cannot be differentiated")
-    w_hh, h0, lengths, y, ws = ctx.saved_tensors
+    w_hh, h0, lengths, y, ws = _saved(ctx, "gru_forward")
     dxg, dgh, dh0 = call(gru_backward, _grad(dy, y), _grad(dh_n, h0), w_hh, h0, y, ws, lengths, ctx.backend)
     need = ctx.needs_input_grad
     dw_hh = _gemm_tn(dgh, prev_steps(h0, y), w_hh.dtype) if need[1] else None
@@ -192,63 +176,28 @@ def _gru_backward(ctx, dy, dh_n, dws):
     return dxg, dw_hh, db_hh, dh0, None, None, None
 
 
-_register_autograd(gru_forward, _gru_backward, _gru_setup)
+_register_autograd("gru_forward", _gru_backward, ("w_hh", "h0", "lengths"))
 
 
 # ----------------------------------------------------------------------- RNN
-@torch.library.custom_op(f"{_LIB}::rnn_forward", mutates_args=())
-def rnn_forward(
-    xg: Tensor,
-    w_hh: Tensor,
-    h0: Tensor,
-    lengths: Optional[Tensor],
-    relu: bool,
-    need_ws: bool,
-    backend: str,
-) -> tuple[Tensor, Tensor]:
-    return _backend.get(backend).rnn_forward(xg, w_hh, h0, lengths, relu, need_ws)
-
-
-@rnn_forward.register_fake
+@_fake("rnn_forward")
 def _(xg, w_hh, h0, lengths, relu, need_ws, backend):
     return torch.empty_like(xg), torch.empty_like(h0)
 
 
-@torch.library.custom_op(f"{_LIB}::rnn_backward", mutates_args=())
-def rnn_backward(
-    dy: Tensor,
-    dh_n: Tensor,
-    w_hh: Tensor,
-    y: Tensor,
-    lengths: Optional[Tensor],
-    relu: bool,
-    backend: str,
-) -> tuple[Tensor, Tensor]:
-    return _backend.get(backend).rnn_backward(dy, dh_n, w_hh, y, lengths, relu)
-
-
-@rnn_backward.register_fake
+@_fake("rnn_backward")
 def _(dy, dh_n, w_hh, y, lengths, relu, backend):
     return torch.empty_like(dy), torch.empty_like(dh_n)
 
 
-def _rnn_setup(ctx, inputs, output):
-    xg, w_hh, h0, lengths, relu, need_ws, backend = inputs
-    y, _ = output
-    ctx.set_materialize_grads(False)
-    ctx.backend = backend
-    ctx.relu = relu
-    ctx.save_for_backward(w_hh, h0, lengths, y)
-
-
 def _rnn_backward(ctx, dy, dh_n):
-    w_hh, h0, lengths, y = ctx.saved_tensors
+    w_hh, h0, lengths, y = _saved(ctx, "rnn_forward")
     dxg, dh0 = call(rnn_backward, _grad(dy, y), _grad(dh_n, h0), w_hh, y, lengths, ctx.relu, ctx.backend)
     dw_hh = _gemm_tn(dxg, prev_steps(h0, y), w_hh.dtype) if ctx.needs_input_grad[1] else None
     return dxg, dw_hh, dh0, None, None, None, None
 
 
-_register_autograd(rnn_forward, _rnn_backward, _rnn_setup)
+_register_autograd("rnn_forward", _rnn_backward, ("w_hh", "h0", "lengths"))
 
 
 # ------------------------------------------------------------- fused stacks
@@ -278,21 +227,7 @@ def _stack_ws_fake(like: Tensor, L: int, width: int, need_ws: bool) -> Tensor:
     return like.new_empty(L, T, N, width, dtype=acc_dtype(like.dtype)) if need_ws else _empty_ws(like)
 
 
-@torch.library.custom_op(f"{_LIB}::lstm_stack_forward", mutates_args=())
-def lstm_stack_forward(
-    xg0: Tensor,
-    w_ih: Tensor,
-    b: Optional[Tensor],
-    w_hh: Tensor,
-    h0: Tensor,
-    c0: Tensor,
-    need_ws: bool,
-    backend: str,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    return _backend.get(backend).lstm_stack_forward(xg0, w_ih, b, w_hh, h0, c0, need_ws)
-
-
-@lstm_stack_forward.register_fake
+@_fake("lstm_stack_forward")
 def _(xg0, w_ih, b, w_hh, h0, c0, need_ws, backend):
     L, N, H = h0.shape
     T = xg0.shape[0]
@@ -300,39 +235,14 @@ def _(xg0, w_ih, b, w_hh, h0, c0, need_ws, backend):
             _stack_ws_fake(xg0, L, 5 * H, need_ws))
 
 
-@torch.library.custom_op(f"{_LIB}::lstm_stack_backward", mutates_args=())
-def lstm_stack_backward(
-    dy: Tensor,
-    dh_n: Tensor,
-    dc_n: Tensor,
-    w_ih: Tensor,
-    w_hh: Tensor,
-    c0: Tensor,
-    ws: Tensor,
-    backend: str,
-) -> tuple[Tensor, Tensor, Tensor]:
-    return _backend.get(backend).lstm_stack_backward(dy, dh_n, dc_n, w_ih, w_hh, c0, ws)
-
-
-@lstm_stack_backward.register_fake
+@_fake("lstm_stack_backward")
 def _(dy, dh_n, dc_n, w_ih, w_hh, c0, ws, backend):
     L, T, N, H = dy.shape
     return dy.new_empty(L, T, N, 4 * H), torch.empty_like(dh_n), torch.empty_like(dc_n)
 
 
-def _lstm_stack_setup(ctx, inputs, output):
-    xg0, w_ih, b, w_hh, h0, c0, need_ws, backend = inputs
-    y, _, _, ws = output
-    ctx.set_materialize_grads(False)
-    ctx.backend = backend
-    ctx.need_ws = need_ws
-    ctx.save_for_backward(w_ih, w_hh, h0, c0, y, ws)
-
-
 def _lstm_stack_backward(ctx, dy, dh_n, dc_n, dws):
-    if not ctx.need_ws:
-        raise RuntimeError("fastrnn: lstm_stack_forward ran with need_ws=False, so it cannot be differentiated")
-    w_ih, w_hh, h0, c0, y, ws = ctx.saved_tensors
+    w_ih, w_hh, h0, c0, y, ws = _saved(ctx, "lstm_stack_forward")
     dxg, dh0, dc0 = call(
         lstm_stack_backward, _grad(dy, y), _grad(dh_n, h0), _grad(dc_n, c0), w_ih, w_hh, c0, ws, ctx.backend
     )
@@ -343,63 +253,24 @@ def _lstm_stack_backward(ctx, dy, dh_n, dc_n, dws):
     return dxg[0], dw_ih, db, dw_hh, dh0, dc0, None, None
 
 
-_register_autograd(lstm_stack_forward, _lstm_stack_backward, _lstm_stack_setup)
+_register_autograd("lstm_stack_forward", _lstm_stack_backward, ("w_ih", "w_hh", "h0", "c0"))
 
 
-@torch.library.custom_op(f"{_LIB}::gru_stack_forward", mutates_args=())
-def gru_stack_forward(
-    xg0: Tensor,
-    w_ih: Tensor,
-    b_ih: Optional[Tensor],
-    w_hh: Tensor,
-    b_hh: Optional[Tensor],
-    h0: Tensor,
-    need_ws: bool,
-    backend: str,
-) -> tuple[Tensor, Tensor, Tensor]:
-    return _backend.get(backend).gru_stack_forward(xg0, w_ih, b_ih, w_hh, b_hh, h0, need_ws)
-
-
-@gru_stack_forward.register_fake
+@_fake("gru_stack_forward")
 def _(xg0, w_ih, b_ih, w_hh, b_hh, h0, need_ws, backend):
     L, N, H = h0.shape
     T = xg0.shape[0]
     return xg0.new_empty(L, T, N, H), torch.empty_like(h0), _stack_ws_fake(xg0, L, 4 * H, need_ws)
 
 
-@torch.library.custom_op(f"{_LIB}::gru_stack_backward", mutates_args=())
-def gru_stack_backward(
-    dy: Tensor,
-    dh_n: Tensor,
-    w_ih: Tensor,
-    w_hh: Tensor,
-    h0: Tensor,
-    y: Tensor,
-    ws: Tensor,
-    backend: str,
-) -> tuple[Tensor, Tensor, Tensor]:
-    return _backend.get(backend).gru_stack_backward(dy, dh_n, w_ih, w_hh, h0, y, ws)
-
-
-@gru_stack_backward.register_fake
+@_fake("gru_stack_backward")
 def _(dy, dh_n, w_ih, w_hh, h0, y, ws, backend):
     L, T, N, H = dy.shape
     return dy.new_empty(L, T, N, 3 * H), dy.new_empty(L, T, N, 3 * H), torch.empty_like(dh_n)
 
 
-def _gru_stack_setup(ctx, inputs, output):
-    xg0, w_ih, b_ih, w_hh, b_hh, h0, need_ws, backend = inputs
-    y, _, ws = output
-    ctx.set_materialize_grads(False)
-    ctx.backend = backend
-    ctx.need_ws = need_ws
-    ctx.save_for_backward(w_ih, w_hh, h0, y, ws)
-
-
 def _gru_stack_backward(ctx, dy, dh_n, dws):
-    if not ctx.need_ws:
-        raise RuntimeError("fastrnn: gru_stack_forward ran with need_ws=False, so it cannot be differentiated")
-    w_ih, w_hh, h0, y, ws = ctx.saved_tensors
+    w_ih, w_hh, h0, y, ws = _saved(ctx, "gru_stack_forward")
     dxg, dgh, dh0 = call(gru_stack_backward, _grad(dy, y), _grad(dh_n, h0), w_ih, w_hh, h0, y, ws, ctx.backend)
     need = ctx.needs_input_grad
     dw_ih = _bgemm_tn(dxg[1:], y[:-1], w_ih.dtype) if need[1] else None
@@ -409,58 +280,22 @@ def _gru_stack_backward(ctx, dy, dh_n, dws):
     return dxg[0], dw_ih, db_ih, dw_hh, db_hh, dh0, None, None
 
 
-_register_autograd(gru_stack_forward, _gru_stack_backward, _gru_stack_setup)
+_register_autograd("gru_stack_forward", _gru_stack_backward, ("w_ih", "w_hh", "h0"))
 
 
-@torch.library.custom_op(f"{_LIB}::rnn_stack_forward", mutates_args=())
-def rnn_stack_forward(
-    xg0: Tensor,
-    w_ih: Tensor,
-    b: Optional[Tensor],
-    w_hh: Tensor,
-    h0: Tensor,
-    relu: bool,
-    need_ws: bool,
-    backend: str,
-) -> tuple[Tensor, Tensor]:
-    return _backend.get(backend).rnn_stack_forward(xg0, w_ih, b, w_hh, h0, relu, need_ws)
-
-
-@rnn_stack_forward.register_fake
+@_fake("rnn_stack_forward")
 def _(xg0, w_ih, b, w_hh, h0, relu, need_ws, backend):
     L, N, H = h0.shape
     return xg0.new_empty(L, xg0.shape[0], N, H), torch.empty_like(h0)
 
 
-@torch.library.custom_op(f"{_LIB}::rnn_stack_backward", mutates_args=())
-def rnn_stack_backward(
-    dy: Tensor,
-    dh_n: Tensor,
-    w_ih: Tensor,
-    w_hh: Tensor,
-    y: Tensor,
-    relu: bool,
-    backend: str,
-) -> tuple[Tensor, Tensor]:
-    return _backend.get(backend).rnn_stack_backward(dy, dh_n, w_ih, w_hh, y, relu)
-
-
-@rnn_stack_backward.register_fake
+@_fake("rnn_stack_backward")
 def _(dy, dh_n, w_ih, w_hh, y, relu, backend):
     return torch.empty_like(dy), torch.empty_like(dh_n)
 
 
-def _rnn_stack_setup(ctx, inputs, output):
-    xg0, w_ih, b, w_hh, h0, relu, need_ws, backend = inputs
-    y, _ = output
-    ctx.set_materialize_grads(False)
-    ctx.backend = backend
-    ctx.relu = relu
-    ctx.save_for_backward(w_ih, w_hh, h0, y)
-
-
 def _rnn_stack_backward(ctx, dy, dh_n):
-    w_ih, w_hh, h0, y = ctx.saved_tensors
+    w_ih, w_hh, h0, y = _saved(ctx, "rnn_stack_forward")
     dxg, dh0 = call(rnn_stack_backward, _grad(dy, y), _grad(dh_n, h0), w_ih, w_hh, y, ctx.relu, ctx.backend)
     need = ctx.needs_input_grad
     dw_ih = _bgemm_tn(dxg[1:], y[:-1], w_ih.dtype) if need[1] else None
@@ -469,7 +304,7 @@ def _rnn_stack_backward(ctx, dy, dh_n):
     return dxg[0], dw_ih, db, dw_hh, dh0, None, None, None
 
 
-_register_autograd(rnn_stack_forward, _rnn_stack_backward, _rnn_stack_setup)
+_register_autograd("rnn_stack_forward", _rnn_stack_backward, ("w_ih", "w_hh", "h0"))
 
 
 # ---------------------------------------------------------------- torch.func
@@ -490,7 +325,8 @@ def _functorch_function(op):
     take a Function whose setup_context is split from its forward; the signatures
     are the ones register_autograd already uses.  The backward ops (no formula of
     their own) get one too: under a transform, even they go through that autograd."""
-    backward, setup = _AUTOGRAD.get(op._name, (_no_double_backward, _no_setup))
+    name = op._name.split("::")[-1]
+    backward, setup = _AUTOGRAD.get(name, (_no_double_backward, _no_setup))
 
     class Function(torch.autograd.Function):
         @staticmethod
@@ -505,7 +341,7 @@ def _functorch_function(op):
         def backward(ctx, *grads):
             return backward(ctx, *grads)
 
-    Function.__name__ = Function.__qualname__ = f"{op._name.split('::')[-1]}_function"
+    Function.__name__ = Function.__qualname__ = f"{name}_function"
     return Function
 
 

@@ -6,6 +6,7 @@ from torch.library import opcheck
 
 import fastrnn  # noqa: F401 - registers the ops
 from fastrnn import _backend
+from fastrnn.backends import SCHEMAS, arg_names
 from _util import backends_on, rel_err
 
 ops = torch.ops.fastrnn
@@ -130,3 +131,26 @@ def test_backend_mixing_ws_layout():
         dy, dh, dc = torch.randn_like(y), torch.randn_like(h), torch.randn_like(c)
         for a, r in zip(b.lstm_backward(dy, dh, dc, w_hh, w_hr, c0, ws, lens), ref.lstm_backward(dy, dh, dc, w_hh, w_hr, c0, ws, lens)):
             assert rel_err(a, r) <= 1e-10
+
+
+# ------------------------------------------------------------ one declaration
+@pytest.mark.parametrize("name", list(SCHEMAS))
+def test_ops_are_declared_from_the_table(name):
+    """fastrnn::NAME is the table's schema plus ``str backend``; the extension's
+    fastrnn_ext::NAME is the table's schema; every backend has the function."""
+    args, results = SCHEMAS[name].split(" -> ")
+    assert str(getattr(ops, name).default._schema) == f"fastrnn::{name}{args[:-1]}, str backend) -> {results}"
+    ext = _backend.get("cpu")
+    if ext.available()[0]:
+        assert str(getattr(torch.ops.fastrnn_ext, name).default._schema) == f"fastrnn_ext::{name}{args} -> {results}"
+    for b in ("reference", "cpu", "cuda", "triton"):
+        backend = _backend.get(b)
+        if type(backend).__name__ != "_Missing":
+            assert callable(backend.impl(name)), (b, name)
+    assert arg_names(name)[0] in ("xg", "xg0", "dy")
+
+
+def test_a_backend_without_a_function_says_so():
+    from fastrnn.backends import Backend
+    with pytest.raises(NotImplementedError, match="'nothing' does not implement lstm_forward"):
+        type("Nothing", (Backend,), {"name": "nothing"})().impl("lstm_forward")

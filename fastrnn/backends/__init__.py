@@ -110,6 +110,48 @@ from __future__ import annotations
 
 import torch
 
+#: The contract above as torch.library schemas, op name -> "(arguments) -> (results)":
+#: the one declaration of each op (fastrnn._ops declares ``fastrnn::NAME`` from it,
+#: adding ``str backend``; the extension's ``fastrnn_ext::NAME`` is held to it by a test).
+SCHEMAS = {
+    "lstm_forward": "(Tensor xg, Tensor w_hh, Tensor? w_hr, Tensor h0, Tensor c0, Tensor? lengths, bool need_ws)"
+                    " -> (Tensor, Tensor, Tensor, Tensor)",
+    "lstm_backward": "(Tensor dy, Tensor dh_n, Tensor dc_n, Tensor w_hh, Tensor? w_hr, Tensor c0, Tensor ws,"
+                     " Tensor? lengths) -> (Tensor, Tensor, Tensor, Tensor)",
+    "gru_forward": "(Tensor xg, Tensor w_hh, Tensor? b_hh, Tensor h0, Tensor? lengths, bool need_ws)"
+                   " -> (Tensor, Tensor, Tensor)",
+    "gru_backward": "(Tensor dy, Tensor dh_n, Tensor w_hh, Tensor h0, Tensor y, Tensor ws, Tensor? lengths)"
+                    " -> (Tensor, Tensor, Tensor)",
+    "rnn_forward": "(Tensor xg, Tensor w_hh, Tensor h0, Tensor? lengths, bool relu, bool need_ws)"
+                   " -> (Tensor, Tensor)",
+    "rnn_backward": "(Tensor dy, Tensor dh_n, Tensor w_hh, Tensor y, Tensor? lengths, bool relu)"
+                    " -> (Tensor, Tensor)",
+    # fused stacks of unidirectional layers
+    "lstm_stack_forward": "(Tensor xg0, Tensor w_ih, Tensor? b, Tensor w_hh, Tensor h0, Tensor c0, bool need_ws)"
+                          " -> (Tensor, Tensor, Tensor, Tensor)",
+    "lstm_stack_backward": "(Tensor dy, Tensor dh_n, Tensor dc_n, Tensor w_ih, Tensor w_hh, Tensor c0, Tensor ws)"
+                           " -> (Tensor, Tensor, Tensor)",
+    "gru_stack_forward": "(Tensor xg0, Tensor w_ih, Tensor? b_ih, Tensor w_hh, Tensor? b_hh, Tensor h0,"
+                         " bool need_ws) -> (Tensor, Tensor, Tensor)",
+    "gru_stack_backward": "(Tensor dy, Tensor dh_n, Tensor w_ih, Tensor w_hh, Tensor h0, Tensor y, Tensor ws)"
+                          " -> (Tensor, Tensor, Tensor)",
+    "rnn_stack_forward": "(Tensor xg0, Tensor w_ih, Tensor? b, Tensor w_hh, Tensor h0, bool relu, bool need_ws)"
+                         " -> (Tensor, Tensor)",
+    "rnn_stack_backward": "(Tensor dy, Tensor dh_n, Tensor w_ih, Tensor w_hh, Tensor y, bool relu)"
+                          " -> (Tensor, Tensor)",
+}
+
+
+def arg_names(name: str) -> list[str]:
+    """The contract's argument names of op ``name`` (without ``backend``)."""
+    args = SCHEMAS[name].split(" -> ")[0].strip("()")
+    return [a.split()[-1] for a in args.split(",")]
+
+
+#: the per-layer functions and the fused-stack functions
+LAYER_OPS = tuple(n for n in SCHEMAS if "_stack_" not in n)
+STACK_OPS = tuple(n for n in SCHEMAS if "_stack_" in n)
+
 
 class Backend:
     """Base class: a named set of recurrence implementations."""
@@ -135,24 +177,15 @@ class Backend:
             return f"backend {self.name!r} does not support dtype {dtype}"
         return None
 
-    # The six recurrence functions; see the module docstring for the contract.
-    def lstm_forward(self, xg, w_hh, w_hr, h0, c0, lengths, need_ws):
-        raise NotImplementedError
-
-    def lstm_backward(self, dy, dh_n, dc_n, w_hh, w_hr, c0, ws, lengths):
-        raise NotImplementedError
-
-    def gru_forward(self, xg, w_hh, b_hh, h0, lengths, need_ws):
-        raise NotImplementedError
-
-    def gru_backward(self, dy, dh_n, w_hh, h0, y, ws, lengths):
-        raise NotImplementedError
-
-    def rnn_forward(self, xg, w_hh, h0, lengths, relu, need_ws):
-        raise NotImplementedError
-
-    def rnn_backward(self, dy, dh_n, w_hh, y, lengths, relu):
-        raise NotImplementedError
+    # The six recurrence functions (lstm_forward, lstm_backward, gru_forward, ...)
+    # are the backend's own, with the arguments and results of the module
+    # docstring, declared as the ops' schemas in fastrnn._ops.SCHEMAS.
+    def impl(self, op: str):
+        """The function that runs op ``op`` (a name in ``fastrnn._ops.SCHEMAS``)."""
+        fn = getattr(self, op, None)
+        if fn is None:
+            raise NotImplementedError(f"fastrnn backend {self.name!r} does not implement {op}")
+        return fn
 
     # Fused stacks; see the module docstring.  The defaults compose the per-layer
     # functions (so they are only as fast as those); a backend that runs the stack

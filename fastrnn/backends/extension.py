@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from . import Backend
+from . import LAYER_OPS, STACK_OPS, Backend
 
 _load_error: str | None = None
 _loaded = False
@@ -39,23 +39,20 @@ def _has_kernel(op: str, key: str) -> bool:
 
 
 class _Extension(Backend):
-    def lstm_forward(self, xg, w_hh, w_hr, h0, c0, lengths, need_ws):
-        return torch.ops.fastrnn_ext.lstm_forward(xg, w_hh, w_hr, h0, c0, lengths, need_ws)
+    """The per-layer functions are the extension's ops of the same name and
+    schema (``fastrnn_ext::lstm_forward``, ...; csrc/ops.cpp)."""
 
-    def lstm_backward(self, dy, dh_n, dc_n, w_hh, w_hr, c0, ws, lengths):
-        return torch.ops.fastrnn_ext.lstm_backward(dy, dh_n, dc_n, w_hh, w_hr, c0, ws, lengths)
 
-    def gru_forward(self, xg, w_hh, b_hh, h0, lengths, need_ws):
-        return torch.ops.fastrnn_ext.gru_forward(xg, w_hh, b_hh, h0, lengths, need_ws)
+def _forward_to_extension(name: str):
+    def run(self, *args):
+        return getattr(torch.ops.fastrnn_ext, name)(*args)
 
-    def gru_backward(self, dy, dh_n, w_hh, h0, y, ws, lengths):
-        return torch.ops.fastrnn_ext.gru_backward(dy, dh_n, w_hh, h0, y, ws, lengths)
+    run.__name__ = run.__qualname__ = name
+    return run
 
-    def rnn_forward(self, xg, w_hh, h0, lengths, relu, need_ws):
-        return torch.ops.fastrnn_ext.rnn_forward(xg, w_hh, h0, lengths, relu, need_ws)
 
-    def rnn_backward(self, dy, dh_n, w_hh, y, lengths, relu):
-        return torch.ops.fastrnn_ext.rnn_backward(dy, dh_n, w_hh, y, lengths, relu)
+for _name in LAYER_OPS:
+    setattr(_Extension, _name, _forward_to_extension(_name))
 
 
 class CpuBackend(_Extension):
@@ -82,31 +79,25 @@ class CpuBackend(_Extension):
     def fused_stack(self, cell: str) -> bool:
         return _has_kernel(f"{cell}_stack_forward", "CPU")
 
-    def _stack(self, cell: str, fn: str, t, *args):
-        """``{cell}_{fn}`` through the extension's kernel, or the base class's
-        composition of per-layer ops for a dtype it does not run."""
-        name = f"{cell}_{fn}"
-        if t.dtype in self._STACK_DTYPES and _has_kernel(f"{cell}_stack_forward", "CPU"):
+    def _stack(self, name: str, *args):
+        """Op ``name`` (e.g. ``lstm_stack_forward``) through the extension's kernel,
+        or the base class's composition of per-layer ops for a dtype it does not run."""
+        cell = name.split("_")[0]
+        if args[0].dtype in self._STACK_DTYPES and _has_kernel(f"{cell}_stack_forward", "CPU"):
             return getattr(torch.ops.fastrnn_ext, name)(*args)
-        return getattr(super(), name)(*args)
+        return getattr(Backend, name)(self, *args)
 
-    def lstm_stack_forward(self, xg0, w_ih, b, w_hh, h0, c0, need_ws):
-        return self._stack("lstm", "stack_forward", xg0, xg0, w_ih, b, w_hh, h0, c0, need_ws)
 
-    def lstm_stack_backward(self, dy, dh_n, dc_n, w_ih, w_hh, c0, ws):
-        return self._stack("lstm", "stack_backward", dy, dy, dh_n, dc_n, w_ih, w_hh, c0, ws)
+def _stack_method(name: str):
+    def run(self, *args):
+        return self._stack(name, *args)
 
-    def gru_stack_forward(self, xg0, w_ih, b_ih, w_hh, b_hh, h0, need_ws):
-        return self._stack("gru", "stack_forward", xg0, xg0, w_ih, b_ih, w_hh, b_hh, h0, need_ws)
+    run.__name__ = run.__qualname__ = name
+    return run
 
-    def gru_stack_backward(self, dy, dh_n, w_ih, w_hh, h0, y, ws):
-        return self._stack("gru", "stack_backward", dy, dy, dh_n, w_ih, w_hh, h0, y, ws)
 
-    def rnn_stack_forward(self, xg0, w_ih, b, w_hh, h0, relu, need_ws):
-        return self._stack("rnn", "stack_forward", xg0, xg0, w_ih, b, w_hh, h0, relu, need_ws)
-
-    def rnn_stack_backward(self, dy, dh_n, w_ih, w_hh, y, relu):
-        return self._stack("rnn", "stack_backward", dy, dy, dh_n, w_ih, w_hh, y, relu)
+for _name in STACK_OPS:
+    setattr(CpuBackend, _name, _stack_method(_name))
 
 
 class CudaBackend(_Extension):

@@ -11,7 +11,7 @@ import os
 
 import torch
 
-from ..backends import Backend
+from ..backends import LAYER_OPS, STACK_OPS, Backend, arg_names
 
 
 def _interpreting() -> bool:
@@ -65,13 +65,6 @@ class TritonBackend(Backend):
         if dev.type == "cuda":
             return torch.cuda.device(dev)
         return contextlib.nullcontext()
-
-    # ------------------------------------------------------------------ LSTM
-    def lstm_forward(self, xg, w_hh, w_hr, h0, c0, lengths, need_ws):
-        return self._layer("lstm", "forward", w_hh, xg, w_hh, w_hr, h0, c0, lengths, need_ws)
-
-    def lstm_backward(self, dy, dh_n, dc_n, w_hh, w_hr, c0, ws, lengths):
-        return self._layer("lstm", "backward", w_hh, dy, dh_n, dc_n, w_hh, w_hr, c0, ws, lengths)
 
     # ------------------------------------------------------------ fused stacks
     #: cells whose ``*_stack_*`` functions run as one wavefront launch (stack.py)
@@ -131,34 +124,23 @@ class TritonBackend(Backend):
                 return layers(*args)
             return f(*args, plan=plan)
 
-    def lstm_stack_forward(self, xg0, w_ih, b, w_hh, h0, c0, need_ws):
-        return self._stack("lstm", "stack_forward", xg0, w_hh, xg0, w_ih, b, w_hh, h0, c0, need_ws)
 
-    def lstm_stack_backward(self, dy, dh_n, dc_n, w_ih, w_hh, c0, ws):
-        return self._stack("lstm", "stack_backward", dy, w_hh, dy, dh_n, dc_n, w_ih, w_hh, c0, ws)
+def _method(name: str):
+    """The backend's function ``name``: a per-layer kernel file's function or a
+    stack's wavefront, launched for the device of the op's first tensor and the
+    shape of its ``w_hh`` (the contract's names: fastrnn.backends.SCHEMAS)."""
+    cell, fn = name.split("_", 1)
+    at = arg_names(name).index("w_hh")
+    run_stack = fn.startswith("stack_")
 
-    def gru_stack_forward(self, xg0, w_ih, b_ih, w_hh, b_hh, h0, need_ws):
-        return self._stack("gru", "stack_forward", xg0, w_hh, xg0, w_ih, b_ih, w_hh, b_hh, h0, need_ws)
+    def run(self, *args):
+        if run_stack:
+            return self._stack(cell, fn, args[0], args[at], *args)
+        return self._layer(cell, fn, args[at], *args)
 
-    def gru_stack_backward(self, dy, dh_n, w_ih, w_hh, h0, y, ws):
-        return self._stack("gru", "stack_backward", dy, w_hh, dy, dh_n, w_ih, w_hh, h0, y, ws)
+    run.__name__ = run.__qualname__ = name
+    return run
 
-    def rnn_stack_forward(self, xg0, w_ih, b, w_hh, h0, relu, need_ws):
-        return self._stack("rnn", "stack_forward", xg0, w_hh, xg0, w_ih, b, w_hh, h0, relu, need_ws)
 
-    def rnn_stack_backward(self, dy, dh_n, w_ih, w_hh, y, relu):
-        return self._stack("rnn", "stack_backward", dy, w_hh, dy, dh_n, w_ih, w_hh, y, relu)
-
-    # ------------------------------------------------------------------- GRU
-    def gru_forward(self, xg, w_hh, b_hh, h0, lengths, need_ws):
-        return self._layer("gru", "forward", w_hh, xg, w_hh, b_hh, h0, lengths, need_ws)
-
-    def gru_backward(self, dy, dh_n, w_hh, h0, y, ws, lengths):
-        return self._layer("gru", "backward", w_hh, dy, dh_n, w_hh, h0, y, ws, lengths)
-
-    # ------------------------------------------------------------------- RNN
-    def rnn_forward(self, xg, w_hh, h0, lengths, relu, need_ws):
-        return self._layer("rnn", "forward", w_hh, xg, w_hh, h0, lengths, relu, need_ws)
-
-    def rnn_backward(self, dy, dh_n, w_hh, y, lengths, relu):
-        return self._layer("rnn", "backward", w_hh, dy, dh_n, w_hh, y, lengths, relu)
+for _name in LAYER_OPS + STACK_OPS:
+    setattr(TritonBackend, _name, _method(_name))
