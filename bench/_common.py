@@ -28,56 +28,23 @@ def best_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _fastrnn():
-    """The fastrnn package, or None with the reason it cannot be used yet."""
-    try:
-        import fastrnn
-    except Exception as e:  # noqa: BLE001 (any import failure means: benchmark torch.nn only)
-        return None, f"import fastrnn failed: {type(e).__name__}: {e}"
-    if not hasattr(fastrnn, "backends"):
-        return None, "fastrnn.backends() is missing"
-    return fastrnn, ""
-
-
-def _supports(devices, device_type: str) -> bool:
-    if not devices:
-        return True  # a backend that does not say is assumed to run anywhere
-    if isinstance(devices, str):
-        devices = [devices]
-    names = {str(d).split(":")[0].lower() for d in devices}
-    return bool(names & {device_type, "any", "*"})
-
-
 def fastrnn_backends(device: torch.device, cell: str = "lstm") -> tuple[list[str], dict[str, str]]:
-    """(usable, skipped): fastrnn backends that run ``cell`` on ``device``, and why others don't.
+    """(usable, skipped): fastrnn backends that run ``cell`` on ``device``, and why the others don't."""
+    import fastrnn
 
-    "reference" is always listed when fastrnn provides the module at all.
-    """
-    fr, why = _fastrnn()
-    if fr is None:
-        return [], {"fastrnn": why}
-    if not hasattr(fr, CELLS[cell]):
-        return [], {"fastrnn": f"fastrnn.{CELLS[cell]} does not exist yet"}
     usable, skipped = [], {}
-    for row in fr.backends():
+    for row in fastrnn.backends():
         name = row["name"]
-        if not row.get("available", False):
-            skipped[name] = row.get("reason") or "not available"
-        elif not _supports(row.get("devices"), device.type):
-            skipped[name] = f"does not run on {device.type} (devices: {row.get('devices')})"
+        if not row["available"]:
+            skipped[name] = row["reason"] or "not available"
+        elif device.type not in row["devices"]:
+            skipped[name] = f"does not run on {device.type} (devices: {', '.join(row['devices'])})"
         else:
             usable.append(name)
-    if "reference" not in usable:
-        usable.insert(0, "reference")
-        skipped.pop("reference", None)
     # a backend that fuses whole stacks also runs layer by layer, to show what the
     # fusion buys ("<backend>/layers": FASTRNN_FUSED_STACK=0 during its forward)
     for name in list(usable):
-        try:
-            fused = fr._backend.get(name).fused_stack(cell)
-        except Exception:
-            fused = False
-        if fused:
+        if fastrnn._backend.get(name).fused_stack(cell):
             usable.insert(usable.index(name) + 1, name + LAYERS)
     return usable, skipped
 
@@ -190,8 +157,9 @@ def environment(device: torch.device) -> dict:
         env["triton"] = triton.__version__
     except Exception:  # noqa: BLE001
         env["triton"] = None
-    fr, _ = _fastrnn()
-    env["fastrnn"] = getattr(fr, "__version__", None) if fr else None
+    import fastrnn
+
+    env["fastrnn"] = fastrnn.__version__
     return env
 
 

@@ -44,7 +44,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402  (needs the path above)
 
-from fastrnn import data as tmdata  # noqa: E402  (_common put the repo on sys.path)
+import data as tmdata  # noqa: E402  (bench/data.py)
 
 DEFAULT_EPOCHS = 80  # ~1.5-2.5 min for torch.nn + reference + cpu on this 2-core CPU; perplexity 17.5 -> ~11
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -225,7 +225,7 @@ def choose_impls(spec: str, device: torch.device, cell: str) -> tuple[list[str],
     wanted = [s.strip() for s in spec.split(",") if s.strip()]
     for w in wanted:
         if w not in baselines and w not in usable:
-            why = skipped.get(w) or skipped.get("fastrnn") or "unknown backend"
+            why = skipped.get(w, "unknown backend")
             sys.exit(f"time_machine.py: backend {w!r} cannot run {cell} on {device}: {why}. "
                      f"Usable here: {', '.join(baselines + usable)}")
     return list(dict.fromkeys(wanted)), skipped

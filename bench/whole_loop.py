@@ -53,7 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 import time_machine as TM  # noqa: E402  (the d2l model, the data, the clocks)
 
-from fastrnn import data as tmdata  # noqa: E402
+import data as tmdata  # noqa: E402  (bench/data.py)
 
 LOOPS = ("d2l", "fused", "graph")
 WARMUP_STEPS = 3  # eager steps before the capture: cuBLAS/cuDNN handles, autotuning, autograd's streams

@@ -1,18 +1,20 @@
-"""Tests for fastrnn.data: the time machine loader, vocabulary and minibatch iterators."""
+"""Tests for bench/data.py: the time machine loader, vocabulary and minibatch iterators."""
 from __future__ import annotations
 
 import collections
 import hashlib
 import os
+import sys
 import urllib.error
 from pathlib import Path
 
 import pytest
 import torch
 
-from fastrnn import data
-
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO / "bench") not in sys.path:
+    sys.path.insert(0, str(REPO / "bench"))
+import data  # noqa: E402  (bench/data.py)
 
 
 def _shared_file() -> Path | None:
