@@ -12,6 +12,9 @@ namespace fastrnn {
 
 struct Dims {
   int64_t T, N, H, R;
+  // CPU: the per-step products through fastrnn's AVX-512 kernel instead of
+  // BLAS (the op's path argument, chosen in Python: fastrnn/settings.py)
+  bool own_gemm = false;
 };
 
 inline at::ScalarType acc_type(at::ScalarType t) {

@@ -1,5 +1,8 @@
-// The recurrence ops of fastrnn's backend seam, declared once.  Kernels
-// register per device in cpu/ and cuda/.  No pybind: PyInit__C only makes the
+// The recurrence ops of fastrnn's backend seam: the schemas of
+// fastrnn.backends.SCHEMAS (held to it by tests/test_ops.py) plus ``str path``,
+// the kernel path the Python switchboard chose (fastrnn/settings.py): "own" or
+// "blas" for the CPU's per-step products, "persistent" or "per-step" on CUDA.
+// Kernels register per device in cpu/ and cuda/.  No pybind: PyInit__C only makes the
 // library importable as fastrnn._C, which runs the registrations below.
 #ifndef Py_LIMITED_API
 #define Py_LIMITED_API 0x03090000
@@ -9,31 +12,31 @@
 
 TORCH_LIBRARY(fastrnn_ext, m) {
   m.def("lstm_forward(Tensor xg, Tensor w_hh, Tensor? w_hr, Tensor h0, Tensor c0, "
-        "Tensor? lengths, bool need_ws) -> (Tensor, Tensor, Tensor, Tensor)");
+        "Tensor? lengths, bool need_ws, str path) -> (Tensor, Tensor, Tensor, Tensor)");
   m.def("lstm_backward(Tensor dy, Tensor dh_n, Tensor dc_n, Tensor w_hh, Tensor? w_hr, "
-        "Tensor c0, Tensor ws, Tensor? lengths) -> (Tensor, Tensor, Tensor, Tensor)");
+        "Tensor c0, Tensor ws, Tensor? lengths, str path) -> (Tensor, Tensor, Tensor, Tensor)");
   m.def("gru_forward(Tensor xg, Tensor w_hh, Tensor? b_hh, Tensor h0, Tensor? lengths, "
-        "bool need_ws) -> (Tensor, Tensor, Tensor)");
+        "bool need_ws, str path) -> (Tensor, Tensor, Tensor)");
   m.def("gru_backward(Tensor dy, Tensor dh_n, Tensor w_hh, Tensor h0, Tensor y, Tensor ws, "
-        "Tensor? lengths) -> (Tensor, Tensor, Tensor)");
+        "Tensor? lengths, str path) -> (Tensor, Tensor, Tensor)");
   m.def("rnn_forward(Tensor xg, Tensor w_hh, Tensor h0, Tensor? lengths, bool relu, "
-        "bool need_ws) -> (Tensor, Tensor)");
+        "bool need_ws, str path) -> (Tensor, Tensor)");
   m.def("rnn_backward(Tensor dy, Tensor dh_n, Tensor w_hh, Tensor y, Tensor? lengths, "
-        "bool relu) -> (Tensor, Tensor)");
+        "bool relu, str path) -> (Tensor, Tensor)");
   // Fused stacks of unidirectional layers (fastrnn.backends' *_stack_* functions);
   // CPU kernels only (float32, float64).
   m.def("lstm_stack_forward(Tensor xg0, Tensor w_ih, Tensor? b, Tensor w_hh, Tensor h0, "
-        "Tensor c0, bool need_ws) -> (Tensor, Tensor, Tensor, Tensor)");
+        "Tensor c0, bool need_ws, str path) -> (Tensor, Tensor, Tensor, Tensor)");
   m.def("lstm_stack_backward(Tensor dy, Tensor dh_n, Tensor dc_n, Tensor w_ih, Tensor w_hh, "
-        "Tensor c0, Tensor ws) -> (Tensor, Tensor, Tensor)");
+        "Tensor c0, Tensor ws, str path) -> (Tensor, Tensor, Tensor)");
   m.def("gru_stack_forward(Tensor xg0, Tensor w_ih, Tensor? b_ih, Tensor w_hh, Tensor? b_hh, "
-        "Tensor h0, bool need_ws) -> (Tensor, Tensor, Tensor)");
+        "Tensor h0, bool need_ws, str path) -> (Tensor, Tensor, Tensor)");
   m.def("gru_stack_backward(Tensor dy, Tensor dh_n, Tensor w_ih, Tensor w_hh, Tensor h0, "
-        "Tensor y, Tensor ws) -> (Tensor, Tensor, Tensor)");
+        "Tensor y, Tensor ws, str path) -> (Tensor, Tensor, Tensor)");
   m.def("rnn_stack_forward(Tensor xg0, Tensor w_ih, Tensor? b, Tensor w_hh, Tensor h0, "
-        "bool relu, bool need_ws) -> (Tensor, Tensor)");
+        "bool relu, bool need_ws, str path) -> (Tensor, Tensor)");
   m.def("rnn_stack_backward(Tensor dy, Tensor dh_n, Tensor w_ih, Tensor w_hh, Tensor y, "
-        "bool relu) -> (Tensor, Tensor)");
+        "bool relu, str path) -> (Tensor, Tensor)");
 }
 
 extern "C" {

@@ -3,6 +3,7 @@
     import fastrnn
     lstm = fastrnn.LSTM(28, 256, num_layers=2)      # as torch.nn.LSTM
     fastrnn.backends()                               # what can run here, and why not
+    lstm.explain(x)                                  # which backend and kernel path x takes, and why
 """
 from ._backend import backends
 from ._convert import convert, to_torch

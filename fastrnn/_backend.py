@@ -11,15 +11,17 @@ import of fastrnn.
 from __future__ import annotations
 
 import importlib
-import os
 import warnings
 
 import torch
 
+from . import settings
 from .backends import Backend
 
 NAMES = ("reference", "cpu", "cuda", "triton")
-#: auto's order of preference for each device type
+#: auto's order of preference for each device type: the one table of it.  On
+#: CUDA it is the order the backends were written in, not yet a measured one: the
+#: first GPU run's results (bench/results/*_cuda.json) are to set it.
 PREFERENCE = {"cpu": ("cpu", "reference"), "cuda": ("cuda", "triton", "reference")}
 
 _FACTORIES = {
@@ -66,13 +68,17 @@ def check_name(name: str) -> str:
 
 def default() -> str:
     """The backend that ``backend="auto"`` means: FASTRNN_BACKEND, else auto."""
-    return check_name(os.environ.get("FASTRNN_BACKEND", "auto") or "auto")
+    name = settings.get("FASTRNN_BACKEND") or "auto"
+    if name != "auto" and name not in NAMES:
+        raise ValueError(f"unknown fastrnn backend {name!r} (FASTRNN_BACKEND); choose from 'auto', "
+                         + ", ".join(map(repr, NAMES)))
+    return name
 
 
 @torch.compiler.assume_constant_result
 def resolve(requested: str, cell: str, device_type: str, dtype: torch.dtype, proj: bool) -> str:
     """Name of the backend that runs this configuration (see module docstring)."""
-    key = (requested, os.environ.get("FASTRNN_BACKEND"), cell, device_type, dtype, proj)
+    key = (requested, settings.raw("FASTRNN_BACKEND"), cell, device_type, dtype, proj)
     name = _resolved.get(key)
     if name is None:
         name = _resolve(requested, cell, device_type, dtype, proj)
@@ -87,15 +93,16 @@ def fused_stack(name: str, cell: str) -> bool:
     FASTRNN_FUSED_STACK=0 never, =1 always (the base class composes per-layer
     calls when the backend has no native stack: tests use this); otherwise when
     backend ``name`` runs ``cell`` stacks natively."""
-    env = os.environ.get("FASTRNN_FUSED_STACK", "")
-    if env in ("0", "1"):
-        return env == "1"
+    env = settings.get("FASTRNN_FUSED_STACK")
     if env:
-        raise ValueError(f"FASTRNN_FUSED_STACK must be '0' or '1', not {env!r}")
+        return env == "1"
     return bool(get(name).fused_stack(cell))
 
 
-def _resolve(requested, cell, device_type, dtype, proj):
+def choose(requested, cell, device_type, dtype, proj) -> tuple[str, str, list]:
+    """(backend name, why it, the backends passed over as (name, why)): what
+    :func:`resolve` decides, without its warning."""
+    named = requested != "auto"
     if requested == "auto":
         requested = default()
     what = f"{cell.upper()} on {device_type} with {dtype}{' and proj_size' if proj else ''}"
@@ -103,31 +110,50 @@ def _resolve(requested, cell, device_type, dtype, proj):
         why = get(requested).supports(cell, device_type, dtype, proj)
         if why is not None:
             raise RuntimeError(f"fastrnn backend {requested!r} cannot run {what}: {why}")
-        return requested
+        return requested, "named by the module" if named else "named by FASTRNN_BACKEND", []
     passed = []
     for name in dict.fromkeys(PREFERENCE.get(device_type, ()) + ("reference",)):
         why = get(name).supports(cell, device_type, dtype, proj)
         if why is None:
-            key = (device_type, name, tuple(n for n, _ in passed))
-            if passed and key not in _warned:  # once per kind of fallback, not per layer shape
-                _warned.add(key)
-                warnings.warn(
-                    f"fastrnn: using backend {name!r} for {what}; passed over "
-                    + "; ".join(f"{n!r} ({w})" for n, w in passed),
-                    stacklevel=4,
-                )
-            return name
+            return name, f"auto: the first of {PREFERENCE.get(device_type, ())} on {device_type} that runs {what}", passed
         passed.append((name, why))
     raise RuntimeError(f"no fastrnn backend can run {what}: " + "; ".join(f"{n!r}: {w}" for n, w in passed))
 
 
+def _resolve(requested, cell, device_type, dtype, proj):
+    name, _, passed = choose(requested, cell, device_type, dtype, proj)
+    key = (device_type, name, tuple(n for n, _ in passed))
+    if passed and key not in _warned:  # once per kind of fallback, not per layer shape
+        _warned.add(key)
+        what = f"{cell.upper()} on {device_type} with {dtype}{' and proj_size' if proj else ''}"
+        warnings.warn(
+            f"fastrnn: using backend {name!r} for {what}; passed over " + "; ".join(f"{n!r} ({w})" for n, w in passed),
+            stacklevel=4,
+        )
+    return name
+
+
+def path(name: str, dtype: torch.dtype) -> tuple[str, str]:
+    """(the kernel path backend ``name`` takes for ``dtype``, why)."""
+    b = get(name)
+    if hasattr(b, "path"):
+        return b.path(dtype)
+    if name == "triton":
+        return "triton", "Triton kernels, one launch per layer or stack, tile plans " + (
+            "tuned per shape" if settings.get("FASTRNN_TRITON_TUNE") != "0" else "from the heuristic")
+    return "pytorch", "PyTorch ops step by step"
+
+
 def backends() -> list[dict]:
-    """Every backend with whether it is usable here and, if not, why."""
+    """Every backend with whether it is usable here and, if not, why; for one
+    that is, the kernel path it takes for float32 and why (``path``, ``path_reason``)."""
     rows = []
     for name in NAMES:
         b = get(name)
         ok, why = b.available()
-        rows.append(
-            {"name": name, "available": bool(ok), "reason": "" if ok else why, "devices": tuple(getattr(b, "device_types", ()))}
-        )
+        row = {"name": name, "available": bool(ok), "reason": "" if ok else why,
+               "devices": tuple(getattr(b, "device_types", ()))}
+        if ok:
+            row["path"], row["path_reason"] = path(name, torch.float32)
+        rows.append(row)
     return rows

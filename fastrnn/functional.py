@@ -101,14 +101,8 @@ def rnn_stack(
     Returns output (T, N, D * R), h_n (L * D, N, R), c_n (L * D, N, H) or None.
     """
     D = 2 if bidirectional else 1
-    if (
-        D == 1
-        and num_layers > 1
-        and lengths is None
-        and not (dropout > 0 and training)
-        and weights[0][4] is None
-        and _backend.fused_stack(backend, mode.split("_")[0].lower())
-    ):
+    if stack_refused(num_layers, bidirectional, lengths is not None, dropout > 0 and training,
+                     weights[0][4] is not None) is None and _backend.fused_stack(backend, mode.split("_")[0].lower()):
         return _fused_stack(mode, x, hx, cx, weights, need_ws, backend)
     hs, cs = [], []
     layer_in = x
@@ -128,6 +122,16 @@ def rnn_stack(
     h_n = torch.stack(hs, 0)
     c_n = torch.stack(cs, 0) if cx is not None else None
     return layer_in, h_n, c_n
+
+
+def stack_refused(num_layers: int, bidirectional: bool, lengths: bool, dropout: bool, proj: bool) -> Optional[str]:
+    """Why a stack cannot go through the ``*_stack_*`` ops, or None where it can."""
+    for why, bad in (("one layer", num_layers < 2), ("bidirectional", bidirectional),
+                     ("variable lengths (PackedSequence)", lengths), ("dropout between layers in training", dropout),
+                     ("proj_size", proj)):
+        if bad:
+            return why
+    return None
 
 
 def _fused_stack(mode, x, hx, cx, weights, need_ws, backend):

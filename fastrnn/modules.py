@@ -20,8 +20,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from . import _backend
-from .functional import rnn_stack
+from . import _backend, settings
+from .functional import rnn_stack, stack_refused
 
 _LABEL = {"LSTM": "LSTM", "GRU": "GRU", "RNN_TANH": "RNN", "RNN_RELU": "RNN"}
 _GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
@@ -313,6 +313,36 @@ class RNNBase(nn.Module):
                 self.mode, x, h, c, weights, self.num_layers, self.bidirectional,
                 self.dropout, self.training, lengths, need_ws, backend,
             )
+
+    def explain(self, input) -> dict:
+        """Which backend, stack route and kernel path a call with ``input`` (a
+        tensor or PackedSequence, as ``forward`` takes) runs, and why each.  Only
+        what decides the choice is read from ``input``: nothing is computed."""
+        packed = isinstance(input, PackedSequence)
+        x = input.data if packed else input
+        dtype, device_type = x.dtype, x.device.type
+        if device_type == "cuda" and torch.is_autocast_enabled("cuda"):
+            dtype = torch.get_autocast_dtype("cuda")
+        cell = self._label.lower()
+        batch = input.batch_sizes[0].item() if packed else (x.shape[0 if self.batch_first else 1] if x.dim() == 3 else 1)
+        if batch == 0:
+            name, why, passed = "reference", "an empty batch: nothing to compute", []
+        else:
+            name, why, passed = _backend.choose(self.backend, cell, device_type, dtype, self.proj_size > 0)
+        refused = stack_refused(self.num_layers, self.bidirectional, packed, self.dropout > 0 and self.training,
+                                self.proj_size > 0)
+        if refused is not None:
+            stack, stack_why = "per-layer", f"no stack op: {refused}"
+        elif _backend.fused_stack(name, cell):
+            stack, stack_why = "stack", f"{self.num_layers} layers in one *_stack_* op" + (
+                "" if _backend.get(name).fused_stack(cell) else " (FASTRNN_FUSED_STACK=1: composed per layer inside)")
+        else:
+            stack, stack_why = "per-layer", (f"backend {name!r} has no native {cell} stack" if not
+                                             settings.get("FASTRNN_FUSED_STACK") else "FASTRNN_FUSED_STACK=0")
+        path, path_why = _backend.path(name, dtype)
+        return {"backend": name, "backend_reason": why, "passed_over": [{"backend": n, "reason": w} for n, w in passed],
+                "stack": stack, "stack_reason": stack_why, "path": path, "path_reason": path_why,
+                "dtype": str(dtype).replace("torch.", ""), "device": device_type}
 
     @property
     def _label(self) -> str:

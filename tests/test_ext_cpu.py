@@ -20,14 +20,23 @@ from fastrnn.testing import Want, check, expect
 SHAPES = [(1, 1, 33), (97, 3, 33), (6, 32, 64), (9, 9, 20), (5, 7, 1)]  # (T, N, H)
 
 
-@pytest.fixture(scope="module")
-def be():
+def _paths():
+    """The float32 step-product paths this CPU can run (FASTRNN_CPU_GEMM)."""
+    own = " avx512f " in " " + open("/proc/cpuinfo").read().replace("\n", " ") + " "
+    return ["blas", "own"] if own else ["blas"]
+
+
+@pytest.fixture(params=_paths())
+def be(request, monkeypatch):
+    """The cpu backend, on each step-product path this CPU can run."""
     from fastrnn.backends.extension import CpuBackend
 
+    monkeypatch.setenv("FASTRNN_CPU_GEMM", request.param)
     b = CpuBackend()
     ok, why = b.available()
     if not ok:
         pytest.skip(why)
+    assert b.path(torch.float32)[0] == request.param
     return b
 
 
@@ -133,11 +142,11 @@ def test_schema(be):
 
     T, N, H = 4, 3, 8
     xg, w, h0 = torch.randn(T, N, 4 * H), torch.randn(4 * H, H), torch.randn(N, H)
-    opcheck(torch.ops.fastrnn_ext.lstm_forward.default, (xg, w, None, h0, h0, None, True),
+    opcheck(torch.ops.fastrnn_ext.lstm_forward.default, (xg, w, None, h0, h0, None, True, "blas"),
             test_utils="test_schema")
     ws = be.lstm_forward(xg, w, None, h0, h0, None, True)[3]
     opcheck(torch.ops.fastrnn_ext.lstm_backward.default,
-            (torch.randn(T, N, H), h0, h0, w, None, h0, ws, None), test_utils="test_schema")
+            (torch.randn(T, N, H), h0, h0, w, None, h0, ws, None, "blas"), test_utils="test_schema")
 
 
 def test_bad_arguments(be):
@@ -221,8 +230,8 @@ def test_stack_bad_arguments(be):
     G, xg0, w_ih, b, w_hh, h0 = _stack_inputs("lstm", 4, 9, 8, 2, torch.float32, True)
     c0 = torch.randn(2, 9, 8)
     with pytest.raises(RuntimeError, match="w_ih must have shape"):
-        torch.ops.fastrnn_ext.lstm_stack_forward(xg0, w_ih[:, :-1], b, w_hh, h0, c0, True)
+        torch.ops.fastrnn_ext.lstm_stack_forward(xg0, w_ih[:, :-1], b, w_hh, h0, c0, True, "blas")
     with pytest.raises(RuntimeError, match="c0 must have shape"):
-        torch.ops.fastrnn_ext.lstm_stack_forward(xg0, w_ih, b, w_hh, h0, c0[:1], True)
+        torch.ops.fastrnn_ext.lstm_stack_forward(xg0, w_ih, b, w_hh, h0, c0[:1], True, "blas")
     with pytest.raises(RuntimeError, match="float32 and float64"):
-        torch.ops.fastrnn_ext.lstm_stack_forward(*(t.half() for t in (xg0, w_ih, b, w_hh, h0, c0)), True)
+        torch.ops.fastrnn_ext.lstm_stack_forward(*(t.half() for t in (xg0, w_ih, b, w_hh, h0, c0)), True, "blas")

@@ -1,5 +1,5 @@
 """The cpu backend's per-step matrix product (csrc/cpu/step_gemm.cpp): fastrnn's
-own AVX-512 kernel and the route the recurrences take ("auto"), against a float64
+own AVX-512 kernel ("own") and MKL/BLAS ("blas"), against a float64
 product, for tile and panel edges (rows around the 8-row tile, columns around the
 32-column panel), both layouts of the packed operand, and beta 0 / 1 / 0.5.
 
@@ -44,7 +44,7 @@ def _check(got, a, b, tb, beta, c):
     assert (err <= bound + 1e-30).all(), f"max excess {(err - bound).max().item():.3e}"
 
 
-@pytest.mark.parametrize("impl", ["own", "auto"])
+@pytest.mark.parametrize("impl", ["own", "blas"])
 @pytest.mark.parametrize("tb", [False, True], ids=["B", "BT"])
 @pytest.mark.parametrize("beta", [0.0, 1.0, 0.5])
 @pytest.mark.parametrize("m,n,k", SHAPES)
@@ -58,23 +58,31 @@ def test_step_gemm(ops, impl, tb, beta, m, n, k):
     _check(got, a, b, tb, beta, c)
 
 
-def test_route_is_reported(ops):
-    """'own' exactly where the CPU has AVX-512F and is an AMD part (or the
-    environment asks for it), else MKL/BLAS: see csrc/cpu/step_gemm.h."""
-    import os
+@pytest.mark.parametrize("env", ["auto", "own", "blas"])
+def test_route_is_chosen_and_reported(ops, monkeypatch, env):
+    """auto: 'own' exactly where the CPU has AVX-512F and is an AMD part; own and
+    blas as asked, own only where the CPU can (fastrnn.settings, FASTRNN_CPU_GEMM)."""
+    from fastrnn.backends.extension import CpuBackend
 
-    impl = ops.cpu_step_gemm_impl()
-    assert impl in ("own", "blas")
-    env = os.environ.get("FASTRNN_CPU_GEMM", "")
-    if not _has_avx512() or env == "blas":
-        assert impl == "blas"
-    elif env == "own":
-        assert impl == "own"
-    else:
-        amd = "AuthenticAMD" in open("/proc/cpuinfo").read()
-        assert impl == ("own" if amd else "blas")
+    info = open("/proc/cpuinfo").read()
+    assert ("amd" in ops.cpu_features().split()) == ("AuthenticAMD" in info)
+    assert ("avx512f" in ops.cpu_features().split()) == _has_avx512()
+    monkeypatch.setenv("FASTRNN_CPU_GEMM", env)
+    path, why = CpuBackend().path(torch.float32)
+    want = {"blas": "blas", "own": "own" if _has_avx512() else "blas",
+            "auto": "own" if _has_avx512() and "AuthenticAMD" in info else "blas"}[env]
+    assert path == want and why
+    assert CpuBackend().path(torch.float64)[0] == "blas"
+    monkeypatch.setenv("FASTRNN_CPU_GEMM", "fast")
+    with pytest.raises(ValueError, match="FASTRNN_CPU_GEMM must be one of"):
+        CpuBackend().path(torch.float32)
+
+
+def test_bad_path_is_refused(ops):
+    with pytest.raises(RuntimeError, match="'own' or 'blas'"):
+        ops.cpu_step_gemm(torch.randn(3, 4), torch.randn(4, 6), False, 0.0, torch.randn(3, 6), "auto")
 
 
 def test_own_kernel_rejects_bad_shapes(ops):
     with pytest.raises(RuntimeError, match="shapes do not match"):
-        ops.cpu_step_gemm(torch.randn(3, 4), torch.randn(5, 6), False, 0.0, torch.randn(3, 6), "auto")
+        ops.cpu_step_gemm(torch.randn(3, 4), torch.randn(5, 6), False, 0.0, torch.randn(3, 6), "blas")

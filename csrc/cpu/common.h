@@ -83,17 +83,23 @@ void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const T* a, int64_t
     C.mul_(beta).addmm_(A, B);
 }
 
+// ``d`` with the op's path argument applied (see Dims::own_gemm).
+inline Dims with_path(Dims d, c10::string_view path) {
+  d.own_gemm = own_path(path);
+  return d;
+}
+
 // The right-hand operand op(B) (k x n) of C (m x n) = A (m x k) @ op(B) + beta C,
 // all row-major, fixed across the time steps of one call: packed once, for
-// fastrnn's AVX-512 kernel (step_gemm.h: AMD CPUs) or MKL's packed GEMM when the
-// float path has them, else kept as a pointer for gemm().
+// fastrnn's AVX-512 kernel (``own``: the op's path, step_gemm.h) or MKL's packed
+// GEMM when the float path has them, else kept as a pointer for gemm().
 template <typename T>
 class StepMatrix {
  public:
-  StepMatrix(const T* b, int64_t ldb, bool tb, int64_t m, int64_t n, int64_t k)
+  StepMatrix(bool own, const T* b, int64_t ldb, bool tb, int64_t m, int64_t n, int64_t k)
       : b_(b), ldb_(ldb), tb_(tb), m_(m), n_(n), k_(k) {
     if constexpr (std::is_same<T, float>::value) {
-      if (own_gemm() && m > 0 && n > 0 && k > 0) {
+      if (own && m > 0 && n > 0 && k > 0) {
         own_ = at::empty({packed_floats(k, n)}, at::TensorOptions().dtype(at::kFloat));
         pack_b(b, ldb, tb, k, n, own_.data_ptr<float>());
         return;

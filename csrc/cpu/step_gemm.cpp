@@ -98,7 +98,9 @@ FR_AVX512 void panels(int64_t m, int64_t n, int64_t k, const float* a, int64_t l
 }
 #endif
 
-bool has_avx512() {
+}  // namespace
+
+bool has_avx512f() {
 #if FR_HAVE_X86
   __builtin_cpu_init();
   return __builtin_cpu_supports("avx512f");
@@ -107,25 +109,11 @@ bool has_avx512() {
 #endif
 }
 
-bool decide() {
-#if FR_HAVE_X86
-  const char* env = std::getenv("FASTRNN_CPU_GEMM");
-  if (env != nullptr && std::strcmp(env, "blas") == 0) return false;
-  if (!has_avx512()) return false;
-  if (env != nullptr && std::strcmp(env, "own") == 0) return true;
-  // Default: own kernel where MKL is measured slow (AMD); on Intel MKL's packed
-  // GEMM takes its AVX-512 path (measured at ~80% of the big-GEMM rate there).
-  return __builtin_cpu_is("amd");
-#else
-  return false;
-#endif
-}
-
-}  // namespace
-
-bool own_gemm() {
-  static const bool on = decide();
-  return on;
+bool own_path(c10::string_view path) {
+  if (path == "blas") return false;
+  TORCH_CHECK(path == "own", "fastrnn: the cpu path is 'own' or 'blas', not '", std::string(path), "'");
+  TORCH_CHECK(has_avx512f(), "fastrnn: the 'own' cpu path needs AVX-512F, which this CPU lacks");
+  return true;
 }
 
 int64_t packed_floats(int64_t k, int64_t n) {
@@ -190,9 +178,9 @@ void packed_gemm(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
 
 // ------------------------------------------------------------------ test op
 // fastrnn_ext::cpu_step_gemm(a, b, tb, beta, c, impl) -> a @ op(b) + beta c
-// through StepMatrix's route (impl "auto") or this file's kernel (impl "own",
-// an error on a CPU without AVX-512F); and cpu_step_gemm_impl() -> which route
-// "auto" takes here ("own" or "blas").  For the tests only.
+// through StepMatrix with the path impl ("own": this file's kernel, an error on
+// a CPU without AVX-512F; "blas"), for the tests; and cpu_features() -> what
+// the switchboard decides the CPU path from ("amd", "intel", "avx512f").
 #include <torch/library.h>
 
 #include "common.h"
@@ -212,26 +200,28 @@ at::Tensor step_gemm_op(const at::Tensor& a, const at::Tensor& b, bool tb, doubl
   const at::Tensor A = a.contiguous(), B = b.contiguous();
   at::Tensor C = c.contiguous().clone();
   const float fb = static_cast<float>(beta);
-  if (impl == "own") {
-    TORCH_CHECK(has_avx512(), "cpu_step_gemm: this CPU has no AVX-512F");
-    at::Tensor P = at::empty({packed_floats(k, n)}, A.options());
-    pack_b(B.data_ptr<float>(), B.size(1), tb, k, n, P.data_ptr<float>());
-    packed_gemm(m, n, k, A.data_ptr<float>(), k, P.data_ptr<float>(), fb, C.data_ptr<float>(), n);
-  } else {
-    TORCH_CHECK(impl == "auto", "cpu_step_gemm: impl is 'own' or 'auto'");
-    const StepMatrix<float> W(B.data_ptr<float>(), B.size(1), tb, m, n, k);
-    W.mul(A.data_ptr<float>(), k, fb, C.data_ptr<float>(), n);
-  }
+  const StepMatrix<float> W(own_path(impl), B.data_ptr<float>(), B.size(1), tb, m, n, k);
+  W.mul(A.data_ptr<float>(), k, fb, C.data_ptr<float>(), n);
   return C;
 }
 
-std::string step_gemm_impl_op() { return own_gemm() ? "own" : "blas"; }
+std::string cpu_features_op() {
+  std::string f;
+#if FR_HAVE_X86
+  __builtin_cpu_init();
+  if (__builtin_cpu_is("amd")) f += "amd ";
+  if (__builtin_cpu_is("intel")) f += "intel ";
+#endif
+  if (has_avx512f()) f += "avx512f ";
+  if (!f.empty()) f.pop_back();
+  return f;
+}
 
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(fastrnn_ext, m) {
   m.def("cpu_step_gemm(Tensor a, Tensor b, bool tb, float beta, Tensor c, str impl) -> Tensor");
-  m.def("cpu_step_gemm_impl() -> str", &step_gemm_impl_op);
+  m.def("cpu_features() -> str", &cpu_features_op);
 }
 
 TORCH_LIBRARY_IMPL(fastrnn_ext, CPU, m) {

@@ -3,6 +3,8 @@
 // step through an AVX-512 register tile.  Row-major throughout.
 #pragma once
 
+#include <c10/util/string_view.h>
+
 #include <cstdint>
 
 namespace fastrnn {
@@ -10,10 +12,12 @@ namespace cpu {
 
 constexpr int64_t kNR = 32;  // columns of a packed panel
 
-// Whether the step products use this kernel: the CPU has AVX-512F and either
-// FASTRNN_CPU_GEMM=own, or it is an AMD CPU and FASTRNN_CPU_GEMM is not "blas".
-// Decided once per process.
-bool own_gemm();
+// Whether this CPU can run the kernel (AVX-512F).
+bool has_avx512f();
+
+// The op's path argument as StepMatrix's choice: "own" (this kernel; an error on
+// a CPU without AVX-512F) or "blas".
+bool own_path(c10::string_view path);
 
 // Floats needed to pack a k x n operand (n rounded up to whole panels).
 int64_t packed_floats(int64_t k, int64_t n);

@@ -587,9 +587,11 @@ int64_t launches_op() { return g_launches.load(); }
 
 }  // namespace
 
-bool persistent_requested() {
-  const char* v = std::getenv("FASTRNN_CUDA_PERSISTENT");
-  return v != nullptr && std::strcmp(v, "1") == 0;
+bool persistent_path(c10::string_view path) {
+  if (path == "per-step") return false;
+  TORCH_CHECK(path == "persistent", "fastrnn: the cuda path is 'persistent' or 'per-step', not '",
+              std::string(path), "'");
+  return true;
 }
 
 bool lstm_forward_persistent(const at::Tensor& xg, const at::Tensor& w_hh, const at::Tensor& h0,

@@ -1,6 +1,6 @@
 // Persistent CUDA recurrences (persistent.cu): one cooperative launch runs every
 // time step of a layer and direction with the W_hh slices resident in shared
-// memory.  recurrence.cu calls these first when FASTRNN_CUDA_PERSISTENT=1; each
+// memory.  recurrence.cu calls these first on the path "persistent"; each
 // returns false, having queued nothing, when it does not handle the
 // configuration (dtype float64, empty sizes, or the weights do not fit on chip),
 // and the caller then runs its per-step path.  Arguments are already checked
@@ -9,14 +9,16 @@
 
 #include <ATen/ATen.h>
 #include <c10/util/Optional.h>
+#include <c10/util/string_view.h>
 
 #include <tuple>
 
 namespace fastrnn {
 namespace cuda {
 
-// FASTRNN_CUDA_PERSISTENT == "1", read at every call.
-bool persistent_requested();
+// The op's path argument: "persistent" (try the persistent kernels first) or
+// "per-step" (chosen in Python: fastrnn/settings.py, FASTRNN_CUDA_PERSISTENT).
+bool persistent_path(c10::string_view path);
 
 bool lstm_forward_persistent(const at::Tensor& xg, const at::Tensor& w_hh, const at::Tensor& h0,
                              const at::Tensor& c0, const c10::optional<at::Tensor>& lengths,

@@ -1,4 +1,4 @@
-// CUDA recurrences.  With FASTRNN_CUDA_PERSISTENT=1 each op first tries the
+// CUDA recurrences.  With the path "persistent" each op first tries the
 // persistent kernel of persistent.cu (one cooperative launch for all steps;
 // not for projected LSTMs or float64) and falls back to the path below when it
 // does not fit on chip.
@@ -268,7 +268,7 @@ const int64_t* len_ptr(const c10::optional<at::Tensor>& lengths) {
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward_cuda(
     const at::Tensor& xg, const at::Tensor& w_hh, const c10::optional<at::Tensor>& w_hr,
     const at::Tensor& h0, const at::Tensor& c0, const c10::optional<at::Tensor>& lengths,
-    bool need_ws) {
+    bool need_ws, c10::string_view path) {
   const Dims d = check_lstm_forward(xg, w_hh, w_hr, h0, c0, lengths);
   const c10::cuda::CUDAGuard guard(xg.device());
   const auto stream = c10::cuda::getCurrentCUDAStream();
@@ -276,7 +276,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward_cuda(
   const auto acc = xg.options().dtype(Ad);
   const int64_t T = d.T, N = d.N, H = d.H, R = d.R;
   const bool proj = w_hr.has_value();
-  if (!proj && persistent_requested()) {
+  if (!proj && persistent_path(path)) {
     std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> out;
     if (lstm_forward_persistent(xg, w_hh, h0, c0, lengths, need_ws, out)) return out;
   }
@@ -313,7 +313,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward_cuda(
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_backward_cuda(
     const at::Tensor& dy, const at::Tensor& dh_n, const at::Tensor& dc_n, const at::Tensor& w_hh,
     const c10::optional<at::Tensor>& w_hr, const at::Tensor& c0, const at::Tensor& ws,
-    const c10::optional<at::Tensor>& lengths) {
+    const c10::optional<at::Tensor>& lengths, c10::string_view path) {
   const Dims d = check_lstm_backward(dy, dh_n, dc_n, w_hh, w_hr, c0, ws, lengths);
   const c10::cuda::CUDAGuard guard(dy.device());
   const auto stream = c10::cuda::getCurrentCUDAStream();
@@ -321,7 +321,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_backward_cuda(
   const auto acc = dy.options().dtype(Ad);
   const int64_t T = d.T, N = d.N, H = d.H, R = d.R;
   const bool proj = w_hr.has_value();
-  if (!proj && persistent_requested()) {
+  if (!proj && persistent_path(path)) {
     std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> out;
     if (lstm_backward_persistent(dy, dh_n, dc_n, w_hh, c0, ws, lengths, out)) return out;
   }
@@ -359,10 +359,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_backward_cuda(
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_forward_cuda(
     const at::Tensor& xg, const at::Tensor& w_hh, const c10::optional<at::Tensor>& b_hh,
-    const at::Tensor& h0, const c10::optional<at::Tensor>& lengths, bool need_ws) {
+    const at::Tensor& h0, const c10::optional<at::Tensor>& lengths, bool need_ws, c10::string_view path) {
   const Dims d = check_gru_forward(xg, w_hh, b_hh, h0, lengths);
   const c10::cuda::CUDAGuard guard(xg.device());
-  if (persistent_requested()) {
+  if (persistent_path(path)) {
     std::tuple<at::Tensor, at::Tensor, at::Tensor> out;
     if (gru_forward_persistent(xg, w_hh, b_hh, h0, lengths, need_ws, out)) return out;
   }
@@ -393,10 +393,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_forward_cuda(
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_backward_cuda(
     const at::Tensor& dy, const at::Tensor& dh_n, const at::Tensor& w_hh, const at::Tensor& h0,
-    const at::Tensor& y, const at::Tensor& ws, const c10::optional<at::Tensor>& lengths) {
+    const at::Tensor& y, const at::Tensor& ws, const c10::optional<at::Tensor>& lengths, c10::string_view path) {
   const Dims d = check_gru_backward(dy, dh_n, w_hh, h0, y, ws, lengths);
   const c10::cuda::CUDAGuard guard(dy.device());
-  if (persistent_requested()) {
+  if (persistent_path(path)) {
     std::tuple<at::Tensor, at::Tensor, at::Tensor> out;
     if (gru_backward_persistent(dy, dh_n, w_hh, h0, y, ws, lengths, out)) return out;
   }
@@ -426,10 +426,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_backward_cuda(
 std::tuple<at::Tensor, at::Tensor> rnn_forward_cuda(const at::Tensor& xg, const at::Tensor& w_hh,
                                                     const at::Tensor& h0,
                                                     const c10::optional<at::Tensor>& lengths,
-                                                    bool relu, bool need_ws) {
+                                                    bool relu, bool need_ws, c10::string_view path) {
   const Dims d = check_rnn_forward(xg, w_hh, h0, lengths);
   const c10::cuda::CUDAGuard guard(xg.device());
-  if (persistent_requested()) {
+  if (persistent_path(path)) {
     std::tuple<at::Tensor, at::Tensor> out;
     if (rnn_forward_persistent(xg, w_hh, h0, lengths, relu, out)) return out;
   }
@@ -456,10 +456,10 @@ std::tuple<at::Tensor, at::Tensor> rnn_forward_cuda(const at::Tensor& xg, const 
 std::tuple<at::Tensor, at::Tensor> rnn_backward_cuda(const at::Tensor& dy, const at::Tensor& dh_n,
                                                      const at::Tensor& w_hh, const at::Tensor& y,
                                                      const c10::optional<at::Tensor>& lengths,
-                                                     bool relu) {
+                                                     bool relu, c10::string_view path) {
   const Dims d = check_rnn_backward(dy, dh_n, w_hh, y, lengths);
   const c10::cuda::CUDAGuard guard(dy.device());
-  if (persistent_requested()) {
+  if (persistent_path(path)) {
     std::tuple<at::Tensor, at::Tensor> out;
     if (rnn_backward_persistent(dy, dh_n, w_hh, y, lengths, relu, out)) return out;
   }

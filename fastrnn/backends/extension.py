@@ -7,8 +7,11 @@ broken build makes the backends report themselves unavailable with the reason.
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 
+from .. import settings
 from . import LAYER_OPS, STACK_OPS, Backend
 
 _load_error: str | None = None
@@ -31,6 +34,12 @@ def _load() -> str | None:
     return _load_error
 
 
+@functools.lru_cache(maxsize=None)
+def cpu_features() -> frozenset:
+    """What the extension reports of this CPU ("amd", "intel", "avx512f")."""
+    return frozenset(torch.ops.fastrnn_ext.cpu_features().split())
+
+
 def _has_kernel(op: str, key: str) -> bool:
     try:
         return torch._C._dispatch_has_kernel_for_dispatch_key(f"fastrnn_ext::{op}", key)
@@ -40,12 +49,17 @@ def _has_kernel(op: str, key: str) -> bool:
 
 class _Extension(Backend):
     """The per-layer functions are the extension's ops of the same name and
-    schema (``fastrnn_ext::lstm_forward``, ...; csrc/ops.cpp)."""
+    schema (``fastrnn_ext::lstm_forward``, ...; csrc/ops.cpp), with the kernel
+    path this backend chooses (:meth:`path`) as their last argument."""
+
+    def path(self, dtype: torch.dtype) -> tuple[str, str]:
+        """(the kernel path for inputs of ``dtype``, why)."""
+        raise NotImplementedError
 
 
 def _forward_to_extension(name: str):
     def run(self, *args):
-        return getattr(torch.ops.fastrnn_ext, name)(*args)
+        return getattr(torch.ops.fastrnn_ext, name)(*args, self.path(args[0].dtype)[0])
 
     run.__name__ = run.__qualname__ = name
     return run
@@ -79,12 +93,29 @@ class CpuBackend(_Extension):
     def fused_stack(self, cell: str) -> bool:
         return _has_kernel(f"{cell}_stack_forward", "CPU")
 
+    def path(self, dtype: torch.dtype) -> tuple[str, str]:
+        """The float32 per-step products: fastrnn's AVX-512 kernel ("own") or
+        MKL/BLAS ("blas"); other dtypes always take BLAS or ATen."""
+        choice = settings.get("FASTRNN_CPU_GEMM")
+        if dtype != torch.float32:
+            return "blas", f"{dtype} products go through BLAS/ATen (the own kernel is float32)"
+        if choice == "blas":
+            return "blas", "FASTRNN_CPU_GEMM=blas"
+        features = cpu_features()
+        if "avx512f" not in features:
+            return "blas", "this CPU has no AVX-512F" + (" (FASTRNN_CPU_GEMM=own cannot apply)" if choice == "own" else "")
+        if choice == "own":
+            return "own", "FASTRNN_CPU_GEMM=own"
+        if "amd" in features:
+            return "own", "an AMD CPU with AVX-512F: MKL takes its AVX2 path there (~1.5x slower, measured)"
+        return "blas", "MKL's packed GEMM takes its AVX-512 path on this CPU"
+
     def _stack(self, name: str, *args):
         """Op ``name`` (e.g. ``lstm_stack_forward``) through the extension's kernel,
         or the base class's composition of per-layer ops for a dtype it does not run."""
         cell = name.split("_")[0]
         if args[0].dtype in self._STACK_DTYPES and _has_kernel(f"{cell}_stack_forward", "CPU"):
-            return getattr(torch.ops.fastrnn_ext, name)(*args)
+            return getattr(torch.ops.fastrnn_ext, name)(*args, self.path(args[0].dtype)[0])
         return getattr(Backend, name)(self, *args)
 
 
@@ -101,7 +132,14 @@ for _name in STACK_OPS:
 
 
 class CudaBackend(_Extension):
-    """Per-step CUDA recurrences (csrc/cuda/): cuBLAS products plus fused gate kernels."""
+    """Per-step CUDA recurrences (csrc/cuda/): cuBLAS products plus fused gate
+    kernels, or persistent kernels (one cooperative launch per layer)."""
+
+    def path(self, dtype: torch.dtype) -> tuple[str, str]:
+        if settings.flag("FASTRNN_CUDA_PERSISTENT"):
+            return "persistent", ("FASTRNN_CUDA_PERSISTENT=1: the persistent kernels where the weights fit on "
+                                  "chip (not float64, not proj_size), else the per-step path")
+        return "per-step", "the default (FASTRNN_CUDA_PERSISTENT=1 tries the persistent kernels first)"
 
     name = "cuda"
     device_types = ("cuda",)

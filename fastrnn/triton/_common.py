@@ -15,6 +15,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .. import settings
+
 
 def interpreting() -> bool:
     """True when Triton runs kernels in its CPU interpreter (TRITON_INTERPRET=1)."""
@@ -126,9 +128,8 @@ def make_plan(N: int, H: int, R: int, gates: int, dtype: torch.dtype, device: to
               force_block_h: int | None = None, force_stream: int | None = None) -> Plan:
     """The tile plan for a layer; cached on the batch *bucket*, so a new batch size
     never triggers a recompile (N is a runtime argument of every kernel)."""
-    env = os.environ.get("FASTRNN_TRITON_BLOCK_H")
-    if force_block_h is None and env:
-        force_block_h = int(env)
+    if force_block_h is None:
+        force_block_h = settings.get("FASTRNN_TRITON_BLOCK_H")
     n_sm = plan_programs(device)
     return _plan(_bucket(N), math.ceil(N / _bucket(N)), H, R, gates,
                  torch.empty((), dtype=dtype).element_size(), n_sm, force_block_h, force_stream)

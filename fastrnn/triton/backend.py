@@ -11,6 +11,7 @@ import os
 
 import torch
 
+from .. import settings
 from ..backends import LAYER_OPS, STACK_OPS, Backend, arg_names
 
 
@@ -77,7 +78,7 @@ class TritonBackend(Backend):
 
     def _tuning(self, device) -> bool:
         """Whether plans are autotuned (``tune.py``): not when a test pins them."""
-        if self.force_block_h is not None or self.force_stream is not None or os.environ.get("FASTRNN_TRITON_BLOCK_H"):
+        if self.force_block_h is not None or self.force_stream is not None or settings.get("FASTRNN_TRITON_BLOCK_H"):
             return False
         return self._mod("tune").enabled(device)
 

@@ -52,12 +52,12 @@ from typing import Any, Callable, Sequence
 import torch
 import triton
 
+from .. import settings
 from . import _common
 from ._common import Config, Plan
 
 #: a stack candidate meaning "compose the per-layer kernels"
 LAYERS = None
-_DEFAULT_MAX = 8
 
 
 # --------------------------------------------------------------- switches
@@ -66,17 +66,13 @@ def enabled(device: torch.device) -> bool:
         # configs sum in different orders (K chunks, tiles): a timing-dependent
         # choice would make results differ from one process to the next
         return False
-    env = os.environ.get("FASTRNN_TRITON_TUNE", "").strip().lower()
-    if env:
-        return env not in ("0", "false", "no", "off")
+    if settings.get("FASTRNN_TRITON_TUNE"):
+        return settings.flag("FASTRNN_TRITON_TUNE")
     return device.type == "cuda" and not _common.interpreting()
 
 
 def max_candidates() -> int:
-    try:
-        return max(1, int(os.environ.get("FASTRNN_TRITON_TUNE_MAX", _DEFAULT_MAX)))
-    except ValueError:
-        return _DEFAULT_MAX
+    return settings.get("FASTRNN_TRITON_TUNE_MAX")
 
 
 def programs(device: torch.device) -> int:
@@ -281,7 +277,7 @@ def context(device: torch.device) -> dict:
 
 
 def cache_dir() -> Path:
-    base = os.environ.get("FASTRNN_CACHE_DIR")
+    base = settings.get("FASTRNN_CACHE_DIR")
     if not base:
         xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
         base = os.path.join(xdg, "fastrnn")
@@ -433,7 +429,7 @@ class Tuner:
             record = {"config": _encode(best), "label": _label(best), "heuristic": _label(candidates[0]),
                       "ms": times}
             self.records[key] = record
-            if os.environ.get("FASTRNN_TRITON_TUNE_VERBOSE", "0") not in ("", "0"):
+            if settings.flag("FASTRNN_TRITON_TUNE_VERBOSE"):
                 print(f"fastrnn tune {key}: {_label(best)} {times}", file=sys.stderr)
             if self.persist and self._writable:
                 self._write(tag, ctx, key, record)

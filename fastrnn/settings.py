@@ -1,0 +1,131 @@
+"""The switchboard: every ``FASTRNN_*`` environment setting, declared once.
+
+The library reads its settings only through :func:`get`, at the moment it needs
+them (a test or a user may change one between calls); the C++ extension reads
+none: the kernel path it takes comes in as an op argument (``path``) chosen here.
+Build, benchmark and test settings are read by ``setup.py``, ``bench/`` and
+``tests/`` themselves, but are declared here too, so ``SETTINGS`` (and the
+README table made from it, :func:`markdown_table`) is the one list of them; a
+test holds every ``FASTRNN_`` name in the tree to it.
+
+Which path a module takes for an input, and why: :func:`fastrnn.explain`.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    default: str
+    #: accepted values (None: any text; ``parse`` judges it)
+    choices: Optional[tuple] = None
+    meaning: str = ""
+    #: who reads it: "library" (through get), "build", "bench" or "test"
+    scope: str = "library"
+    parse: Optional[Callable[[str], object]] = None
+
+
+def _positive_int(v: str) -> int:
+    n = int(v)
+    if n < 1:
+        raise ValueError("must be at least 1")
+    return n
+
+
+SETTINGS = (
+    # ---------------------------------------------------------------- library
+    Setting("FASTRNN_BACKEND", "auto", None,
+            "`auto`, `reference`, `cpu`, `cuda` or `triton`: what `backend=\"auto\"` means: a backend name, or auto's own order (`fastrnn._backend.PREFERENCE`)"),
+    Setting("FASTRNN_FUSED_STACK", "", ("", "0", "1"),
+            "multi-layer stacks through the `*_stack_*` ops: never (0), always (1, composing per-layer calls where "
+            "a backend has no native stack), or where the backend fuses stacks natively (unset); a compiled graph "
+            "keeps the choice it was traced with"),
+    Setting("FASTRNN_CPU_GEMM", "auto", ("auto", "own", "blas"),
+            "the cpu backend's float32 per-step products: fastrnn's AVX-512 kernel (own), MKL/BLAS (blas), or "
+            "auto: own on AMD CPUs with AVX-512F, where MKL takes its slower AVX2 path, else blas"),
+    Setting("FASTRNN_CUDA_PERSISTENT", "0", ("0", "1"),
+            "the cuda backend tries its persistent kernels (one cooperative launch per layer, W_hh on chip) "
+            "before its per-step path (1)"),
+    Setting("FASTRNN_TRITON_BLOCK_H", "", None,
+            "pins the Triton kernels' hidden-unit tile (a power of two; unset: the heuristic or tuned plan)",
+            parse=_positive_int),
+    Setting("FASTRNN_TRITON_TUNE", "", ("", "0", "1", "on", "off", "true", "false", "yes", "no"),
+            "Triton plans autotuned per shape (on), or the heuristic plans (off); unset: on for CUDA tensors, "
+            "off under Triton's interpreter"),
+    Setting("FASTRNN_TRITON_TUNE_MAX", "8", None, "at most this many tuning candidates per shape",
+            parse=_positive_int),
+    Setting("FASTRNN_TRITON_TUNE_VERBOSE", "0", ("0", "1"), "print each tuning candidate's time"),
+    Setting("FASTRNN_CACHE_DIR", "", None,
+            "where the Triton tuning choices are kept (default `$XDG_CACHE_HOME/fastrnn`, `~/.cache/fastrnn`)"),
+    # ------------------------------------------------------------------ build
+    Setting("FASTRNN_BUILD_CUDA", "", ("", "0", "1"),
+            "build the CUDA kernels (1), not (0), or when a CUDA toolkit and a CUDA torch are found (unset)",
+            scope="build"),
+    Setting("FASTRNN_SKIP_EXT", "0", ("0", "1"), "install without compiling fastrnn._C", scope="build"),
+    Setting("FASTRNN_NO_OPENMP", "0", ("0", "1"), "build the CPU kernels without OpenMP", scope="build"),
+    Setting("FASTRNN_WITH_CUDA", "", None, "(a C++ macro setup.py defines for a CUDA build; not read from "
+            "the environment)", scope="build"),
+    # ------------------------------------------------------------------ bench
+    Setting("FASTRNN_DATA", "", None, "the Time Machine text (else ../shared/data or the user cache)", scope="bench"),
+    Setting("FASTRNN_BENCH_DEVICE", "", None, "the layer benchmarks' device", scope="bench"),
+    Setting("FASTRNN_BENCH_CELLS", "", None, "the layer benchmarks' cells", scope="bench"),
+    Setting("FASTRNN_BENCH_IMPLS", "", None, "the layer benchmarks' implementations", scope="bench"),
+    Setting("FASTRNN_BENCH_DTYPES", "", None, "the layer benchmarks' dtypes (float32, bfloat16, float16)",
+            scope="bench"),
+    Setting("FASTRNN_BENCH_GRID", "", None, "the layer benchmarks' shapes (`sweep`: batch 1-256, hidden "
+            "128-1024, sequence 35-1024)", scope="bench"),
+    Setting("FASTRNN_BENCH_ROUNDS", "", None, "the layer benchmarks' rounds", scope="bench"),
+    Setting("FASTRNN_BENCH_THREADS", "", None, "torch threads in the benchmarks", scope="bench"),
+    Setting("FASTRNN_BENCH_DEADLINE_S", "", None, "a layer-benchmark run ends itself after this many seconds",
+            scope="bench"),
+    # ------------------------------------------------------------------- test
+    Setting("FASTRNN_TEST_SEED", "", None, "the tests' base seed (a fresh one, printed, when unset)", scope="test"),
+    Setting("FASTRNN_NUMERICS_LOG", "", None, "append every numerical verdict of the tests to this file "
+            "(fastrnn/testing.py)", scope="test"),
+)
+BY_NAME = {s.name: s for s in SETTINGS}
+
+
+def raw(name: str) -> str:
+    """The setting's text: the environment's, else its default."""
+    s = BY_NAME[name]
+    v = os.environ.get(name)
+    return s.default if v is None else v.strip()
+
+
+def get(name: str):
+    """The library setting ``name``, validated: its text (a choice), or what its
+    parser makes of it; None for an unset setting that has no default.  A bad
+    value raises ValueError naming the setting and what it accepts."""
+    s = BY_NAME[name]
+    v = raw(name)
+    if s.choices is not None:
+        if v.lower() not in s.choices:
+            raise ValueError(f"{name} must be one of {', '.join(repr(c) for c in s.choices)}, not {v!r}")
+        return v.lower()
+    if v == "":
+        return None
+    if s.parse is not None:
+        try:
+            return s.parse(v)
+        except ValueError as e:
+            raise ValueError(f"{name}={v!r} is not valid: {e}") from None
+    return v
+
+
+def flag(name: str) -> bool:
+    """An on/off setting as a bool."""
+    return get(name) in ("1", "on", "true", "yes")
+
+
+def markdown_table() -> str:
+    """The README's settings table."""
+    rows = ["| setting | read by | default | values | what it does |", "| --- | --- | --- | --- | --- |"]
+    for s in SETTINGS:
+        values = " / ".join(f"`{c}`" for c in s.choices if c) if s.choices else ""
+        rows.append(f"| `{s.name}` | {s.scope} | {f'`{s.default}`' if s.default else ''} | {values} | {s.meaning} |")
+    return "\n".join(rows)
