@@ -20,8 +20,10 @@
 #   6. the layer sweep (LSTM, fp32 and bf16, batch 1-256, hidden 128-1024,
 #      sequence 35-1024) and its plot
 #   7. measured over floor (bench/floors.py, a grid barrier timed here)
-#   8. compute-sanitizer memcheck and racecheck (.ci/sanitize.sh)
-#   9. the remaining GPU tests (tuning for GRU/RNN/stacks, state, graphs)
+#   8. compute-sanitizer memcheck and racecheck (.ci/sanitize.sh) over the GPU tests
+#      that reach each kernel path (.ci/sanitize_tests.txt)
+#   9. the remaining GPU tests (tuning for GRU/RNN/stacks, the pinned Triton plans,
+#      state, graphs)
 # On this machine first:  mkdir -p .devcarry && cp ../shared/data/timemachine.txt .devcarry/
 # then device run:  bash .ci/gpu_session.sh   with carry [".devcarry"], timeout_s 600,
 # and at once (the machine stays warm only ~30 s; a fresh one needs 4 minutes left):

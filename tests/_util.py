@@ -1,6 +1,8 @@
 """Shared helpers for comparing fastrnn modules with torch.nn."""
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch.nn.utils.rnn import PackedSequence, pack_sequence
 
@@ -95,3 +97,16 @@ def random_input(mode, module, T, N, *, batch_first=False, kind="batched", lengt
         h = torch.randn(*shape_h, R, generator=gen).to(**opts)
         hx = (h, torch.randn(*shape_h, module.hidden_size, generator=gen).to(**opts)) if mode == "LSTM" else h
     return inp, hx
+
+
+@contextlib.contextmanager
+def exact_fp32():
+    """float32 products in float32 (TF32 off for cuBLAS and cuDNN), restored after.
+    (monkeypatch cannot restore torch.backends.cuda.matmul.allow_tf32: the module
+    serves it through __getattr__, and pytest 9 deletes it on undo.)"""
+    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old

@@ -24,8 +24,9 @@ from fastrnn.testing import rel_err as rel
 
 pytestmark = pytest.mark.cuda
 FLOOR = {torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 8e-3}
-DTYPES = [torch.float32, torch.float16, torch.bfloat16]
-SHAPES = [(1, 1, 33), (97, 3, 33), (35, 32, 256), (5, 7, 1)]  # (T, N, H)
+DTYPES = [pytest.param(d, id=i) for d, i in ((torch.float32, "fp32"), (torch.float16, "fp16"), (torch.bfloat16, "bf16"))]
+# (T, N, H); (5, 3, 40): partial warps and tiles at a size compute-sanitizer runs fast
+SHAPES = [(1, 1, 33), (97, 3, 33), (35, 32, 256), (5, 7, 1), (5, 3, 40)]
 ref = ReferenceBackend()
 
 
@@ -115,6 +116,8 @@ def test_lstm(be, dtype, T, N, H, varlen, proj):
     m = None if L is None else (torch.arange(T, device="cuda")[:, None] < L[None]).unsqueeze(2)
     # ws gate slots are unspecified on inactive steps
     check(got, want_d, want64, dtype, "lstm_forward", mask=[None, None, None, m])
+    poison()  # inference: no workspace, one step's scratch
+    check(be.lstm_forward(*args[:-1], False)[:3], want_d[:3], want64[:3], dtype, "lstm_forward(need_ws=False)")
     dy, dh_n, dc_n = inputs(dtype, (T, N, R), (N, R), (N, H))
     ws = want_d[3]
     args = (dy, dh_n, dc_n, w_hh, w_hr, c0, ws, L)
@@ -132,6 +135,8 @@ def test_gru(be, dtype, T, N, H, varlen):
     got, want_d, want64 = three_ways(be.gru_forward, ref.gru_forward, (xg, w_hh, b_hh, h0, L, True))
     m = None if L is None else (torch.arange(T, device="cuda")[:, None] < L[None]).unsqueeze(2)
     check(got, want_d, want64, dtype, "gru_forward", mask=[None, None, m])
+    poison()
+    check(be.gru_forward(xg, w_hh, b_hh, h0, L, False)[:2], want_d[:2], want64[:2], dtype, "gru_forward(need_ws=False)")
     dy, dh_n = inputs(dtype, (T, N, H), (N, H))
     args = (dy, dh_n, w_hh, h0, want_d[0], want_d[2], L)
     got, want_d, want64 = three_ways(be.gru_backward, ref.gru_backward, args)
@@ -259,6 +264,34 @@ def test_persistent_fallback(be, persistent):
     for g, r in list(zip(fwd, ref_f)) + list(zip(bwd, ref_b)):
         if r.numel():
             assert rel(g, r) <= 1e-4
+
+
+@pytest.mark.parametrize("T,N,H,varlen", [(2, 2, 72, False), (3, 34, 264, True)], ids=["chunks", "wide"])
+def test_persistent_staging(be, persistent, T, N, H, varlen):
+    """LSTM shapes whose persistent kernels stage in several passes: the backward's
+    dG rows (4H = 288 columns) in two kChunk (256) chunks; H 264 > kChunk in the
+    forward as well, and 34 batch rows > kMaxRows (32): two row blocks.  Judged by
+    fastrnn.testing against the reference on the CPU; one persistent launch each way."""
+    from fastrnn.testing import check, expect
+
+    cpu = [(torch.randn(*s, dtype=torch.float64) * k).float() for s, k in
+           (((T, N, 4 * H), 1), ((4 * H, H), H ** -0.5), ((N, H), 1), ((N, H), 1))]
+    dy, dh_n, dc_n = (torch.randn(*s) for s in ((T, N, H), (N, H), (N, H)))
+    Ld = lengths_for(T, N, varlen)  # on the GPU
+    L = None if Ld is None else Ld.cpu()
+    xg, w_hh, h0, c0 = (t.cuda() for t in cpu)
+    assert plan(w_hh, N, False) and plan(w_hh, N, True), "these shapes should fit on any sm_80+ GPU"
+    n0 = launches()
+    poison()
+    want = expect(ref.lstm_forward, *cpu[:2], None, *cpu[2:], L, True, K=T * H)
+    # ws: gate slots unspecified off-length; judged through the backward
+    check(["y", "h_n", "c_n"], be.lstm_forward(xg, w_hh, None, h0, c0, Ld, True), want)
+    poison()
+    got = be.lstm_backward(dy.cuda(), dh_n.cuda(), dc_n.cuda(), w_hh, None, c0, want[3].cuda(), Ld)
+    check(["dxg", "dh0", "dc0", "dhr"], got,
+          expect(ref.lstm_backward, dy, dh_n, dc_n, cpu[1], None, cpu[3], want[3], L, K=T * H))
+    torch.cuda.synchronize()
+    assert launches() - n0 == (2 if persistent else 0)
 
 
 @pytest.mark.parametrize("cell", ["gru", "rnn"])

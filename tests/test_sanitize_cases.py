@@ -1,10 +1,8 @@
-""".ci/sanitize_cases.py (the compute-sanitizer workload) and .ci/sanitize.sh, checked
-without a GPU: the case list covers every kernel path, the cases pass on the CPU
-backends, a planted error fails them, and the shell driver's verdicts (with a
-stand-in compute-sanitizer) cannot report a run that never happened as clean."""
-import contextlib
-import importlib.util
-import io
+""".ci/sanitize.sh (compute-sanitizer over the GPU tests of .ci/sanitize_tests.txt),
+checked without a GPU: the table names a GPU test for every kernel path, its tests
+exist and are GPU tests, racecheck gets the shared-memory kernels, and the shell
+driver's verdicts (with a stand-in compute-sanitizer and python) cannot report a run
+that never happened, or did not finish, as clean."""
 import os
 import re
 import subprocess
@@ -14,155 +12,93 @@ import pytest
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPT = os.path.join(ROOT, ".ci", "sanitize_cases.py")
 SHELL = os.path.join(ROOT, ".ci", "sanitize.sh")
-NAME = re.compile(r"^(cuda|triton)(/module)?/(lstm|lstm-proj|gru|rnn-tanh|rnn-relu)/[A-Za-z0-9-]+/(fp32|bf16)(/varlen)?$")
-LINE = re.compile(r"^(?P<name>(cuda|triton)/\S+)\s+max_err \S+ \(bound \S+, *\S+ *\) (?P<status>ok|FAIL)\b")
+TABLE = os.path.join(ROOT, ".ci", "sanitize_tests.txt")
+PATH = re.compile(r"^(cuda|triton)(/module)?/(lstm|lstm-proj|gru|rnn-tanh|rnn-relu)/[A-Za-z0-9-]+/(fp32|bf16)(/varlen)?$")
+FP = ("fp32", "bf16")
+
+#: the kernel paths the sanitizer must reach, as patterns over the table's paths:
+#: every cell of each family in both dtypes and with variable lengths; the
+#: extension's per-step and persistent kernels of every cell in both dtypes (and the
+#: projection's commit_rows / take_dh), the persistent kernels' chunked and wide
+#: staging; every Triton plan kind of every cell, the stepwise launch, every fused
+#: stack kind; the modules end to end in both families
+REQUIRED = (
+    [rf"{f}/{c}/" for f in ("cuda", "triton") for c in ("lstm", "lstm-proj", "gru", "rnn-tanh", "rnn-relu")]
+    + [rf"{f}/[a-z-]+/[a-z-]+/{d}" for f in ("cuda", "triton") for d in FP]
+    + [rf"{f}/{c}/[a-z-]+/[a-z0-9]+/varlen" for f in ("cuda", "triton") for c in ("lstm", "gru", "rnn-tanh")]
+    + [rf"cuda/{c}/{p}/{d}" for c in ("lstm", "gru", "rnn-(tanh|relu)") for p in ("perstep", "persistent") for d in FP]
+    + [r"cuda/lstm-proj/perstep/", r"cuda/lstm/persistent-chunks/", r"cuda/lstm/persistent-wide/fp32/varlen"]
+    + [rf"triton/{c}/{p}/" for c in ("lstm", "gru", "rnn-(tanh|relu)") for p in ("unsplit", "split", "stream", "stack-split")]
+    + [r"triton/lstm-proj/unsplit/", r"triton/lstm-proj/split/", r"triton/lstm-proj/stream/",
+       r"triton/lstm-proj/stepwise/", r"triton/gru/stepwise/", r"triton/[a-z-]+/stack-layer/", r"triton/[a-z-]+/stack-stream/"]
+    + [rf"{f}/module/lstm-proj/L2-bidir-packed/fp32" for f in ("cuda", "triton")]
+    + [rf"{f}/module/gru/L2-stack[a-z-]*/bf16" for f in ("cuda", "triton")]
+)
 
 
-def _env(**extra):
-    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "PYTORCH_NO_CUDA_MEMORY_CACHING")}
-    env.update(extra)
-    return env
+def table():
+    """[(path, tools, test id)] of .ci/sanitize_tests.txt."""
+    rows = []
+    for line in open(TABLE):
+        if line.strip() and not line.lstrip().startswith("#"):
+            path, tools, test = line.split()
+            rows.append((path, tools.split(","), test))
+    return rows
 
 
-def run(*args, env=None, timeout=120):
-    return subprocess.run([sys.executable, SCRIPT, *args], cwd=ROOT, env=env or _env(), capture_output=True,
-                          text=True, timeout=timeout)
+def selected(tool):
+    return [t for _, tools, t in table() if tool in tools]
 
 
-def names(*args):
-    p = run("--list", *args)
-    assert p.returncode == 0, p.stderr
-    return p.stdout.split()
+def test_table_covers_every_kernel_path():
+    rows = table()
+    paths = [p for p, _, _ in rows]
+    assert len(paths) == len(set(paths)) and all(PATH.match(p) for p in paths), paths
+    assert all(set(tools) <= {"memcheck", "racecheck"} and "memcheck" in tools for _, tools, _ in rows)
+    for pattern in REQUIRED:
+        assert any(re.match(pattern, p) for p in paths), f"no test in the table reaches {pattern}"
 
 
-def results(stdout):
-    """{case name: status} from a run's output; the summary line too."""
-    found = {m["name"]: m["status"] for m in map(LINE.match, stdout.splitlines()) if m}
-    summary = [l for l in stdout.splitlines() if l.startswith("sanitize_cases:")]
-    return found, summary
+def test_table_rows_name_their_path():
+    """A row's test is one that runs the path it claims: its family's test file (or
+    backend), its plan, its dtype (where the id names one), its variable lengths."""
+    for path, _, test in table():
+        fam, *rest = path.split("/")
+        params = re.search(r"\[(.*)\]$", test).group(1).split("-")
+        if rest[0] == "module":
+            assert "test_cuda_modules.py::test_small_modules[" in test and params[-1] == fam, (path, test)
+            continue
+        cell, kind, dtype = rest[:3]
+        assert dtype in params or not set(FP) & set(params), (path, test)
+        if fam == "cuda":  # [perstep|persistent-...] first (the persistent fixture), then chunks/wide
+            assert test.startswith("tests/test_ext_cuda.py::"), (path, test)
+            assert params[0] == kind.split("-")[0] and kind.split("-")[1:] == params[1:2] * ("-" in kind), (path, test)
+        else:
+            fn = "test_stack" if kind.startswith("stack-") else "test_layer"
+            assert test.startswith(f"tests/triton/test_triton_gpu.py::{fn}["), (path, test)
+            assert params[0] == cell.split("-")[0] and kind.replace("stack-", "") in params, (path, test)
+            assert ("varlen" in rest) == ("varlen" in params), (path, test)
 
 
-def run_main(*args):
-    """The script's main() in this process (a subprocess pays seconds to import
-    torch): (exit status, stdout)."""
-    spec = importlib.util.spec_from_file_location("sanitize_cases", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look their module up there
-    spec.loader.exec_module(mod)
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        rc = mod.main(list(args))
-    return rc, out.getvalue()
-
-
-def test_list_covers_every_kernel_path():
-    cases = names()
-    assert len(cases) == len(set(cases)) and all(NAME.match(n) for n in cases), cases
-    per = [n for n in cases if "/module/" not in n]
-    for fam in ("cuda", "triton"):
-        mine = [n.split("/")[1:] for n in per if n.startswith(fam + "/")]
-        for cell in ("lstm", "lstm-proj", "gru", "rnn-tanh", "rnn-relu"):
-            assert any(c == cell for c, *_ in mine), (fam, cell)
-        for dt in ("fp32", "bf16"):
-            assert any(d == dt for _, _, d, *_ in mine), (fam, dt)
-        for cell in ("lstm", "gru", "rnn-tanh"):
-            assert any(c == cell and v == ["varlen"] for c, _, _, *v in mine), (fam, cell, "varlen")
-        # the modules: two layers end to end, packed and bidirectional
-        assert any(n.startswith(f"{fam}/module/lstm-proj/L2-bidir-packed/") for n in cases), fam
-        assert any(n.startswith(f"{fam}/module/gru/L2-") for n in cases), fam
-    # the extension: per-step and persistent kernels of every cell, both dtypes
-    for cell in ("lstm", "gru", "rnn"):
-        for path in ("perstep", "persistent"):
-            for dt in ("fp32", "bf16"):
-                assert any(re.match(rf"cuda/{cell}[-a-z]*/{path}/{dt}", n) for n in per), (cell, path, dt)
-    assert any("/lstm-proj/perstep/" in n for n in per)  # commit_rows, take_dh
-    assert {"cuda/lstm/persistent-chunks/fp32", "cuda/lstm/persistent-wide/fp32/varlen"} <= set(cases)
-    # Triton: every plan kind of every cell, the stepwise launch, the fused stacks
-    for cell in ("lstm", "gru", "rnn"):
-        for path in ("unsplit", "split", "stream", "stack-split"):
-            assert any(re.match(rf"triton/{cell}[-a-z]*/{path}/", n) for n in per), (cell, path)
-    for path in ("stack-layer", "stack-stream"):
-        assert any(f"/{path}/" in n for n in per), path
-    assert any("/lstm-proj/split-stepwise/" in n for n in per)
-    assert any("/lstm-proj/stream/" in n for n in per)
-    assert any("FASTRNN_FUSED_STACK" in l for l in run("--list", "-v", "-k", "module").stdout.splitlines())
-
-
-def test_list_needs_no_torch():
-    """--list works where torch (let alone CUDA) cannot be imported."""
-    code = ("import sys, runpy; sys.modules['torch'] = None; sys.argv = [sys.argv[1], '--list']; "
-            "runpy.run_path(sys.argv[0], run_name='__main__')")
-    p = subprocess.run([sys.executable, "-c", code, SCRIPT], cwd=ROOT, capture_output=True, text=True, timeout=60)
-    assert p.returncode == 0, p.stderr
-    assert p.stdout.split() == names()
-
-
-def test_selection_and_usage():
-    assert names("-k", "cuda/gru/perstep/") == ["cuda/gru/perstep/fp32/varlen", "cuda/gru/perstep/bf16"]
-    sel = names("-k", "/stack-", "-k", "/persistent/")
-    assert sel and all("/stack-" in n or "/persistent/" in n for n in sel)
-    shards = [names("--shard", f"{i}/3") for i in range(3)]
-    assert sorted(sum(shards, [])) == sorted(names())
-    assert run("--list", "-k", "no-such-case").returncode == 2
-    assert run("--list", "--shard", "3/3").returncode == 2
-
-
-def test_racecheck_selection_of_the_shell_driver():
-    """sanitize.sh's default racecheck scope: every persistent CUDA kernel and
-    every Triton fused stack, and each substring selects something."""
-    text = open(SHELL).read()
-    subs = re.search(r'RACE_K=\$\{SANITIZE_RACECHECK_K:-"([^"]*)"\}', text).group(1).split()
-    picked = set()
-    for s in subs:
-        got = names("-k", s)
-        assert got, s
-        picked |= set(got)
-    everything = names()
-    assert {n for n in everything if "/persistent/" in n or "/stack-" in n} <= picked
-    assert not any("/perstep/" in n for n in picked)  # no shared memory there: nothing to race-check
-
-
-def test_all_cases_pass_on_the_cpu_backends():
-    p = run("--device", "cpu")
-    found, summary = results(p.stdout)
+def test_table_tests_exist_and_are_gpu_tests():
+    """Every test id collects here (its parameters do not depend on a GPU) and is
+    marked cuda (skipped, not failed, where there is none)."""
+    ids = [t for _, _, t in table()]
+    p = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", "-m", "cuda",
+                        *ids], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stdout + p.stderr
-    assert sorted(found) == sorted(names()) and set(found.values()) == {"ok"}, p.stdout
-    assert summary and f"{len(found)} ok, 0 FAIL" in summary[0]
+    got = [line for line in p.stdout.splitlines() if "::" in line]
+    assert sorted(got) == sorted(set(ids)), set(ids) ^ set(got)
 
 
-def test_triton_cases_under_the_interpreter():
-    """The Triton cases' own logic (pinned plans, the stepwise launch, a fused
-    stack that must not fall back to per-layer kernels) on Triton's interpreter."""
-    pytest.importorskip("triton")
-    ks = ["triton/lstm-proj/split-stepwise/", "triton/rnn-relu/stack-split/", "triton/gru/stream/",
-          "triton/lstm/split/bf16"]
-    p = run("--device", "cpu", *sum((["-k", k] for k in ks), []), env=_env(TRITON_INTERPRET="1"), timeout=300)
-    found, _ = results(p.stdout)
-    assert p.returncode == 0, p.stdout + p.stderr
-    assert len(found) == 3 and set(found.values()) == {"ok"}, p.stdout
-    assert "[triton]" in p.stdout and "skip: Triton's interpreter cannot" in p.stdout  # bf16
-
-
-def test_a_planted_error_fails():
-    """--poison corrupts one element of the fastrnn result: every case must fail."""
-    args = ("--device", "cpu", "-k", "cuda/gru/perstep/fp32", "-k", "triton/lstm/stack-split/",
-            "-k", "cuda/module/lstm-proj/")
-    rc, out = run_main(*args)
-    found, summary = results(out)
-    assert rc == 0 and set(found.values()) == {"ok"}, out  # the same cases pass unpoisoned
-    rc, out = run_main(*args, "--poison")
-    found, summary = results(out)
-    assert rc == 3, out
-    assert len(found) == 3 and set(found.values()) == {"FAIL"}, out
-    assert "0 ok, 3 FAIL" in summary[0]
-
-
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the behaviour without a GPU")
-def test_without_cuda_it_skips():
-    rc, out = run_main("-k", "cuda/gru/perstep/")
-    assert rc == 0 and "skipped: no CUDA device" in out, out
+def test_racecheck_gets_the_shared_memory_kernels():
+    rows = table()
+    race = {p for p, tools, _ in rows if "racecheck" in tools}
+    for p, _, _ in rows:
+        shared = re.match(r"cuda/[a-z-]+/persistent|triton/[a-z-]+/(stack-|stream/)", p) is not None
+        assert (p in race) == shared, p  # per-step CUDA kernels: no shared memory to check
+    assert set(selected("racecheck")) <= set(selected("memcheck"))
 
 
 def test_shell_syntax():
@@ -178,7 +114,7 @@ while [ $# -gt 0 ]; do case $1 in --tool) tool=$2; shift 2;; --error-exitcode|--
   --*) shift;; *) break;; esac; done
 [ "$SAN_MODE" = norun ] && [ "${2:-}" != -c ] && { echo "========= ERROR SUMMARY: 0 errors"; exit 0; }
 [ "$SAN_MODE" = refused ] && { echo "========= Error: Device not supported"; exit 1; }
-"$@"; rc=$?
+FAKE_TOOL=$tool "$@"; rc=$?
 if [ "$tool" = racecheck ] && [ "$SAN_MODE" = races ]; then
   echo "========= RACECHECK SUMMARY: 3 hazards displayed (1 error, 2 warnings)"; exit 1
 elif [ "$tool" = racecheck ] && [ "$SAN_MODE" = warnings ]; then
@@ -188,42 +124,72 @@ elif [ "$SAN_MODE" = errors ]; then echo "========= ERROR SUMMARY: 1 error"; exi
 else echo "========= ERROR SUMMARY: 0 errors"; fi
 exit $rc
 """
-#: stand-in python: what sanitize_cases.py prints (PY_MODE: ok, fail, nogpu), and its arguments
+#: stand-in python: the GPU check, the tool probe, and pytest's -v/-q output for
+#: the node ids it is given (PY_MODE: ok, fail, skip, missing, crash, nogpu)
 FAKE_PYTHON = r"""#!/usr/bin/env bash
-echo "# args: $*"
-[ "$1" = -c ] && { echo "probe 8.0"; exit 0; }  # the tool probe: one allocation
-[ "$PY_MODE" = nogpu ] && { echo "skipped: no CUDA device"; exit 0; }
-st=ok; rc=0; [ "$PY_MODE" = fail ] && { st=FAIL; rc=3; }
-echo "cuda/gru/perstep/fp32/varlen                   max_err 1.0e-07 (bound 2.0e-05, dxg     ) $st     0.1 s"
-echo "sanitize_cases: 1 cases: ..."
+echo "# tool=${FAKE_TOOL:-none} caching_off=${PYTORCH_NO_CUDA_MEMORY_CACHING:-} seed=$FASTRNN_TEST_SEED args: $*"
+if [ "$1" = -c ]; then
+  case $2 in *is_available*) [ "$PY_MODE" = nogpu ] && echo "cuda False" || echo "cuda True";; *) echo "probe 8.0";; esac
+  exit 0
+fi
+ids=(); for a in "$@"; do case $a in *::*) ids+=("$a");; esac; done
+n=${#ids[@]}
+if [ "$PY_MODE" = missing ]; then echo "ERROR: not found: ${ids[0]}"; echo "== no tests ran in 0.01s =="; exit 4; fi
+rc=0; failed=0
+for ((i = 0; i < n; i++)); do
+  st=PASSED
+  [ "$PY_MODE" = fail ] && [ $i = 0 ] && { st=FAILED; failed=1; rc=1; }
+  [ "$PY_MODE" = skip ] && st=SKIPPED
+  echo "${ids[i]} $st [$(( (i + 1) * 100 / n ))%]"
+  [ "$PY_MODE" = crash ] && exit 139
+done
+if [ "$PY_MODE" = skip ]; then echo "==== $n skipped in 0.1s ===="
+elif [ $failed = 1 ]; then echo "==== 1 failed, $((n - 1)) passed in 0.1s ===="
+else echo "==== $n passed in 0.1s ===="; fi
 exit $rc
 """
 
 
+def _shell(tmp_path, san, py, **env):
+    for name, text in (("compute-sanitizer", FAKE_SANITIZER), ("py", FAKE_PYTHON)):
+        (tmp_path / name).write_text(text)
+        (tmp_path / name).chmod(0o755)
+    out = tmp_path / "out"
+    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "PYTORCH_NO_CUDA_MEMORY_CACHING")} | dict(
+        PATH=f"{tmp_path}{os.pathsep}{os.environ['PATH']}", PY=str(tmp_path / "py"), OUT=str(out), SAN_MODE=san,
+        PY_MODE=py, FASTRNN_TEST_SEED="77", **env)
+    p = subprocess.run(["bash", SHELL], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    return p, *((out / f"sanitizer_{t}.txt").read_text() for t in ("memcheck", "racecheck"))
+
+
+def _runs(log, tool):
+    """The node ids of each stand-in pytest run under ``tool`` (none: the warm-up)."""
+    runs = [re.findall(r"\S+::\S+", line) for line in log.splitlines() if line.startswith(f"# tool={tool} ")]
+    return [r for r in runs if r]
+
+
 @pytest.mark.parametrize("san,py,rc,memcheck,racecheck", [
-    ("clean", "ok", 0, "clean", "clean"),
-    ("norun", "ok", 1, "FAIL: the cases did not run", "FAIL: the cases did not run"),  # no false pass
+    ("clean", "ok", 0, "clean: ERROR SUMMARY: 0 errors; 41 passed", "clean: RACECHECK SUMMARY: 0 hazards"),
+    ("norun", "ok", 1, "FAIL: the tests did not run to the end", "FAIL: the tests did not run"),  # no false pass
     ("errors", "ok", 1, "ERRORS: ERROR SUMMARY: 1 error", "clean"),
     ("races", "ok", 1, "clean", "ERRORS: RACECHECK SUMMARY: 3 hazards displayed (1 error"),
     ("warnings", "ok", 0, "clean", "clean: RACECHECK SUMMARY: 2 hazards displayed (0 errors, 2 warnings)"),
-    ("clean", "fail", 1, "FAIL: a case failed", "FAIL: a case failed"),
+    ("clean", "fail", 1, "FAIL: a test failed (1 failed, 40 passed", "FAIL: a test failed (1 failed, 18 passed"),
+    ("clean", "skip", 1, "FAIL: 0 of 41 tests ran and passed (41 skipped", "FAIL: 0 of 19 tests ran"),  # never ran
+    ("clean", "missing", 1, "FAIL: 0 of 41 tests ran and passed (no tests ran", "FAIL: 0 of 19"),
+    ("clean", "crash", 1, "FAIL: the tests did not run to the end (exit status 139, 1 of 41 finished)",
+     "FAIL: the tests did not run to the end (exit status 139, 1 of 19"),
     ("clean", "nogpu", 0, None, None),
     ("refused", "ok", 0, "refused", "refused"),  # a runtime where the tool cannot attach: say so, spend nothing
 ])
 def test_shell_verdicts(tmp_path, san, py, rc, memcheck, racecheck):
     """sanitize.sh's verdict per tool and exit status, with a stand-in sanitizer and
-    python (the verdict logic is the shell's; the cases are tested above)."""
-    for name, text in (("compute-sanitizer", FAKE_SANITIZER), ("py", FAKE_PYTHON)):
-        (tmp_path / name).write_text(text)
-        (tmp_path / name).chmod(0o755)
-    out = tmp_path / "out"
-    env = _env(PATH=f"{tmp_path}{os.pathsep}{os.environ['PATH']}", PY=str(tmp_path / "py"), OUT=str(out),
-               SAN_MODE=san, PY_MODE=py)
-    p = subprocess.run(["bash", SHELL], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    python (the verdict logic is the shell's; the tests themselves run in the suite)."""
+    p, mem, race = _shell(tmp_path, san, py)
     assert p.returncode == rc, p.stdout + p.stderr
-    mem, race = ((out / f"sanitizer_{t}.txt").read_text() for t in ("memcheck", "racecheck"))
     if memcheck is None:
         assert "skipped: no CUDA device" in mem and "skipped: no CUDA device" in race
+        assert not _runs(mem, "none"), mem  # nothing ran, not even the warm-up
         return
     if memcheck == "refused":
         for log in (mem, race):
@@ -232,5 +198,32 @@ def test_shell_verdicts(tmp_path, san, py, rc, memcheck, racecheck):
         return
     assert f"verdict memcheck: {memcheck}" in mem, mem
     assert f"verdict racecheck: {racecheck}" in race, race
-    assert "warm-up output" in mem and "-k triton/ --shard" in mem
-    assert re.search(r"--tool racecheck .* -v -k /persistent .*-k /stack- ", race), race
+
+
+def test_shell_runs_the_table(tmp_path):
+    """The warm-up runs every test without the tool (shards covering the table);
+    memcheck runs them all with the caching allocator off, racecheck the racecheck
+    rows, both with CUDA and Triton tests alternating, all under one seed."""
+    p, mem, race = _shell(tmp_path, "clean", "ok")
+    assert p.returncode == 0, p.stdout + p.stderr
+    warm = _runs(mem, "none")
+    assert len(warm) >= 1 and sorted(sum(warm, [])) == sorted(selected("memcheck"))
+    (mrun,), (rrun,) = _runs(mem, "memcheck"), _runs(race, "racecheck")
+    for run, tool in ((mrun, "memcheck"), (rrun, "racecheck")):
+        assert sorted(run) == sorted(selected(tool)) and len(run) == len(set(run)), tool
+        fam = ["triton" if "triton/" in t or t.endswith("-triton]") else "cuda" for t in run]
+        n = min(fam.count("cuda"), fam.count("triton"))
+        assert all(fam[2 * i] != fam[2 * i + 1] for i in range(n)), (tool, fam)  # alternating while both last
+    pytest_runs = [line for line in (mem + race).splitlines() if line.startswith("# tool=") and "-m pytest" in line]
+    assert all(("caching_off=1 " in line) == line.startswith("# tool=memcheck ") for line in pytest_runs), pytest_runs
+    assert "--padding 512" in mem and "--capture=sys" in mem and "--capture=sys" in race
+    assert {m for m in re.findall(r"seed=(\S+)", mem + race)} == {"77"}
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the behaviour without a GPU")
+def test_without_cuda_the_tests_skip():
+    """The table's tests, run here, all skip (the shell's own GPU check comes first)."""
+    ids = sorted(set(selected("memcheck")))
+    p = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs", *ids], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0 and f"{len(ids)} skipped" in p.stdout, p.stdout + p.stderr

@@ -63,7 +63,7 @@ def _gpu():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
-def test_stack_gpu_vs_torch_nn(cell, dtype, monkeypatch):
+def test_stack_gpu_vs_torch_nn(cell, dtype, monkeypatch, request):
     """The wavefront kernels (one persistent launch each way) against torch.nn's
     multi-layer module (forward) and the reference backend on the GPU (backward),
     for the time-machine shape (2 layers, 35 steps, batch 32, hidden 256)."""
@@ -71,7 +71,10 @@ def test_stack_gpu_vs_torch_nn(cell, dtype, monkeypatch):
     from fastrnn.backends.reference import ReferenceBackend
     from fastrnn.triton import TritonBackend, stack
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    # not monkeypatch: it cannot restore this one (tests/_util.exact_fp32)
+    old_tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    request.addfinalizer(lambda: setattr(torch.backends.cuda.matmul, "allow_tf32", old_tf32))
     L, T, N, H, I = 2, 35, 32, 256, 64
     dev = torch.device("cuda")
     torch.manual_seed(0)
