@@ -294,9 +294,10 @@ class RNNBase(nn.Module):
             for layer in range(self.num_layers)
             for sfx in (("", "_reverse") if self.bidirectional else ("",))
         ]
-        if device_type == "cuda" and torch.is_autocast_enabled("cuda"):
-            # torch.nn runs RNNs in the autocast dtype on CUDA; do the same.
-            dtype = torch.get_autocast_dtype("cuda")
+        cast = self._autocast_dtype(device_type, lengths_cpu is not None)
+        if cast is not None:
+            # the parameters stay float32 (and get float32 gradients through the casts)
+            dtype = cast
             x, h = x.to(dtype), h.to(dtype)
             c = c.to(dtype) if c is not None else None
             weights = [tuple(None if w is None else w.to(dtype) for w in ws) for ws in weights]
@@ -309,10 +310,32 @@ class RNNBase(nn.Module):
         )
         lengths = None if lengths_cpu is None else lengths_cpu.to(x.device, non_blocking=True)
         with torch.autocast(device_type, enabled=False) if device_type in ("cuda", "cpu") else nullcontext():
-            return rnn_stack(
+            out, h_n, c_n = rnn_stack(
                 self.mode, x, h, c, weights, self.num_layers, self.bidirectional,
                 self.dropout, self.training, lengths, need_ws, backend,
             )
+        if cast is not None and device_type == "cpu" and self.proj_size > 0:
+            c_n = c_n.float()  # torch.nn's projected LSTM keeps its cell state in float32 there
+        return out, h_n, c_n
+
+    def _autocast_dtype(self, device_type: str, packed: bool):
+        """The dtype torch.nn computes this call in under autocast, or None.
+
+        On CUDA every RNN runs in the autocast dtype.  On CPU (torch's autocast op
+        lists, as torch 2.11-2.14 apply them): the RNNs and the LSTM on padded
+        input run in it (``lstm``, ``rnn_tanh``, ``rnn_relu`` are lower-precision
+        ops); the GRU does not, nor a packed LSTM, except one with proj_size,
+        whose projections autocast inside torch.nn's composite path; that LSTM's
+        cell state stays float32 (float32 c0 times lower-precision gates
+        promotes), so its c_n is float32.  tests/test_autocast.py holds fastrnn to
+        torch.nn's dtypes over the option grid."""
+        if device_type not in ("cuda", "cpu") or not torch.is_autocast_enabled(device_type):
+            return None
+        dtype = torch.get_autocast_dtype(device_type)
+        if device_type == "cpu":
+            if self.mode == "GRU" or (self.mode == "LSTM" and packed and self.proj_size == 0):
+                return None
+        return dtype
 
     def explain(self, input) -> dict:
         """Which backend, stack route and kernel path a call with ``input`` (a
