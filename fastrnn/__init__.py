@@ -7,8 +7,9 @@
 """
 from ._backend import backends
 from ._convert import convert, to_torch
+from .cells import GRUCell, LSTMCell, RNNCell, RNNCellBase
 from .modules import GRU, LSTM, RNN, RNNBase
 from . import _ops  # registers the fastrnn:: ops
 
 __version__ = "0.1.0"
-__all__ = ["LSTM", "GRU", "RNN", "RNNBase", "backends", "convert", "to_torch"]
+__all__ = ["LSTM", "GRU", "RNN", "RNNBase", "LSTMCell", "GRUCell", "RNNCell", "RNNCellBase", "backends", "convert", "to_torch"]

@@ -3,13 +3,20 @@ from __future__ import annotations
 
 from torch import nn
 
+from . import cells as fc
 from . import modules as fm
 
-_TO_FAST = {nn.LSTM: fm.LSTM, nn.GRU: fm.GRU, nn.RNN: fm.RNN}
-_TO_TORCH = {fm.LSTM: nn.LSTM, fm.GRU: nn.GRU, fm.RNN: nn.RNN}
+_TO_FAST = {nn.LSTM: fm.LSTM, nn.GRU: fm.GRU, nn.RNN: fm.RNN,
+            nn.LSTMCell: fc.LSTMCell, nn.GRUCell: fc.GRUCell, nn.RNNCell: fc.RNNCell}
+_TO_TORCH = {v: k for k, v in _TO_FAST.items()}
 
 
 def _ctor_args(m) -> dict:
+    if not hasattr(m, "num_layers"):  # a cell
+        kw = dict(input_size=m.input_size, hidden_size=m.hidden_size, bias=m.bias)
+        if hasattr(m, "nonlinearity"):
+            kw["nonlinearity"] = m.nonlinearity
+        return kw
     kw = dict(
         input_size=m.input_size, hidden_size=m.hidden_size, num_layers=m.num_layers, bias=m.bias,
         batch_first=m.batch_first, dropout=m.dropout, bidirectional=m.bidirectional,
@@ -43,7 +50,7 @@ def _walk(model, table, **extra):
 
 
 def convert(model: nn.Module, backend: str = "auto") -> nn.Module:
-    """Replace every torch.nn.LSTM/GRU/RNN inside ``model`` (in place) with the
+    """Replace every torch.nn.LSTM/GRU/RNN (and LSTMCell/GRUCell/RNNCell) inside ``model`` (in place) with the
     fastrnn module holding the same weights; returns ``model`` (or the new module
     when ``model`` itself is one of them)."""
     return _walk(model, _TO_FAST, backend=backend)

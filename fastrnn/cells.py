@@ -1,0 +1,180 @@
+"""LSTMCell, GRUCell, RNNCell: drop-ins for torch.nn's cells.
+
+A cell is one step of a layer: its input projection is a GEMM as in every layer
+(``fastrnn.functional``), and its step runs through the same recurrence op with
+T = 1, so every backend's fused gate math (and autograd formula) serves the
+cells too.  Constructor, parameters (names, shapes, order, initialisation: the
+same seed gives torch.nn's weights), ``state_dict``, forward (batched (N, I) or
+unbatched (I,)), the error messages and the dtypes under autocast are
+torch.nn's.
+"""
+from __future__ import annotations
+
+import math
+from contextlib import nullcontext
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from . import _backend, _ops
+from .functional import bias_sum
+
+_GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
+
+
+class RNNCellBase(nn.Module):
+    """What the three cells share (torch.nn.RNNCellBase's parameters and checks)."""
+
+    __constants__ = ["input_size", "hidden_size", "bias"]
+
+    def __init__(self, mode: str, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None,
+                 *, backend: str = "auto") -> None:
+        super().__init__()
+        factory = {"device": device, "dtype": dtype}
+        self.mode = mode
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.bias = bias
+        self.backend = _backend.check_name(backend)
+        G = _GATES[mode] * hidden_size
+        self.weight_ih = nn.Parameter(torch.empty((G, input_size), **factory))
+        self.weight_hh = nn.Parameter(torch.empty((G, hidden_size), **factory))
+        if bias:
+            self.bias_ih = nn.Parameter(torch.empty(G, **factory))
+            self.bias_hh = nn.Parameter(torch.empty(G, **factory))
+        else:
+            self.register_parameter("bias_ih", None)
+            self.register_parameter("bias_hh", None)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        stdv = 1.0 / math.sqrt(self.hidden_size) if self.hidden_size > 0 else 0
+        for weight in self.parameters():
+            nn.init.uniform_(weight, -stdv, stdv)
+
+    def extra_repr(self) -> str:
+        s = "{input_size}, {hidden_size}"
+        if self.bias is not True:
+            s += ", bias={bias}"
+        if getattr(self, "nonlinearity", "tanh") != "tanh":
+            s += ", nonlinearity={nonlinearity}"
+        return s.format(**self.__dict__)
+
+    # ------------------------------------------------------------ checks
+    def _batch(self, input: Tensor, hx):
+        """(input as (N, I), the states as (N, H) tensors or None, batched?), with
+        torch.nn's checks and messages in torch.nn's order."""
+        name = type(self).__name__
+        if input.dim() not in (1, 2):
+            raise ValueError(f"{name}: Expected input to be 1D or 2D, got {input.dim()}D instead")
+        states = None
+        if hx is not None:
+            states = tuple(hx) if self.mode == "LSTM" else (hx,)
+            for i, h in enumerate(states):
+                if h.dim() not in (1, 2):
+                    what = f"hx[{i}]" if self.mode == "LSTM" else "hidden"
+                    raise ValueError(f"{name}: Expected {what} to be 1D or 2D, got {h.dim()}D instead")
+        batched = input.dim() == 2
+        if not batched:
+            input = input.unsqueeze(0)
+            states = None if states is None else tuple(h.unsqueeze(0) for h in states)
+        if self.mode.startswith("RNN_") and self.nonlinearity not in ("tanh", "relu"):
+            raise RuntimeError(f"Unknown nonlinearity: {self.nonlinearity}")
+        if input.size(1) != self.input_size:
+            raise RuntimeError(f"input has inconsistent input_size: got {input.size(1)} expected {self.input_size}")
+        for i, h in enumerate(states or ()):
+            if input.size(0) != h.size(0):
+                raise RuntimeError(f"Input batch size {input.size(0)} doesn't match hidden{i} batch size {h.size(0)}")
+            if h.size(1) != self.hidden_size:
+                raise RuntimeError(f"hidden{i} has inconsistent hidden_size: got {h.size(1)}, expected "
+                                   f"{self.hidden_size}")
+        return input, states, batched
+
+    def _autocast_dtype(self, device_type: str) -> Optional[torch.dtype]:
+        """torch.nn's cells under autocast: every cell runs in the autocast dtype on
+        CUDA; on CPU only RNNCell does (LSTMCell and GRUCell return float32)."""
+        if device_type not in ("cuda", "cpu") or not torch.is_autocast_enabled(device_type):
+            return None
+        if device_type == "cpu" and self.mode in ("LSTM", "GRU"):
+            return None
+        return torch.get_autocast_dtype(device_type)
+
+    # ------------------------------------------------------------ the step
+    def _step(self, input: Tensor, hx):
+        x, states, batched = self._batch(input, hx)
+        N, H = x.size(0), self.hidden_size
+        if states is None:
+            zeros = torch.zeros(N, H, dtype=x.dtype, device=x.device)
+            states = (zeros, zeros) if self.mode == "LSTM" else (zeros,)
+        w_ih, w_hh, b_ih, b_hh = self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh
+        cast = self._autocast_dtype(x.device.type)
+        if cast is not None:
+            x, states = x.to(cast), tuple(h.to(cast) for h in states)
+            w_ih, w_hh = w_ih.to(cast), w_hh.to(cast)
+            b_ih, b_hh = (None, None) if b_ih is None else (b_ih.to(cast), b_hh.to(cast))
+        dtype, device_type = x.dtype, x.device.type
+        if any(h.dtype != dtype for h in states) or w_ih.dtype != dtype:
+            raise RuntimeError(f"{type(self).__name__}: input, hidden state and parameters must have one dtype, "
+                               f"got {dtype}, {[h.dtype for h in states]} and {w_ih.dtype}")
+        cell = {"LSTM": "lstm", "GRU": "gru"}.get(self.mode, "rnn")
+        backend = "reference" if N == 0 else _backend.resolve(self.backend, cell, device_type, dtype, False)
+        need_ws = torch.is_grad_enabled() and any(t.requires_grad for t in (x, *states, w_ih, w_hh))
+        with torch.autocast(device_type, enabled=False) if device_type in ("cuda", "cpu") else nullcontext():
+            if self.mode == "GRU":
+                xg = F.linear(x, w_ih, b_ih).unsqueeze(0).contiguous()
+                _, h, _ = _ops.call(_ops.gru_forward, xg, w_hh, b_hh, states[0].contiguous(), None, need_ws, backend)
+                out = (h,)
+            else:
+                xg = F.linear(x, w_ih, bias_sum(b_ih, b_hh)).unsqueeze(0).contiguous()
+                if self.mode == "LSTM":
+                    _, h, c, _ = _ops.call(_ops.lstm_forward, xg, w_hh, None, states[0].contiguous(),
+                                           states[1].contiguous(), None, need_ws, backend)
+                    out = (h, c)
+                else:
+                    _, h = _ops.call(_ops.rnn_forward, xg, w_hh, states[0].contiguous(), None,
+                                     self.mode == "RNN_RELU", need_ws, backend)
+                    out = (h,)
+        if not batched:
+            out = tuple(t.squeeze(0) for t in out)
+        return out
+
+
+class LSTMCell(RNNCellBase):
+    """Drop-in for torch.nn.LSTMCell(input_size, hidden_size, bias=True, device=None,
+    dtype=None, *, backend="auto"): forward(input, (h, c)=None) -> (h', c')."""
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None,
+                 *, backend: str = "auto") -> None:
+        super().__init__("LSTM", input_size, hidden_size, bias, device, dtype, backend=backend)
+
+    def forward(self, input: Tensor, hx=None):
+        return self._step(input, hx)
+
+
+class GRUCell(RNNCellBase):
+    """Drop-in for torch.nn.GRUCell: forward(input, h=None) -> h'."""
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None,
+                 *, backend: str = "auto") -> None:
+        super().__init__("GRU", input_size, hidden_size, bias, device, dtype, backend=backend)
+
+    def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tensor:
+        return self._step(input, hx)[0]
+
+
+class RNNCell(RNNCellBase):
+    """Drop-in for torch.nn.RNNCell(input_size, hidden_size, bias=True,
+    nonlinearity="tanh", ...): forward(input, h=None) -> h'."""
+
+    __constants__ = ["input_size", "hidden_size", "bias", "nonlinearity"]
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, nonlinearity: str = "tanh",
+                 device=None, dtype=None, *, backend: str = "auto") -> None:
+        super().__init__("RNN_RELU" if nonlinearity == "relu" else "RNN_TANH", input_size, hidden_size, bias,
+                         device, dtype, backend=backend)
+        self.nonlinearity = nonlinearity  # torch.nn refuses an unknown one at forward
+
+    def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tensor:
+        return self._step(input, hx)[0]

@@ -1,0 +1,184 @@
+"""fastrnn.LSTMCell / GRUCell / RNNCell against torch.nn's cells: weights from the
+same seed, state_dict both ways, forward and every gradient (float64 to the
+floor of ``fastrnn.testing``, float32 against a float64 truth relative to
+torch.nn's own error), batched and unbatched, with and without a state, PyTorch's
+own ModuleInfo cases, the error messages, autocast dtypes, torch.compile, and
+convert()."""
+import copy
+
+import pytest
+import torch
+
+import fastrnn
+from _util import backends_on
+from fastrnn import testing
+
+CELLS = {"LSTMCell": (torch.nn.LSTMCell, fastrnn.LSTMCell, {}), "GRUCell": (torch.nn.GRUCell, fastrnn.GRUCell, {}),
+         "RNNCell": (torch.nn.RNNCell, fastrnn.RNNCell, {}),
+         "RNNCell-relu": (torch.nn.RNNCell, fastrnn.RNNCell, {"nonlinearity": "relu"})}
+BACKENDS = backends_on("cpu")
+
+
+def _pair(name, I, H, backend="auto", dtype=torch.float64, **kw):
+    tcls, fcls, extra = CELLS[name]
+    seed = int(torch.randint(2**31, (1,)))
+    torch.manual_seed(seed)
+    ref = tcls(I, H, dtype=dtype, **extra, **kw)
+    torch.manual_seed(seed)
+    fast = fcls(I, H, dtype=dtype, backend=backend, **extra, **kw)
+    return ref, fast
+
+
+def _grads(m, x, hx, ws):
+    x = x.detach().clone().requires_grad_()
+    hx = None if hx is None else (tuple(h.detach().clone().requires_grad_() for h in hx) if isinstance(hx, tuple)
+                                  else hx.detach().clone().requires_grad_())
+    out = m(x, hx)
+    outs = list(out) if isinstance(out, tuple) else [out]
+    leaves = [x] + ([] if hx is None else list(hx) if isinstance(hx, tuple) else [hx]) + list(m.parameters())
+    g = torch.autograd.grad(sum((o * w).sum() for o, w in zip(outs, ws)), leaves)
+    return [o.detach() for o in outs] + list(g)
+
+
+def _case(name, I, H, N, with_hx, gen, dtype):
+    x = torch.randn(*((N, I) if N else (I,)), generator=gen, dtype=torch.float64).to(dtype)
+    lead = (N,) if N else ()
+    hx = None
+    if with_hx:
+        h = torch.randn(*lead, H, generator=gen, dtype=torch.float64).to(dtype)
+        hx = (h, torch.randn(*lead, H, generator=gen, dtype=torch.float64).to(dtype)) if name == "LSTMCell" else h
+    n_out = 2 if name == "LSTMCell" else 1
+    ws = [torch.randn(*lead, H, generator=gen, dtype=torch.float64).to(dtype) for _ in range(n_out)]
+    return x, hx, ws
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name", list(CELLS))
+def test_same_weights_and_state_dict(name, backend):
+    ref, fast = _pair(name, 5, 7, backend)
+    assert [(n, p.shape) for n, p in ref.named_parameters()] == [(n, p.shape) for n, p in fast.named_parameters()]
+    assert all(torch.equal(a, b) for a, b in zip(ref.state_dict().values(), fast.state_dict().values()))
+    other = CELLS[name][0](5, 7, dtype=torch.float64, **CELLS[name][2])
+    fast.load_state_dict(other.state_dict())
+    ref.load_state_dict(fast.state_dict())
+    assert repr(fast).split("(", 1)[1] == repr(ref).split("(", 1)[1]
+    nob = CELLS[name][1](5, 7, bias=False, **CELLS[name][2])
+    assert nob.bias_ih is None and "bias=False" in repr(nob) and len(list(nob.parameters())) == 2
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["fp64", "fp32"])
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name", list(CELLS))
+def test_forward_and_gradients(name, backend, dtype):
+    gen = torch.Generator().manual_seed(torch.initial_seed())
+    for I, H, N, with_hx, bias in [(5, 7, 3, True, True), (1, 1, 1, True, True), (4, 33, 0, True, True),
+                                    (4, 6, 2, False, False), (3, 5, 0, False, True)]:
+        ref, fast = _pair(name, I, H, backend, dtype=dtype, bias=bias)
+        x, hx, ws = _case(name, I, H, N, with_hx, gen, dtype)
+        got, base = _grads(fast, x, hx, ws), _grads(ref, x, hx, ws)
+        K = 4 * H + I + max(N, 1)
+        scale = max(testing.rms(t) for t in [x, *ws, *ref.parameters()])
+        names = [f"t{k}" for k in range(len(got))]
+        if dtype == torch.float64:
+            testing.assert_close(names, got, base, reduction=K, scale=scale)
+        else:
+            truth = _grads(copy.deepcopy(ref).double(), testing.to_truth(x), testing.to_truth(hx),
+                           testing.to_truth(ws))
+            testing.assert_close(names, got, truth, base, reduction=K, scale=scale)
+
+
+def test_module_info_cases():
+    """PyTorch's own ModuleInfo inputs for its cells (torch.testing._internal)."""
+    common = pytest.importorskip("torch.testing._internal.common_modules")
+    fast_of = {torch.nn.LSTMCell: fastrnn.LSTMCell, torch.nn.GRUCell: fastrnn.GRUCell, torch.nn.RNNCell: fastrnn.RNNCell}
+    n = 0
+    for mi in common.module_db:
+        if mi.module_cls not in fast_of:
+            continue
+        for inp in mi.module_inputs_func(mi, device="cpu", dtype=torch.float64, requires_grad=False, training=True):
+            c = inp.constructor_input
+            ref = mi.module_cls(*c.args, **c.kwargs).double()
+            fast = fast_of[mi.module_cls](*c.args, **c.kwargs).double()
+            fast.load_state_dict(ref.state_dict())
+            a, b = ref(*inp.forward_input.args, **inp.forward_input.kwargs), fast(*inp.forward_input.args,
+                                                                                  **inp.forward_input.kwargs)
+            a, b = (list(a), list(b)) if isinstance(a, tuple) else ([a], [b])
+            testing.assert_close([f"out{k}" for k in range(len(a))], b, a, reduction=64, scale=1.0)
+            n += 1
+    assert n >= 7
+
+
+def _error(fn):
+    try:
+        fn()
+    except Exception as e:  # noqa: BLE001 - the point is to compare them
+        return type(e), str(e)
+    return None
+
+
+@pytest.mark.parametrize("name", list(CELLS))
+def test_errors_are_torch_nn_errors(name):
+    ref, fast = _pair(name, 4, 6, dtype=torch.float32)
+    st = (lambda *s: (torch.randn(*s), torch.randn(*s))) if name == "LSTMCell" else (lambda *s: torch.randn(*s))
+    bad_h = (torch.randn(2, 5), torch.randn(2, 6)) if name == "LSTMCell" else torch.randn(2, 5)
+    cases = [(torch.randn(2, 3, 4), None), (torch.randn(2, 5), None), (torch.randn(2, 4), st(3, 6)),
+             (torch.randn(2, 4), bad_h), (torch.randn(4), st(2, 6)), (torch.randn(2, 4), st(1, 2, 6)),
+             (torch.randn(0, 4), None)]
+    for x, hx in cases:
+        want, got = _error(lambda: ref(x, hx)), _error(lambda: fast(x, hx))
+        assert got == want, (x.shape, want, got)
+    if name.startswith("RNNCell"):
+        r, f = torch.nn.RNNCell(4, 6, nonlinearity="gelu"), fastrnn.RNNCell(4, 6, nonlinearity="gelu")
+        assert _error(lambda: f(torch.randn(2, 4))) == _error(lambda: r(torch.randn(2, 4)))
+
+
+@pytest.mark.parametrize("name", list(CELLS))
+def test_autocast_dtypes(name):
+    ref, fast = _pair(name, 4, 6, dtype=torch.float32)
+    for dt in (torch.bfloat16, torch.float16):
+        with torch.autocast("cpu", dtype=dt):
+            a, b = ref(torch.randn(3, 4)), fast(torch.randn(3, 4))
+        a, b = (a, b) if isinstance(a, tuple) else ((a,), (b,))
+        assert [t.dtype for t in b] == [t.dtype for t in a], (name, dt)
+
+
+def test_cell_steps_equal_the_layer():
+    """An LSTMCell run over T steps is the one-layer LSTM with the same weights."""
+    layer = fastrnn.LSTM(4, 6, dtype=torch.float64)
+    cell = fastrnn.LSTMCell(4, 6, dtype=torch.float64)
+    cell.load_state_dict({k[:-3]: v for k, v in layer.state_dict().items()})
+    x = torch.randn(5, 3, 4, dtype=torch.float64)
+    y, (h, c) = layer(x)
+    hc = None
+    for t in range(5):
+        hc = cell(x[t], hc)
+        testing.assert_close(["y_t"], [hc[0]], [y[t]], reduction=5 * 28, scale=1.0)
+    testing.assert_close(["h", "c"], hc, [h[0], c[0]], reduction=5 * 28, scale=1.0)
+
+
+@pytest.mark.parametrize("name", ["LSTMCell", "GRUCell", "RNNCell"])
+def test_compile_fullgraph(name):
+    torch._dynamo.reset()
+    ref, fast = _pair(name, 4, 6, dtype=torch.float32)
+    x = torch.randn(3, 4)
+    compiled = torch.compile(fast, fullgraph=True)
+    a, b = fast(x), compiled(x)
+    a, b = (a, b) if isinstance(a, tuple) else ((a,), (b,))
+    testing.assert_close(["out"] * len(a), b, [t.double() for t in a], reduction=32, scale=1.0)
+    torch._dynamo.reset()
+
+
+def test_convert_swaps_cells():
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LSTMCell(4, 6))
+    inner = torch.nn.ModuleDict({"g": torch.nn.GRUCell(4, 6), "r": torch.nn.RNNCell(4, 6, nonlinearity="relu")})
+    x = torch.randn(2, 4)
+    want = inner["g"](x), inner["r"](x)
+    fastrnn.convert(inner)
+    assert isinstance(inner["g"], fastrnn.GRUCell) and isinstance(inner["r"], fastrnn.RNNCell)
+    assert inner["r"].nonlinearity == "relu"
+    testing.assert_close(["g", "r"], [inner["g"](x), inner["r"](x)], [w.double() for w in want], reduction=32,
+                         scale=1.0)
+    fastrnn.convert(model)
+    assert isinstance(model[1], fastrnn.LSTMCell)
+    fastrnn.to_torch(model)
+    assert type(model[1]) is torch.nn.LSTMCell
