@@ -86,7 +86,10 @@ def test_max_candidates_env(monkeypatch):
     monkeypatch.setenv("FASTRNN_TRITON_TUNE_MAX", "1")  # the heuristic alone: nothing to time
     assert len(tune.layer_candidates(32, 256, 256, 4, 4, 132)) == 1
     assert len(tune.stack_candidates(32, 256, 2, 4, 4, 132)) == 1
-    monkeypatch.setenv("FASTRNN_TRITON_TUNE_MAX", "junk")
+    monkeypatch.setenv("FASTRNN_TRITON_TUNE_MAX", "junk")  # refused with the setting's name (fastrnn.settings)
+    with pytest.raises(ValueError, match="FASTRNN_TRITON_TUNE_MAX='junk' is not valid"):
+        tune.max_candidates()
+    monkeypatch.delenv("FASTRNN_TRITON_TUNE_MAX")
     assert tune.max_candidates() == 8
 
 
