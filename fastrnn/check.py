@@ -169,14 +169,19 @@ def main(argv=None) -> int:
     if not targets:
         p.error("no fastrnn backend can run here")
     t0, rows = time.time(), []
-    prev_tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False  # exact float32 baselines
+    # exact float32 baselines: TF32 off (cuDNN's flags through their context manager,
+    # which also works where something has frozen the global flags)
+    prev_tf32 = torch.backends.cuda.matmul.allow_tf32
+    cudnn = torch.backends.cudnn
+    torch.backends.cuda.matmul.allow_tf32 = False
     try:
-        for backend, dev, dt in targets:
-            for k, c in enumerate(grid):
-                rows.append(check_case(c, backend, dev, dt, args.seed * 100003 + k))
+        with cudnn.flags(enabled=cudnn.enabled, benchmark=cudnn.benchmark, deterministic=cudnn.deterministic,
+                         allow_tf32=False):
+            for backend, dev, dt in targets:
+                for k, c in enumerate(grid):
+                    rows.append(check_case(c, backend, dev, dt, args.seed * 100003 + k))
     finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = prev_tf32
+        torch.backends.cuda.matmul.allow_tf32 = prev_tf32
     width = max(len(r["case"]) for r in rows)
     print(f"{'backend':10} {'device':6} {'dtype':9} {'case':{width}}  result  error/bar")
     for r in rows:

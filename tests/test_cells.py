@@ -87,25 +87,44 @@ def test_forward_and_gradients(name, backend, dtype):
             testing.assert_close(names, got, truth, base, reduction=K, scale=scale)
 
 
-def test_module_info_cases():
-    """PyTorch's own ModuleInfo inputs for its cells (torch.testing._internal)."""
-    common = pytest.importorskip("torch.testing._internal.common_modules")
-    fast_of = {torch.nn.LSTMCell: fastrnn.LSTMCell, torch.nn.GRUCell: fastrnn.GRUCell, torch.nn.RNNCell: fastrnn.RNNCell}
-    n = 0
-    for mi in common.module_db:
-        if mi.module_cls not in fast_of:
-            continue
-        for inp in mi.module_inputs_func(mi, device="cpu", dtype=torch.float64, requires_grad=False, training=True):
-            c = inp.constructor_input
-            ref = mi.module_cls(*c.args, **c.kwargs).double()
-            fast = fast_of[mi.module_cls](*c.args, **c.kwargs).double()
-            fast.load_state_dict(ref.state_dict())
-            a, b = ref(*inp.forward_input.args, **inp.forward_input.kwargs), fast(*inp.forward_input.args,
-                                                                                  **inp.forward_input.kwargs)
-            a, b = (list(a), list(b)) if isinstance(a, tuple) else ([a], [b])
-            testing.assert_close([f"out{k}" for k in range(len(a))], b, a, reduction=64, scale=1.0)
-            n += 1
-    assert n >= 7
+_MODULE_INFO = """
+import sys, torch
+from torch.testing._internal.common_modules import module_db
+rows = []
+for mi in module_db:
+    if mi.module_cls in (torch.nn.LSTMCell, torch.nn.GRUCell, torch.nn.RNNCell):
+        for i in mi.module_inputs_func(mi, device="cpu", dtype=torch.float64, requires_grad=False, training=True):
+            rows.append((mi.module_cls.__name__, i.constructor_input.args, i.constructor_input.kwargs,
+                         i.forward_input.args, i.forward_input.kwargs))
+torch.save(rows, sys.argv[1])
+"""
+
+
+def test_module_info_cases(tmp_path):
+    """PyTorch's own ModuleInfo inputs for its cells (torch.testing._internal), read
+    in another process: importing that package freezes torch.backends' global
+    flags (disable_global_flags) for the rest of the process, which the GPU
+    tests' TF32 switches would then trip over."""
+    import subprocess
+    import sys
+    path = tmp_path / "cases.pt"
+    proc = subprocess.run([sys.executable, "-c", _MODULE_INFO, str(path)], capture_output=True, text=True,
+                          timeout=300)
+    if proc.returncode != 0:
+        if "No module named" in proc.stderr:
+            pytest.skip(f"torch.testing._internal is not importable here: {proc.stderr.strip().splitlines()[-1]}")
+        raise AssertionError(proc.stderr[-3000:])
+    fast_of = {"LSTMCell": fastrnn.LSTMCell, "GRUCell": fastrnn.GRUCell, "RNNCell": fastrnn.RNNCell}
+    rows = torch.load(path, weights_only=False)
+    for name, cargs, ckw, fargs, fkw in rows:
+        ref = getattr(torch.nn, name)(*cargs, **ckw).double()
+        fast = fast_of[name](*cargs, **ckw).double()
+        fast.load_state_dict(ref.state_dict())
+        a, b = ref(*fargs, **fkw), fast(*fargs, **fkw)
+        a, b = (list(a), list(b)) if isinstance(a, tuple) else ([a], [b])
+        testing.assert_close([f"out{k}" for k in range(len(a))], b, a, reduction=64, scale=1.0)
+    assert len(rows) >= 7
+    assert not torch.backends.flags_frozen()
 
 
 def _error(fn):
