@@ -1,6 +1,8 @@
 """Pieces shared by the Triton recurrence kernels: activations, the grid barrier,
-the tile plan (how a layer is split over programs) and the launcher that either
-runs one persistent launch (GPU) or emulates a split plan step by step (interpreter).
+the tile plan (how a layer is split over programs), the exchange buffers of a split
+layer and the launcher that either runs one persistent launch (GPU) or emulates a
+split plan step by step (interpreter).  The device code built on the activations
+is ``_cell_math.py``; a fused stack's plan and launch are ``stack.py``.
 
 Only imported when Triton is importable (see ``fastrnn.triton.backend``).
 """
@@ -222,6 +224,21 @@ def dot_precision(dtype: torch.dtype) -> str:
 
 
 # ------------------------------------------------------------------- launching
+#: a layer kernel's arguments that change from launch to launch (not specialised on)
+LAYER_RUNTIME = ["T", "N", "t0", "t1", "pid_h0", "nsync", "phases"]
+
+
+def exchange(plan: Plan, init: torch.Tensor, slot: int, unused: torch.Tensor) -> torch.Tensor:
+    """The (2, N, R) fp32 buffers through which a split layer's programs exchange
+    h_t (forward) or dh_t (backward), double-buffered by step parity, with ``init``
+    (N, R) in ``slot``; ``unused`` stands in for them in an unsplit plan."""
+    if not plan.split:
+        return unused
+    buf = torch.empty(2, *init.shape, dtype=torch.float32, device=init.device)
+    buf[slot].copy_(init)
+    return buf
+
+
 @functools.lru_cache(maxsize=None)
 def cooperative_launch_supported() -> bool:
     """Whether this Triton accepts ``launch_cooperative_grid`` (NVIDIA backend

@@ -1,5 +1,9 @@
 """Fused multi-layer stacks in Triton: all L layers of a unidirectional stack in
 one launch, run as a wavefront (``fastrnn.backends``: the ``*_stack_*`` functions).
+This module holds what the three cells' stacks share: the schedule, the tile plan
+and the launch.  The kernels and their launchers live in the cell's module
+(``lstm.py``, ``gru.py``, ``rnn.py``: ``{cell}_stack_{fwd,bwd}_kernel``,
+``{cell}_stack_{forward,backward}``) and are reachable from here by name too.
 
 Forward: wave w = 0 .. T+L-2; at wave w layer l runs step t = w - l (when
 0 <= t < T), beside layer l+1 at step t-1.  Grid (L * n_ht, n_bt): program p
@@ -28,6 +32,7 @@ travels through small fp32 carry buffers between launches.
 from __future__ import annotations
 
 import functools
+import importlib
 import math
 
 import torch
@@ -37,296 +42,88 @@ import triton.language as tl
 from . import _common
 from ._common import Plan, dot_precision, grid_barrier, sigmoid, tanh
 
-_RUNTIME = ["T", "N", "NL", "w0", "w1", "pid_h0", "nsync", "first"]
+#: kernel arguments that change from launch to launch (not specialised on)
+STACK_RUNTIME = ["T", "N", "NL", "w0", "w1", "pid_h0", "nsync", "first"]
 
 #: on-chip weights per program (both matrices) beyond which a stack program streams
 #: its weights in K chunks instead of keeping them resident (see ``_common``)
 _STACK_RESIDENT_BYTES = 64 * 1024
 
 
-# ---------------------------------------------------------------------- LSTM
-@triton.jit(do_not_specialize=_RUNTIME)
-def lstm_stack_fwd_kernel(
-    xg0, w_ih, b, w_hh, h0, c0, y, hn, cn, ws, cx, sync,
-    T, N, H, NL, w0, w1, pid_h0, nsync, first,
-    HAS_BIAS: tl.constexpr, NEED_WS: tl.constexpr,
-    PREC: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_HF: tl.constexpr,
-    BLOCK_K: tl.constexpr, BLOCK_R: tl.constexpr, STREAM: tl.constexpr, BLOCK_KC: tl.constexpr,
-):
-    n_ht = tl.cdiv(H, BLOCK_H)
-    pid = tl.program_id(0) + pid_h0
-    lay = pid // n_ht
-    pid_b = tl.program_id(1)
-    ob = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
-    mb = ob < N
-    oh = (pid % n_ht) * BLOCK_H + tl.arange(0, BLOCK_H)
-    mh = oh < H
-    ok = tl.arange(0, BLOCK_K)
-    mk = ok < H
-    mbh = mb[:, None] & mh[None, :]
-    mbk = mb[:, None] & mk[None, :]
-    cnt = sync + pid_b
-    G = 4 * H
-    lo = lay.to(tl.int64)
-    lb = tl.maximum(lay - 1, 0).to(tl.int64)  # layer l-1 (0 for layer 0; masked there)
-    below = lay > 0
-    TNH = T.to(tl.int64) * N * H
-    y_l = y + lo * TNH          # this layer's output = its h exchange buffer
-    y_b = y + lb * TNH          # the layer below's output = this layer's input
-    whh_l = w_hh + lo * G * H
-    wih_l = w_ih + lb * G * H
-    ws_l = ws + lo * T.to(tl.int64) * N * 5 * H
-    st = lo * N * H + ob[:, None] * H  # rows of this layer's (N, H) state tensors
+# ------------------------------------------------------------------- planning
+def make_stack_plan(N: int, H: int, L: int, gates: int, dtype: torch.dtype, device: torch.device,
+                    force_block_h: int | None = None, force_stream: int | None = None) -> Plan:
+    """The tile plan of a fused stack.  ``Plan.n_ht`` counts the programs of ALL
+    layers along grid axis 0 (L * tiles per layer), so ``_common.launch`` sizes the
+    grid, the barrier and the residency check from it."""
+    n_sm = _common.plan_programs(device)
+    bb = _common._bucket(N)
+    return _stack_plan(bb, math.ceil(N / bb), H, L, gates, torch.empty((), dtype=dtype).element_size(), n_sm,
+                       force_block_h, force_stream)
 
-    WT = w_hh.dtype.element_ty
-    if not STREAM:
-        # W^T slices (BLOCK_K, BLOCK_H) of all four gates, resident for the sequence
-        wp = oh[None, :] * H + ok[:, None]
-        wm = mk[:, None] & mh[None, :]
-        w_i = tl.load(whh_l + wp, mask=wm, other=0.0)
-        w_f = tl.load(whh_l + wp + H * H, mask=wm, other=0.0)
-        w_g = tl.load(whh_l + wp + 2 * H * H, mask=wm, other=0.0)
-        w_o = tl.load(whh_l + wp + 3 * H * H, mask=wm, other=0.0)
-        um = wm & below
-        u_i = tl.load(wih_l + wp, mask=um, other=0.0)
-        u_f = tl.load(wih_l + wp + H * H, mask=um, other=0.0)
-        u_g = tl.load(wih_l + wp + 2 * H * H, mask=um, other=0.0)
-        u_o = tl.load(wih_l + wp + 3 * H * H, mask=um, other=0.0)
-    if HAS_BIAS:
-        bm = mh & below
-        b_i = tl.load(b + lb * G + oh, mask=bm, other=0.0).to(tl.float32)[None, :]
-        b_f = tl.load(b + lb * G + H + oh, mask=bm, other=0.0).to(tl.float32)[None, :]
-        b_g = tl.load(b + lb * G + 2 * H + oh, mask=bm, other=0.0).to(tl.float32)[None, :]
-        b_o = tl.load(b + lb * G + 3 * H + oh, mask=bm, other=0.0).to(tl.float32)[None, :]
+
+@functools.lru_cache(maxsize=None)
+def _stack_plan(block_b, n_bt, H, L, gates, esize, n_sm, force_block_h=None, force_stream=None):
+    hf = _common._pow2(H)
+    if force_block_h is not None:
+        bh = min(_common._pow2(force_block_h), hf)
     else:
-        b_i = tl.zeros((1, BLOCK_H), tl.float32)
-        b_f = b_i
-        b_g = b_i
-        b_o = b_i
-
-    if first != 0:
-        c = tl.load(c0 + st + oh[None, :], mask=mbh, other=0.0).to(tl.float32)
-    else:
-        c = tl.load(cx + st + oh[None, :], mask=mbh, other=0.0)
-    nbar = 0
-    for w in range(w0, w1):
-        t = w - lay
-        if (t >= 0) & (t < T):
-            row = (t * N + ob).to(tl.int64)
-            prow = row - N  # step t-1 (only read when t > 0)
-            if lay == 0:
-                xp = xg0 + row[:, None] * G + oh[None, :]
-                gi = tl.load(xp, mask=mbh, other=0.0).to(tl.float32)
-                gf = tl.load(xp + H, mask=mbh, other=0.0).to(tl.float32)
-                gg = tl.load(xp + 2 * H, mask=mbh, other=0.0).to(tl.float32)
-                go = tl.load(xp + 3 * H, mask=mbh, other=0.0).to(tl.float32)
-            else:
-                gi = b_i + tl.zeros((BLOCK_B, BLOCK_H), tl.float32)
-                gf = b_f + tl.zeros((BLOCK_B, BLOCK_H), tl.float32)
-                gg = b_g + tl.zeros((BLOCK_B, BLOCK_H), tl.float32)
-                go = b_o + tl.zeros((BLOCK_B, BLOCK_H), tl.float32)
-                if STREAM:
-                    for k0 in range(0, H, BLOCK_KC):
-                        okc = k0 + tl.arange(0, BLOCK_KC)
-                        mkc = okc < H
-                        xd = tl.load(y_b + row[:, None] * H + okc[None, :], mask=mb[:, None] & mkc[None, :],
-                                     other=0.0, cache_modifier=".cg")
-                        wp = wih_l + oh[None, :] * H + okc[:, None]
-                        wm = mkc[:, None] & mh[None, :]
-                        gi += tl.dot(xd, tl.load(wp, mask=wm, other=0.0), input_precision=PREC)
-                        gf += tl.dot(xd, tl.load(wp + H * H, mask=wm, other=0.0), input_precision=PREC)
-                        gg += tl.dot(xd, tl.load(wp + 2 * H * H, mask=wm, other=0.0), input_precision=PREC)
-                        go += tl.dot(xd, tl.load(wp + 3 * H * H, mask=wm, other=0.0), input_precision=PREC)
-                else:
-                    xd = tl.load(y_b + row[:, None] * H + ok[None, :], mask=mbk, other=0.0, cache_modifier=".cg")
-                    gi += tl.dot(xd, u_i, input_precision=PREC)
-                    gf += tl.dot(xd, u_f, input_precision=PREC)
-                    gg += tl.dot(xd, u_g, input_precision=PREC)
-                    go += tl.dot(xd, u_o, input_precision=PREC)
-            if STREAM:
-                for k0 in range(0, H, BLOCK_KC):
-                    okc = k0 + tl.arange(0, BLOCK_KC)
-                    mkc = mb[:, None] & (okc < H)[None, :]
-                    if t == 0:
-                        hd = tl.load(h0 + st + okc[None, :], mask=mkc, other=0.0)
-                    else:
-                        hd = tl.load(y_l + prow[:, None] * H + okc[None, :], mask=mkc, other=0.0,
-                                     cache_modifier=".cg")
-                    wp = whh_l + oh[None, :] * H + okc[:, None]
-                    wm = (okc < H)[:, None] & mh[None, :]
-                    gi += tl.dot(hd, tl.load(wp, mask=wm, other=0.0), input_precision=PREC)
-                    gf += tl.dot(hd, tl.load(wp + H * H, mask=wm, other=0.0), input_precision=PREC)
-                    gg += tl.dot(hd, tl.load(wp + 2 * H * H, mask=wm, other=0.0), input_precision=PREC)
-                    go += tl.dot(hd, tl.load(wp + 3 * H * H, mask=wm, other=0.0), input_precision=PREC)
-            else:
-                if t == 0:
-                    hd = tl.load(h0 + st + ok[None, :], mask=mbk, other=0.0)
-                else:
-                    hd = tl.load(y_l + prow[:, None] * H + ok[None, :], mask=mbk, other=0.0, cache_modifier=".cg")
-                gi += tl.dot(hd, w_i, input_precision=PREC)
-                gf += tl.dot(hd, w_f, input_precision=PREC)
-                gg += tl.dot(hd, w_g, input_precision=PREC)
-                go += tl.dot(hd, w_o, input_precision=PREC)
-            i = sigmoid(gi)
-            f = sigmoid(gf)
-            g = tanh(gg)
-            o = sigmoid(go)
-            c = f * c + i * g
-            hp = o * tanh(c)
-            if NEED_WS:
-                wsp = ws_l + row[:, None] * (5 * H) + oh[None, :]
-                tl.store(wsp, i, mask=mbh)
-                tl.store(wsp + H, f, mask=mbh)
-                tl.store(wsp + 2 * H, g, mask=mbh)
-                tl.store(wsp + 3 * H, o, mask=mbh)
-                tl.store(wsp + 4 * H, c, mask=mbh)
-            tl.store(y_l + row[:, None] * H + oh[None, :], hp.to(y.dtype.element_ty), mask=mbh)
-            if t == T - 1:
-                tl.store(hn + st + oh[None, :], hp.to(hn.dtype.element_ty), mask=mbh)
-                tl.store(cn + st + oh[None, :], c.to(cn.dtype.element_ty), mask=mbh)
-        if w + 1 < w1:
-            nbar += 1
-            grid_barrier(cnt, nbar * nsync)
-    # the carried state, for the next launch when running wave by wave
-    tl.store(cx + st + oh[None, :], c, mask=mbh)
+        # the smallest hidden tile with all L layers' programs co-resident: more
+        # programs read the weights in parallel; one barrier per wave costs the same
+        bh = hf
+        while bh > 16 and L * n_bt * math.ceil(H / (bh // 2)) <= n_sm:
+            bh //= 2
+    if math.ceil(H / bh) == 1:
+        bh = hf
+    tile = stack_tile_bytes(H, gates, esize, bh)
+    stream = must_stream(gates, esize, tile) or force_stream is not None
+    kc = (_common._pow2(force_stream) if force_stream else _common._STREAM_KC) if stream else 0
+    # 8 warps for large resident tiles and for large accumulators (with 4 warps a
+    # streamed 32x32-unit LSTM or GRU tile spills 1.5 KB on sm_80; with 8 a resident
+    # 48 KB fp32 GRU backward tile spills 3 KB: ptxas caps it at 64 registers)
+    warps = 8 if (not stream and tile >= 64 * 1024) or block_b * bh * gates >= 3072 else 4
+    return stack_plan(_common.Config(block_b, bh, stream, kc, warps, 2 if stream else 1), n_bt, H, L)
 
 
-@triton.jit(do_not_specialize=_RUNTIME)
-def lstm_stack_bwd_kernel(
-    dy, dh_n, dc_n, w_ih, w_hh, c0, ws, dxg, dh0, dc0, dcx, sync,
-    T, N, H, NL, w0, w1, pid_h0, nsync, first,
-    PREC: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_HF: tl.constexpr,
-    BLOCK_K: tl.constexpr, BLOCK_R: tl.constexpr, STREAM: tl.constexpr, BLOCK_KC: tl.constexpr,
-):
-    n_ht = tl.cdiv(H, BLOCK_H)
-    pid = tl.program_id(0) + pid_h0
-    lay = pid // n_ht
-    pid_b = tl.program_id(1)
-    ob = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
-    mb = ob < N
-    oh = (pid % n_ht) * BLOCK_H + tl.arange(0, BLOCK_H)
-    mh = oh < H
-    ohf = tl.arange(0, BLOCK_HF)
-    mhf = ohf < H
-    mbh = mb[:, None] & mh[None, :]
-    mbf = mb[:, None] & mhf[None, :]
-    cnt = sync + pid_b
-    G = 4 * H
-    lo = lay.to(tl.int64)
-    above = lay < NL - 1
-    la = tl.minimum(lay + 1, NL - 1).to(tl.int64)  # layer l+1 (masked for the top layer)
-    TN = T.to(tl.int64) * N
-    dxg_l = dxg + lo * TN * G
-    dxg_a = dxg + la * TN * G
-    whh_l = w_hh + lo * G * H
-    wih_a = w_ih + (la - 1) * G * H   # W_ih of layer l+1 is w_ih[l]
-    ws_l = ws + lo * TN * 5 * H
-    dy_l = dy + lo * TN * H
-    st = lo * N * H + ob[:, None] * H
-    DT = dxg.dtype.element_ty
-
-    if not STREAM:
-        # W[g*H + k, tile] slices (BLOCK_HF, BLOCK_H): dh[:, tile] = sum_k dgates[:, k] W[k, tile]
-        wp = ohf[:, None] * H + oh[None, :]
-        wm = mhf[:, None] & mh[None, :]
-        v_i = tl.load(whh_l + wp, mask=wm, other=0.0)
-        v_f = tl.load(whh_l + wp + H * H, mask=wm, other=0.0)
-        v_g = tl.load(whh_l + wp + 2 * H * H, mask=wm, other=0.0)
-        v_o = tl.load(whh_l + wp + 3 * H * H, mask=wm, other=0.0)
-        am = wm & above
-        a_i = tl.load(wih_a + wp, mask=am, other=0.0)
-        a_f = tl.load(wih_a + wp + H * H, mask=am, other=0.0)
-        a_g = tl.load(wih_a + wp + 2 * H * H, mask=am, other=0.0)
-        a_o = tl.load(wih_a + wp + 3 * H * H, mask=am, other=0.0)
-
-    if first != 0:
-        dc = tl.load(dc_n + st + oh[None, :], mask=mbh, other=0.0).to(tl.float32)
-    else:
-        dc = tl.load(dcx + st + oh[None, :], mask=mbh, other=0.0)
-    nbar = 0
-    for v in range(w0, w1):
-        t = T - 1 - v + (NL - 1 - lay)
-        if (t >= -1) & (t < T):
-            # recurrent part of dh_t: dh_n, or layer l's gate gradients of step t+1
-            if t == T - 1:
-                dh = tl.load(dh_n + st + oh[None, :], mask=mbh, other=0.0).to(tl.float32)
-            else:
-                nrow = ((t + 1) * N + ob).to(tl.int64)
-                if STREAM:
-                    dh = tl.zeros((BLOCK_B, BLOCK_H), tl.float32)
-                    for k0 in range(0, H, BLOCK_KC):
-                        okc = k0 + tl.arange(0, BLOCK_KC)
-                        mkc = okc < H
-                        dp = dxg_l + nrow[:, None] * G + okc[None, :]
-                        mdp = mb[:, None] & mkc[None, :]
-                        wp = whh_l + okc[:, None] * H + oh[None, :]
-                        wm = mkc[:, None] & mh[None, :]
-                        for gi in tl.static_range(4):
-                            dh += tl.dot(tl.load(dp + gi * H, mask=mdp, other=0.0, cache_modifier=".cg"),
-                                         tl.load(wp + gi * H * H, mask=wm, other=0.0), input_precision=PREC)
-                else:
-                    dp = dxg_l + nrow[:, None] * G + ohf[None, :]
-                    dh = tl.dot(tl.load(dp, mask=mbf, other=0.0, cache_modifier=".cg"), v_i, input_precision=PREC)
-                    dh += tl.dot(tl.load(dp + H, mask=mbf, other=0.0, cache_modifier=".cg"), v_f, input_precision=PREC)
-                    dh += tl.dot(tl.load(dp + 2 * H, mask=mbf, other=0.0, cache_modifier=".cg"), v_g,
-                                 input_precision=PREC)
-                    dh += tl.dot(tl.load(dp + 3 * H, mask=mbf, other=0.0, cache_modifier=".cg"), v_o,
-                                 input_precision=PREC)
-            if t >= 0:
-                row = (t * N + ob).to(tl.int64)
-                dh += tl.load(dy_l + row[:, None] * H + oh[None, :], mask=mbh, other=0.0).to(tl.float32)
-                if above:
-                    # through layer l+1's input: its gate gradients of step t
-                    if STREAM:
-                        for k0 in range(0, H, BLOCK_KC):
-                            okc = k0 + tl.arange(0, BLOCK_KC)
-                            mkc = okc < H
-                            dp = dxg_a + row[:, None] * G + okc[None, :]
-                            mdp = mb[:, None] & mkc[None, :]
-                            wp = wih_a + okc[:, None] * H + oh[None, :]
-                            wm = mkc[:, None] & mh[None, :]
-                            for gi in tl.static_range(4):
-                                dh += tl.dot(tl.load(dp + gi * H, mask=mdp, other=0.0, cache_modifier=".cg"),
-                                             tl.load(wp + gi * H * H, mask=wm, other=0.0), input_precision=PREC)
-                    else:
-                        dp = dxg_a + row[:, None] * G + ohf[None, :]
-                        dh += tl.dot(tl.load(dp, mask=mbf, other=0.0, cache_modifier=".cg"), a_i,
-                                     input_precision=PREC)
-                        dh += tl.dot(tl.load(dp + H, mask=mbf, other=0.0, cache_modifier=".cg"), a_f,
-                                     input_precision=PREC)
-                        dh += tl.dot(tl.load(dp + 2 * H, mask=mbf, other=0.0, cache_modifier=".cg"), a_g,
-                                     input_precision=PREC)
-                        dh += tl.dot(tl.load(dp + 3 * H, mask=mbf, other=0.0, cache_modifier=".cg"), a_o,
-                                     input_precision=PREC)
-                wsp = ws_l + row[:, None] * (5 * H) + oh[None, :]
-                i = tl.load(wsp, mask=mbh, other=0.0)
-                f = tl.load(wsp + H, mask=mbh, other=0.0)
-                g = tl.load(wsp + 2 * H, mask=mbh, other=0.0)
-                o = tl.load(wsp + 3 * H, mask=mbh, other=0.0)
-                ct = tl.load(wsp + 4 * H, mask=mbh, other=0.0)
-                if t == 0:
-                    cprev = tl.load(c0 + st + oh[None, :], mask=mbh, other=0.0).to(tl.float32)
-                else:
-                    cprev = tl.load(wsp + 4 * H - N * 5 * H, mask=mbh, other=0.0)
-                tc = tanh(ct)
-                dct = dc + dh * o * (1.0 - tc * tc)
-                dp = dxg_l + row[:, None] * G + oh[None, :]
-                tl.store(dp, (dct * g * i * (1.0 - i)).to(DT), mask=mbh)
-                tl.store(dp + H, (dct * cprev * f * (1.0 - f)).to(DT), mask=mbh)
-                tl.store(dp + 2 * H, (dct * i * (1.0 - g * g)).to(DT), mask=mbh)
-                tl.store(dp + 3 * H, (dh * tc * o * (1.0 - o)).to(DT), mask=mbh)
-                dc = dct * f
-            else:
-                tl.store(dh0 + st + oh[None, :], dh.to(dh0.dtype.element_ty), mask=mbh)
-                tl.store(dc0 + st + oh[None, :], dc.to(dc0.dtype.element_ty), mask=mbh)
-        if v + 1 < w1:
-            nbar += 1
-            grid_barrier(cnt, nbar * nsync)
-    tl.store(dcx + st + oh[None, :], dc, mask=mbh)
+def stack_tile_bytes(H: int, gates: int, esize: int, bh: int) -> int:
+    """A program of a middle layer holds two matrices' slices (W_ih and W_hh
+    forward, W_hh and the next layer's W_ih backward), each gates * hf * bh."""
+    return 2 * gates * _common._pow2(H) * min(bh, _common._pow2(H)) * esize
 
 
+def must_stream(gates: int, esize: int, tile: int) -> bool:
+    """Whether a stack program's weight slices are too large to keep on chip."""
+    # fp32 GRU (FMA dot, weights held in registers): a resident 48 KB tile spills
+    # 0.1-3 KB (forward with 8 warps / backward with 8, forward with 4)
+    return tile > _STACK_RESIDENT_BYTES or (gates == 3 and esize == 4 and tile > 32 * 1024)
+
+
+def stack_plan(cfg: _common.Config, n_bt: int, H: int, L: int) -> Plan:
+    """A fused stack's plan for ``n_bt`` batch tiles; ``n_ht`` counts the programs
+    of all L layers.  Unlike a layer, an unsplit stack may stream its weights."""
+    hf = _common._pow2(H)
+    n_ht = math.ceil(H / min(cfg.block_h, hf))
+    bh = hf if n_ht == 1 else cfg.block_h
+    return Plan(cfg.block_b, bh, hf, hf, bh, n_bt, L * n_ht, cfg.num_warps, cfg.stream,
+                cfg.block_kc if cfg.stream else hf, cfg.num_stages if cfg.stream else 1)
+
+
+def stack_resident(plan: Plan, device: torch.device) -> bool:
+    """Whether the stack runs as one persistent launch on ``device`` (else wave by
+    wave, T+L launches, which only pays off under the interpreter)."""
+    return plan.n_ht * plan.n_bt <= _common._max_resident_programs(device)
+
+
+# ------------------------------------------------------------------ launching
+def wave_launch(kernel, plan, make_args, waves, device, **constexprs):
+    """Run a stack kernel over its waves: the "steps" of ``_common.launch``, as one
+    persistent launch or one launch per wave."""
+    _common.launch(kernel, plan, make_args, waves, two_phase=False, reverse=False, device=device, **constexprs)
+
+
+# ------------------------------------------------ kernels not yet in their cell's module
 # ----------------------------------------------------------------------- GRU
-@triton.jit(do_not_specialize=_RUNTIME)
+@triton.jit(do_not_specialize=STACK_RUNTIME)
 def gru_stack_fwd_kernel(
     xg0, w_ih, b_ih, w_hh, b_hh, h0, y, hn, ws, hx, sync,
     T, N, H, NL, w0, w1, pid_h0, nsync, first,
@@ -467,7 +264,7 @@ def gru_stack_fwd_kernel(
     tl.store(hx + st + oh[None, :], h, mask=mbh)
 
 
-@triton.jit(do_not_specialize=_RUNTIME)
+@triton.jit(do_not_specialize=STACK_RUNTIME)
 def gru_stack_bwd_kernel(
     dy, dh_n, w_ih, w_hh, h0, y, ws, dxg, dgh, dh0, dhx, sync,
     T, N, H, NL, w0, w1, pid_h0, nsync, first,
@@ -596,7 +393,7 @@ def gru_stack_bwd_kernel(
 
 
 # ----------------------------------------------------------------------- RNN
-@triton.jit(do_not_specialize=_RUNTIME)
+@triton.jit(do_not_specialize=STACK_RUNTIME)
 def rnn_stack_fwd_kernel(
     xg0, w_ih, b, w_hh, h0, y, hn, sync,
     T, N, H, NL, w0, w1, pid_h0, nsync, first,
@@ -688,7 +485,7 @@ def rnn_stack_fwd_kernel(
             grid_barrier(cnt, nbar * nsync)
 
 
-@triton.jit(do_not_specialize=_RUNTIME)
+@triton.jit(do_not_specialize=STACK_RUNTIME)
 def rnn_stack_bwd_kernel(
     dy, dh_n, w_ih, w_hh, y, dxg, dh0, sync,
     T, N, H, NL, w0, w1, pid_h0, nsync, first,
@@ -778,112 +575,6 @@ def rnn_stack_bwd_kernel(
             grid_barrier(cnt, nbar * nsync)
 
 
-# ------------------------------------------------------------------- planning
-def make_stack_plan(N: int, H: int, L: int, gates: int, dtype: torch.dtype, device: torch.device,
-                    force_block_h: int | None = None, force_stream: int | None = None) -> Plan:
-    """The tile plan of a fused stack.  ``Plan.n_ht`` counts the programs of ALL
-    layers along grid axis 0 (L * tiles per layer), so ``_common.launch`` sizes the
-    grid, the barrier and the residency check from it."""
-    n_sm = _common.plan_programs(device)
-    bb = _common._bucket(N)
-    return _stack_plan(bb, math.ceil(N / bb), H, L, gates, torch.empty((), dtype=dtype).element_size(), n_sm,
-                       force_block_h, force_stream)
-
-
-@functools.lru_cache(maxsize=None)
-def _stack_plan(block_b, n_bt, H, L, gates, esize, n_sm, force_block_h=None, force_stream=None):
-    hf = _common._pow2(H)
-    if force_block_h is not None:
-        bh = min(_common._pow2(force_block_h), hf)
-    else:
-        # the smallest hidden tile with all L layers' programs co-resident: more
-        # programs read the weights in parallel; one barrier per wave costs the same
-        bh = hf
-        while bh > 16 and L * n_bt * math.ceil(H / (bh // 2)) <= n_sm:
-            bh //= 2
-    if math.ceil(H / bh) == 1:
-        bh = hf
-    tile = stack_tile_bytes(H, gates, esize, bh)
-    stream = must_stream(gates, esize, tile) or force_stream is not None
-    kc = (_common._pow2(force_stream) if force_stream else _common._STREAM_KC) if stream else 0
-    # 8 warps for large resident tiles and for large accumulators (with 4 warps a
-    # streamed 32x32-unit LSTM or GRU tile spills 1.5 KB on sm_80; with 8 a resident
-    # 48 KB fp32 GRU backward tile spills 3 KB: ptxas caps it at 64 registers)
-    warps = 8 if (not stream and tile >= 64 * 1024) or block_b * bh * gates >= 3072 else 4
-    return stack_plan(_common.Config(block_b, bh, stream, kc, warps, 2 if stream else 1), n_bt, H, L)
-
-
-def stack_tile_bytes(H: int, gates: int, esize: int, bh: int) -> int:
-    """A program of a middle layer holds two matrices' slices (W_ih and W_hh
-    forward, W_hh and the next layer's W_ih backward), each gates * hf * bh."""
-    return 2 * gates * _common._pow2(H) * min(bh, _common._pow2(H)) * esize
-
-
-def must_stream(gates: int, esize: int, tile: int) -> bool:
-    """Whether a stack program's weight slices are too large to keep on chip."""
-    # fp32 GRU (FMA dot, weights held in registers): a resident 48 KB tile spills
-    # 0.1-3 KB (forward with 8 warps / backward with 8, forward with 4)
-    return tile > _STACK_RESIDENT_BYTES or (gates == 3 and esize == 4 and tile > 32 * 1024)
-
-
-def stack_plan(cfg: _common.Config, n_bt: int, H: int, L: int) -> Plan:
-    """A fused stack's plan for ``n_bt`` batch tiles; ``n_ht`` counts the programs
-    of all L layers.  Unlike a layer, an unsplit stack may stream its weights."""
-    hf = _common._pow2(H)
-    n_ht = math.ceil(H / min(cfg.block_h, hf))
-    bh = hf if n_ht == 1 else cfg.block_h
-    return Plan(cfg.block_b, bh, hf, hf, bh, n_bt, L * n_ht, cfg.num_warps, cfg.stream,
-                cfg.block_kc if cfg.stream else hf, cfg.num_stages if cfg.stream else 1)
-
-
-def stack_resident(plan: Plan, device: torch.device) -> bool:
-    """Whether the stack runs as one persistent launch on ``device`` (else wave by
-    wave, T+L launches, which only pays off under the interpreter)."""
-    return plan.n_ht * plan.n_bt <= _common._max_resident_programs(device)
-
-
-def _wave_launch(kernel, plan, make_args, waves, device, **constexprs):
-    # waves are the "steps" of _common.launch: one persistent launch, or one per wave
-    _common.launch(kernel, plan, make_args, waves, two_phase=False, reverse=False, device=device, **constexprs)
-
-
-# -------------------------------------------------------------------- launchers
-def lstm_stack_forward(xg0, w_ih, b, w_hh, h0, c0, need_ws, force_block_h=None, force_stream=None, plan=None):
-    T, N, G = xg0.shape
-    H, L = G // 4, w_hh.shape[0]
-    dev, D = xg0.device, xg0.dtype
-    plan = plan or make_stack_plan(N, H, L, 4, D, dev, force_block_h, force_stream)
-    y = torch.empty(L, T, N, H, dtype=D, device=dev)
-    hn = torch.empty(L, N, H, dtype=D, device=dev)
-    cn = torch.empty(L, N, H, dtype=D, device=dev)
-    ws = torch.empty((L, T, N, 5 * H) if need_ws else (0,), dtype=torch.float32, device=dev)
-    cx = torch.empty(L, N, H, dtype=torch.float32, device=dev)
-
-    def args(w0, w1, j, nsync, phases, first, sync):
-        return (xg0, w_ih, b if b is not None else w_ih, w_hh, h0, c0, y, hn, cn, ws, cx, sync,
-                T, N, H, L, w0, w1, j, nsync, int(first))
-
-    _wave_launch(lstm_stack_fwd_kernel, plan, args, T + L - 1, dev,
-                 HAS_BIAS=b is not None, NEED_WS=bool(need_ws), PREC=dot_precision(D))
-    return y, hn, cn, ws
-
-
-def lstm_stack_backward(dy, dh_n, dc_n, w_ih, w_hh, c0, ws, force_block_h=None, force_stream=None, plan=None):
-    L, T, N, H = dy.shape
-    dev, D = dy.device, dy.dtype
-    plan = plan or make_stack_plan(N, H, L, 4, D, dev, force_block_h, force_stream)
-    dxg = torch.empty(L, T, N, 4 * H, dtype=D, device=dev)
-    dh0 = torch.empty(L, N, H, dtype=D, device=dev)
-    dc0 = torch.empty(L, N, H, dtype=D, device=dev)
-    dcx = torch.empty(L, N, H, dtype=torch.float32, device=dev)
-
-    def args(w0, w1, j, nsync, phases, first, sync):
-        return (dy, dh_n, dc_n, w_ih, w_hh, c0, ws, dxg, dh0, dc0, dcx, sync,
-                T, N, H, L, w0, w1, j, nsync, int(first))
-
-    _wave_launch(lstm_stack_bwd_kernel, plan, args, T + L, dev, PREC=dot_precision(D))
-    return dxg, dh0, dc0
-
 
 def gru_stack_forward(xg0, w_ih, b_ih, w_hh, b_hh, h0, need_ws, force_block_h=None, force_stream=None, plan=None):
     T, N, G = xg0.shape
@@ -899,7 +590,7 @@ def gru_stack_forward(xg0, w_ih, b_ih, w_hh, b_hh, h0, need_ws, force_block_h=No
         return (xg0, w_ih, b_ih if b_ih is not None else w_ih, w_hh, b_hh if b_hh is not None else w_hh, h0,
                 y, hn, ws, hx, sync, T, N, H, L, w0, w1, j, nsync, int(first))
 
-    _wave_launch(gru_stack_fwd_kernel, plan, args, T + L - 1, dev, HAS_BIH=b_ih is not None,
+    wave_launch(gru_stack_fwd_kernel, plan, args, T + L - 1, dev, HAS_BIH=b_ih is not None,
                  HAS_BHH=b_hh is not None, NEED_WS=bool(need_ws), PREC=dot_precision(D))
     return y, hn, ws
 
@@ -917,7 +608,7 @@ def gru_stack_backward(dy, dh_n, w_ih, w_hh, h0, y, ws, force_block_h=None, forc
         return (dy, dh_n, w_ih, w_hh, h0, y, ws, dxg, dgh, dh0, dhx, sync,
                 T, N, H, L, w0, w1, j, nsync, int(first))
 
-    _wave_launch(gru_stack_bwd_kernel, plan, args, T + L, dev, PREC=dot_precision(D))
+    wave_launch(gru_stack_bwd_kernel, plan, args, T + L, dev, PREC=dot_precision(D))
     return dxg, dgh, dh0
 
 
@@ -933,7 +624,7 @@ def rnn_stack_forward(xg0, w_ih, b, w_hh, h0, relu, need_ws, force_block_h=None,
         return (xg0, w_ih, b if b is not None else w_ih, w_hh, h0, y, hn, sync,
                 T, N, H, L, w0, w1, j, nsync, int(first))
 
-    _wave_launch(rnn_stack_fwd_kernel, plan, args, T + L - 1, dev, HAS_BIAS=b is not None, RELU=bool(relu),
+    wave_launch(rnn_stack_fwd_kernel, plan, args, T + L - 1, dev, HAS_BIAS=b is not None, RELU=bool(relu),
                  PREC=dot_precision(D))
     return y, hn
 
@@ -948,5 +639,14 @@ def rnn_stack_backward(dy, dh_n, w_ih, w_hh, y, relu, force_block_h=None, force_
     def args(w0, w1, j, nsync, phases, first, sync):
         return (dy, dh_n, w_ih, w_hh, y, dxg, dh0, sync, T, N, H, L, w0, w1, j, nsync, int(first))
 
-    _wave_launch(rnn_stack_bwd_kernel, plan, args, T + L, dev, RELU=bool(relu), PREC=dot_precision(D))
+    wave_launch(rnn_stack_bwd_kernel, plan, args, T + L, dev, RELU=bool(relu), PREC=dot_precision(D))
     return dxg, dh0
+
+
+def __getattr__(name: str):
+    # the kernels and launchers by name (``stack.lstm_stack_forward``), from their
+    # cell's module; imported on first use, as that module imports this one
+    cell = name.split("_", 1)[0]
+    if cell in ("lstm", "gru", "rnn") and name.startswith(f"{cell}_stack_"):
+        return getattr(importlib.import_module(f"{__package__}.{cell}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
