@@ -334,21 +334,28 @@ def gates_out(acc, d, rows, mb, okf, mbf, v, w, cols, mcols, K, ld, GATES: tl.co
     (resident: the rows read whole, columns ``okf`` under ``mbf``), or with ``v``
     None read in K chunks of BLOCK_KC each call from ``w`` ((GATES * K, ld): rows
     ``g * K + k``, columns ``cols``)."""
+    RL = K if GATES == 1 else GATES * K  # a row of d
     if v is None:
         if acc is None:
             acc = tl.zeros((mb.shape[0], mcols.shape[0]), tl.float32)
         for k0 in range(0, K, BLOCK_KC):
             okc = k0 + tl.arange(0, BLOCK_KC)
             mkc = okc < K
-            dp = d + rows[:, None] * (GATES * K) + okc[None, :]
-            md = mb[:, None] & mkc[None, :]
-            wp = w + okc[:, None] * ld + cols[None, :]
-            wm = mkc[:, None] & mcols[None, :]
-            for g in tl.static_range(GATES):
-                acc += tl.dot(tl.load(dp + g * K, mask=md, other=0.0, cache_modifier=".cg"),
-                              tl.load(wp + g * K * ld, mask=wm, other=0.0), input_precision=PREC)
+            if GATES == 1:
+                dc = tl.load(d + rows[:, None] * RL + okc[None, :], mask=mb[:, None] & mkc[None, :], other=0.0,
+                             cache_modifier=".cg")
+                wc = tl.load(w + okc[:, None] * ld + cols[None, :], mask=mkc[:, None] & mcols[None, :], other=0.0)
+                acc += tl.dot(dc, wc, input_precision=PREC)
+            else:
+                dp = d + rows[:, None] * RL + okc[None, :]
+                md = mb[:, None] & mkc[None, :]
+                wp = w + okc[:, None] * ld + cols[None, :]
+                wm = mkc[:, None] & mcols[None, :]
+                for g in tl.static_range(GATES):
+                    acc += tl.dot(tl.load(dp + g * K, mask=md, other=0.0, cache_modifier=".cg"),
+                                  tl.load(wp + g * K * ld, mask=wm, other=0.0), input_precision=PREC)
     else:
-        dp = d + rows[:, None] * (GATES * K) + okf[None, :]
+        dp = d + rows[:, None] * RL + okf[None, :]
         for g in tl.static_range(GATES):
             if acc is None:
                 acc = tl.dot(tl.load(dp, mask=mbf, other=0.0, cache_modifier=".cg"), v[g], input_precision=PREC)
@@ -392,13 +399,19 @@ def lstm_step_bwd(dh, dc, i, f, g, o, c, c_prev, act, dst, H, mask):
     """The gate gradients (di, df, dg, do) of a step from the gradients w.r.t. its
     output (``dh``, before any projection) and cell state (``dc``), its saved gates
     and cell state and the previous cell state; and the dc carried to step t-1.
-    With ``dst`` (the step's row of dxg) each is stored as soon as it is formed."""
+    With ``dst`` = (dxg, rows, G, cols), each is stored into its rows of dxg as
+    soon as it is formed (fewer values live at once)."""
     tc = tanh(c)
     dct = dc + dh * o * (1.0 - tc * tc)
-    di = _emit(_live(dct * g * i * (1.0 - i), act, 0.0), dst, 0, H, mask)
-    df = _emit(_live(dct * c_prev * f * (1.0 - f), act, 0.0), dst, 1, H, mask)
-    dg = _emit(_live(dct * i * (1.0 - g * g), act, 0.0), dst, 2, H, mask)
-    do = _emit(_live(dh * tc * o * (1.0 - o), act, 0.0), dst, 3, H, mask)
+    if dst is not None:
+        d, rows, G, cols = dst
+        dp = d + rows[:, None] * G + cols[None, :]
+    else:
+        dp = None
+    di = _emit(_live(dct * g * i * (1.0 - i), act, 0.0), dp, 0, H, mask)
+    df = _emit(_live(dct * c_prev * f * (1.0 - f), act, 0.0), dp, 1, H, mask)
+    dg = _emit(_live(dct * i * (1.0 - g * g), act, 0.0), dp, 2, H, mask)
+    do = _emit(_live(dh * tc * o * (1.0 - o), act, 0.0), dp, 3, H, mask)
     return (di, df, dg, do), _live(dct * f, act, dc)
 
 

@@ -315,8 +315,7 @@ def lstm_stack_bwd_kernel(
                     cprev = tl.load(c0 + st + oh[None, :], mask=mbh, other=0.0).to(tl.float32)
                 else:
                     cprev = tl.load(wsp + 4 * H - N * 5 * H, mask=mbh, other=0.0)
-                d, dc = lstm_step_bwd(dh, dc, i, f, g, o, ct, cprev, None, dxg_l + row[:, None] * G + oh[None, :], H,
-                                      mbh)
+                d, dc = lstm_step_bwd(dh, dc, i, f, g, o, ct, cprev, None, (dxg_l, row, G, oh), H, mbh)
             else:
                 tl.store(dh0 + st + oh[None, :], dh.to(dh0.dtype.element_ty), mask=mbh)
                 tl.store(dc0 + st + oh[None, :], dc.to(dc0.dtype.element_ty), mask=mbh)
