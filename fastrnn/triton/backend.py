@@ -68,7 +68,8 @@ class TritonBackend(Backend):
         return contextlib.nullcontext()
 
     # ------------------------------------------------------------ fused stacks
-    #: cells whose ``*_stack_*`` functions run as one wavefront launch (stack.py)
+    #: cells whose ``*_stack_*`` functions run as one wavefront launch (their
+    #: module's stack kernels; ``stack.py`` plans them)
     FUSED_CELLS = ("lstm", "gru", "rnn")
 
     def fused_stack(self, cell: str) -> bool:
@@ -83,7 +84,7 @@ class TritonBackend(Backend):
         return self._mod("tune").enabled(device)
 
     def _layer(self, cell, fn, w_hh, *args):
-        """``{cell}_{fn}`` of the per-layer kernel file with the tuned plan, or the
+        """``{cell}_{fn}`` of the cell's kernel module with the tuned plan, or the
         heuristic (or pinned) one.  args[0]: the (T, N, .) tensor the launch follows."""
         t, name = args[0], f"{cell}_{fn}"
         f = getattr(self._mod(cell), name)
@@ -106,15 +107,15 @@ class TritonBackend(Backend):
         return None
 
     def _stack(self, cell, fn, t, w_hh, *args):
-        """``{cell}_{fn}`` (e.g. ``lstm_stack_forward``) as one wavefront launch of
-        stack.py, or the base class's per-layer composition where it would not be
+        """``{cell}_{fn}`` (e.g. ``lstm_stack_forward``, in the cell's module) as one
+        wavefront launch, or the base class's per-layer composition where it would not be
         resident or (when tuning) where that measured faster.  t: the tensor whose
         device and dtype the launch follows."""
         name = f"{cell}_{fn}"
         layers = getattr(super(), name)
         with self._check(t):
             H, L, gates = w_hh.shape[2], w_hh.shape[0], self._GATES[cell]
-            f = getattr(self._mod("stack"), name)
+            f = getattr(self._mod(cell), name)
             plan = tune = None
             if self._tuning(t.device):
                 tune = self._mod("tune")
