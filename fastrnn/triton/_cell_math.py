@@ -6,9 +6,12 @@ forward and backward.
 
 Triton inlines every ``@triton.jit`` function into its kernel, so none of this
 costs anything at run time; but a call computes its arguments where it stands,
-so the helpers take base pointers and offsets and form their tiles themselves,
-inside their loops and branches, where the kernels formed them before: the
-generated code stays the same (``tests/triton/aot_compile.py`` reports it).
+and ptxas is sensitive to where a pointer tile is formed (one formed before a
+branch, or before the math that needs no pointer, stays live longer: an early
+dxg row pointer cost the LSTM stack backward a spill).  So the helpers take base
+pointers and offsets and form their tiles themselves, inside their loops and
+branches, in the order the kernels had before these helpers: the AOT report
+(``tests/triton/aot_compile.py``) is the same but for a register or two.
 
 A gate set is a tuple of one (RNN), three (GRU: r, z, n) or four (LSTM: i, f, g,
 o) tiles; gate g of a row lies ``g * stride`` after gate 0.  Resident weights are
