@@ -18,6 +18,23 @@ TORCH = "torch"  # the name used for torch.nn's own implementation (cuDNN on GPU
 TORCH_NATIVE = "torch-native"
 #: suffix of a fused-stack backend run layer by layer
 LAYERS = "/layers"
+#: suffix of an implementation run under torch.autocast (bfloat16 on CPU, the
+#: device's autocast dtype elsewhere), e.g. "torch+autocast", "cpu+autocast"
+AUTOCAST = "+autocast"
+
+
+def split_autocast(impl: str) -> tuple[str, bool]:
+    """("cpu", True) for "cpu+autocast"; (impl, False) otherwise."""
+    return (impl[: -len(AUTOCAST)], True) if impl.endswith(AUTOCAST) else (impl, False)
+
+
+def autocast(device: torch.device, on: bool):
+    """torch.autocast for ``device`` (bfloat16 on CPU) when ``on``, else a no-op context."""
+    import contextlib
+
+    if not on:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if device.type == "cpu" else torch.float16)
 CELLS = {"lstm": "LSTM", "gru": "GRU", "rnn": "RNN"}
 
 if str(REPO) not in sys.path:  # run from a checkout without installing
@@ -50,7 +67,9 @@ def fastrnn_backends(device: torch.device, cell: str = "lstm") -> tuple[list[str
 
 
 def make_layer(impl: str, cell: str, input_size: int, hidden_size: int, num_layers: int = 1, **kw):
-    """A torch.nn (impl == "torch") or fastrnn (impl == backend name) recurrent layer."""
+    """A torch.nn (impl == "torch") or fastrnn (impl == backend name) recurrent layer
+    (an "+autocast" suffix is ignored here: the caller runs it under autocast)."""
+    impl, _ = split_autocast(impl)
     cls = CELLS[cell]
     if impl == TORCH:
         return getattr(torch.nn, cls)(input_size, hidden_size, num_layers, **kw)
@@ -160,6 +179,19 @@ def environment(device: torch.device) -> dict:
     import fastrnn
 
     env["fastrnn"] = fastrnn.__version__
+    if device.type == "cpu":
+        # the CPU's ISA features that fastrnn's kernels choose from, and the path the
+        # cpu backend takes for each dtype (with why)
+        try:
+            from fastrnn.backends.extension import CpuBackend, cpu_features
+
+            be = CpuBackend()
+            if be.available()[0]:
+                env["cpu_features"] = sorted(cpu_features())
+                env["cpu_paths"] = {str(d).replace("torch.", ""): dict(zip(("path", "why"), be.path(d)))
+                                    for d in (torch.float32, torch.bfloat16, torch.float16)}
+        except Exception as e:  # noqa: BLE001  (a record, never a failure)
+            env["cpu_paths"] = f"unavailable: {type(e).__name__}: {e}"
     return env
 
 

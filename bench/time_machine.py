@@ -95,8 +95,9 @@ def detach_state(state):
     return state.detach()
 
 
-def train_epoch(model, batches, optimizer, device, use_random_iter: bool) -> tuple[float, float, int]:
-    """One epoch of d2l ``train_epoch_ch8``; returns (perplexity, seconds, tokens)."""
+def train_epoch(model, batches, optimizer, device, use_random_iter: bool, amp: bool = False) -> tuple[float, float, int]:
+    """One epoch of d2l ``train_epoch_ch8`` (forward and loss under autocast when
+    ``amp``); returns (perplexity, seconds, tokens)."""
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     state = None
@@ -109,8 +110,9 @@ def train_epoch(model, batches, optimizer, device, use_random_iter: bool) -> tup
         else:
             state = detach_state(state)  # truncated backprop through time
         target = y.T.reshape(-1)
-        logits, state = model(x, state)
-        loss = F.cross_entropy(logits, target)
+        with C.autocast(device, amp):
+            logits, state = model(x, state)
+            loss = F.cross_entropy(logits, target)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(params, 1.0)
@@ -122,8 +124,9 @@ def train_epoch(model, batches, optimizer, device, use_random_iter: bool) -> tup
 
 
 @torch.no_grad()
-def forward_epoch(model, batches, device) -> tuple[float, int]:
-    """Forward only over ``batches`` with the state carried; returns (seconds, tokens)."""
+def forward_epoch(model, batches, device, amp: bool = False) -> tuple[float, int]:
+    """Forward only over ``batches`` with the state carried (under autocast when
+    ``amp``); returns (seconds, tokens)."""
     model.eval()
     state = None
     tokens = 0
@@ -131,7 +134,8 @@ def forward_epoch(model, batches, device) -> tuple[float, int]:
     for x, _ in batches:
         if state is None:
             state = model.begin_state(x.shape[0], device)
-        _, state = model(x, state)
+        with C.autocast(device, amp):
+            _, state = model(x, state)
         tokens += x.numel()
     return C.now(device) - t0, tokens
 
@@ -197,7 +201,10 @@ def parse_args(argv=None):
     p.add_argument("--lr", type=float, default=2.0)
     p.add_argument("--device", default="auto", help="auto (cuda if present, else cpu), cpu, cuda, cuda:1, ...")
     p.add_argument("--backends", default="all",
-                   help="comma list of fastrnn backends, 'torch' (torch.nn) and 'torch-native' (torch.nn with oneDNN off, CPU); 'all' = both torch baselines + every usable backend")
+                   help="comma list of fastrnn backends, 'torch' (torch.nn) and 'torch-native' (torch.nn with oneDNN off, CPU), "
+                        "each optionally with '+autocast' (run under torch.autocast: bf16 on CPU); 'all' = both torch "
+                        "baselines + every usable backend; 'mixed' = torch and the fastest fastrnn backend, each in fp32 "
+                        "and under autocast")
     p.add_argument("--max-tokens", type=int, default=10000)
     p.add_argument("--random-iter", action="store_true", help="random-offset iterator, state reset every batch")
     p.add_argument("--seed", type=int, default=0)
@@ -222,9 +229,12 @@ def choose_impls(spec: str, device: torch.device, cell: str) -> tuple[list[str],
     baselines = [C.TORCH] + ([C.TORCH_NATIVE] if device.type == "cpu" else [])
     if spec == "all":
         return baselines + usable, skipped
+    if spec == "mixed":  # fp32 and bf16 autocast, torch.nn and the fastest fastrnn backend of this device
+        best = next((b for b in usable if C.LAYERS not in b and b != "reference"), None)
+        return [i for i in (C.TORCH, C.TORCH + C.AUTOCAST, best, best and best + C.AUTOCAST) if i], skipped
     wanted = [s.strip() for s in spec.split(",") if s.strip()]
     for w in wanted:
-        if w not in baselines and w not in usable:
+        if C.split_autocast(w)[0] not in baselines + usable:
             why = skipped.get(w, "unknown backend")
             sys.exit(f"time_machine.py: backend {w!r} cannot run {cell} on {device}: {why}. "
                      f"Usable here: {', '.join(baselines + usable)}")
@@ -232,6 +242,10 @@ def choose_impls(spec: str, device: torch.device, cell: str) -> tuple[list[str],
 
 
 def label(impl: str, device: torch.device) -> str:
+    impl, amp = C.split_autocast(impl)
+    if amp:
+        dt = "bf16" if device.type == "cpu" else "fp16"
+        return f"{label(impl, device)} + autocast {dt}"
     if impl == C.TORCH:
         return "torch.nn (cuDNN)" if device.type == "cuda" and torch.backends.cudnn.is_available() else "torch.nn"
     if impl == C.TORCH_NATIVE:
@@ -267,7 +281,8 @@ def run(args) -> dict:
         batches = epoch_batches()
         k = epoch % len(impls)
         for impl in impls[k:] + impls[:k]:  # rotate who goes first: no model always runs on a cold cache
-            p, s, n = train_epoch(models[impl], batches, opts[impl], device, args.random_iter)
+            p, s, n = train_epoch(models[impl], batches, opts[impl], device, args.random_iter,
+                                  C.split_autocast(impl)[1])
             ppl[impl].append(p)
             train_secs[impl].append(s)
             train_tokens[impl].append(n)
@@ -277,11 +292,11 @@ def run(args) -> dict:
     fwd_secs = {i: [] for i in impls}
     fwd_tokens = {i: [] for i in impls}
     for impl in impls:  # one untimed pass each (lazy initialisation, autotuning)
-        forward_epoch(models[impl], epoch_batches()[:1], device)
+        forward_epoch(models[impl], epoch_batches()[:1], device, C.split_autocast(impl)[1])
     for r in range(args.fwd_rounds):
         batches = epoch_batches()
         for impl in impls[r % len(impls):] + impls[:r % len(impls)]:
-            s, n = forward_epoch(models[impl], batches, device)
+            s, n = forward_epoch(models[impl], batches, device, C.split_autocast(impl)[1])
             fwd_secs[impl].append(s)
             fwd_tokens[impl].append(n)
     wall = time.perf_counter() - t_start
@@ -307,6 +322,11 @@ def run(args) -> dict:
             "prediction": predict("time traveller", 50, models[impl], vocab, device),
         })
     ref = next((r for r in results if r["backend"] == C.TORCH), None)
+    amp_ref = next((r for r in results if r["backend"] == C.TORCH + C.AUTOCAST), None)
+    for r in results:  # autocast rows against torch.nn's own autocast
+        if amp_ref is not None and C.split_autocast(r["backend"])[1]:
+            r["train_ratio_to_torch_autocast"] = r["train_tokens_per_s"] / amp_ref["train_tokens_per_s"]
+            r["forward_ratio_to_torch_autocast"] = r["forward_tokens_per_s"] / amp_ref["forward_tokens_per_s"]
     for r in results:
         r["train_ratio_to_torch"] = r["train_tokens_per_s"] / ref["train_tokens_per_s"] if ref else None
         r["forward_ratio_to_torch"] = r["forward_tokens_per_s"] / ref["forward_tokens_per_s"] if ref else None
@@ -359,6 +379,14 @@ def format_table(report: dict) -> str:
               for r in report["results"] if r["backend"] != C.TORCH and r["train_ratio_to_torch_paired_median"]]
     if paired:
         lines.append("median same-round ratio to torch.nn (train/forward): " + ", ".join(paired))
+    amp = [f"{r['label']} {r['train_ratio_to_torch_autocast']:.2f}x/{r['forward_ratio_to_torch_autocast']:.2f}x"
+           for r in report["results"] if "train_ratio_to_torch_autocast" in r and r["backend"] != C.TORCH + C.AUTOCAST]
+    if amp:
+        lines.append("vs torch.nn under the same autocast (train/forward): " + ", ".join(amp))
+    paths = report["environment"].get("cpu_paths")
+    if isinstance(paths, dict):
+        lines.append("cpu backend paths: " + "; ".join(f"{d}: {v['path']}" for d, v in paths.items()) +
+                     f" (CPU features: {', '.join(report['environment'].get('cpu_features', []))})")
     diffs = [r["max_abs_perplexity_diff_to_torch"] for r in report["results"] if r["backend"] != C.TORCH]
     if diffs and diffs[0] is not None:
         lines.append(f"largest per-epoch perplexity difference from torch.nn: {max(diffs):.3g}")

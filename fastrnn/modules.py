@@ -184,7 +184,9 @@ class RNNBase(nn.Module):
                     "Input and hidden tensors are not at the same device, "
                     f"found input tensor at {input.device} and hidden tensor at {h.device}"
                 )
-            if h.dtype != input.dtype:
+            if h.dtype != input.dtype and not (input.device.type in ("cpu", "cuda")
+                                               and torch.is_autocast_enabled(input.device.type)):
+                # (under autocast torch.nn takes any float state: _run says which dtype computes)
                 raise RuntimeError(f"hidden state dtype ({h.dtype}) does not match input dtype ({input.dtype})")
 
     def _check_params(self, input: Tensor) -> None:
@@ -294,7 +296,8 @@ class RNNBase(nn.Module):
             for layer in range(self.num_layers)
             for sfx in (("", "_reverse") if self.bidirectional else ("",))
         ]
-        cast = self._autocast_dtype(device_type, lengths_cpu is not None)
+        cast = self._autocast_dtype(device_type, lengths_cpu is not None, h.dtype)
+        c_dtype = c.dtype if c is not None else None
         if cast is not None:
             # the parameters stay float32 (and get float32 gradients through the casts)
             dtype = cast
@@ -315,26 +318,29 @@ class RNNBase(nn.Module):
                 self.dropout, self.training, lengths, need_ws, backend,
             )
         if cast is not None and device_type == "cpu" and self.proj_size > 0:
-            c_n = c_n.float()  # torch.nn's projected LSTM keeps its cell state in float32 there
+            c_n = c_n.to(c_dtype)  # torch.nn's projected LSTM keeps its cell state in c0's dtype there
         return out, h_n, c_n
 
-    def _autocast_dtype(self, device_type: str, packed: bool):
+    def _autocast_dtype(self, device_type: str, packed: bool, state_dtype: torch.dtype):
         """The dtype torch.nn computes this call in under autocast, or None.
 
         On CUDA every RNN runs in the autocast dtype.  On CPU (torch's autocast op
         lists, as torch 2.11-2.14 apply them): the RNNs and the LSTM on padded
         input run in it (``lstm``, ``rnn_tanh``, ``rnn_relu`` are lower-precision
-        ops); the GRU does not, nor a packed LSTM, except one with proj_size,
-        whose projections autocast inside torch.nn's composite path; that LSTM's
-        cell state stays float32 (float32 c0 times lower-precision gates
-        promotes), so its c_n is float32.  tests/test_autocast.py holds fastrnn to
-        torch.nn's dtypes over the option grid."""
+        ops), and so does a projected LSTM, whose projections autocast inside
+        torch.nn's composite path, but its cell state stays in c0's dtype (c0
+        times lower-precision gates promotes; zeros of the input's dtype when no
+        state is given).  The GRU and an unprojected packed LSTM are not on the
+        lists: their result takes the initial state's dtype (``state_dtype``: hx's,
+        or the input's when hx is None), so a float32 state computes in float32
+        and an autocast-dtype one in that dtype.  tests/test_autocast.py holds
+        fastrnn to torch.nn's dtypes over the option grid."""
         if device_type not in ("cuda", "cpu") or not torch.is_autocast_enabled(device_type):
             return None
         dtype = torch.get_autocast_dtype(device_type)
         if device_type == "cpu":
             if self.mode == "GRU" or (self.mode == "LSTM" and packed and self.proj_size == 0):
-                return None
+                return state_dtype
         return dtype
 
     def explain(self, input) -> dict:

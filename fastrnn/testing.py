@@ -174,11 +174,13 @@ class Want:
         return len(self.base)
 
 
-def expect(fn, *args, K: int) -> Want:
-    """The baseline and the truth of the reference function ``fn`` on ``args``;
+def expect(fn, *args, K: int, truth=None) -> Want:
+    """The baseline and the truth of the reference function ``fn`` on ``args``
+    (the truth from ``truth`` instead where given: a baseline that rounds as the
+    judged kernel's precision contract says, judged against the exact function);
     the scale of its arithmetic is that of its largest floating input."""
     scale = max([rms(a) for a in args if isinstance(a, torch.Tensor) and a.is_floating_point()] + [0.0])
-    return Want(fn(*args), fn(*to_truth(args)), K, scale)
+    return Want(fn(*args), (truth or fn)(*to_truth(args)), K, scale)
 
 
 def check(names, got, want: Want, *, dtype: Optional[torch.dtype] = None, **kw) -> list:

@@ -21,26 +21,50 @@ SHAPES = [(1, 1, 33), (97, 3, 33), (6, 32, 64), (9, 9, 20), (5, 7, 1)]  # (T, N,
 
 
 def _paths():
-    """The float32 step-product paths this CPU can run (FASTRNN_CPU_GEMM)."""
-    own = " avx512f " in " " + open("/proc/cpuinfo").read().replace("\n", " ") + " "
-    return ["blas", "own"] if own else ["blas"]
+    """Every step-product path this CPU can run, as (id, FASTRNN_CPU_GEMM,
+    FASTRNN_CPU_BF16): BLAS and the own AVX-512 kernel for float32 (and for the
+    half types on their float32 fallback), and the AVX512-BF16 kernel for bfloat16."""
+    flags = set(" ".join(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split())
+    paths = [("blas", "blas", "fp32")]
+    if "avx512f" in flags:
+        paths.append(("own", "own", "fp32"))
+    if {"avx512f", "avx512bw", "avx512vl", "avx512_bf16"} <= flags:
+        paths.append(("bf16dot", "own", "dot"))
+    return paths
 
 
-@pytest.fixture(params=_paths())
+@pytest.fixture(params=_paths(), ids=lambda p: p[0])
 def be(request, monkeypatch):
-    """The cpu backend, on each step-product path this CPU can run."""
+    """The cpu backend, on each step-product path this CPU can run (the bf16
+    kernel for bfloat16 cases only: for other dtypes it is the 'own' path again)."""
     from fastrnn.backends.extension import CpuBackend
 
-    monkeypatch.setenv("FASTRNN_CPU_GEMM", request.param)
+    name, gemm, bf16 = request.param
+    dtype = getattr(request.node, "callspec", None) and request.node.callspec.params.get("dtype")
+    if name == "bf16dot" and dtype is not None and dtype != torch.bfloat16:
+        pytest.skip("the bf16 kernel runs bfloat16 data only (this dtype's path is 'own')")
+    monkeypatch.setenv("FASTRNN_CPU_GEMM", gemm)
+    monkeypatch.setenv("FASTRNN_CPU_BF16", bf16)
     b = CpuBackend()
     ok, why = b.available()
     if not ok:
         pytest.skip(why)
-    assert b.path(torch.float32)[0] == request.param
+    assert b.path(torch.float32)[0] == gemm
+    assert b.path(torch.bfloat16)[0] == ("bf16dot" if bf16 == "dot" else gemm)
     return b
 
 
 ref = ReferenceBackend()
+ref_bf16 = ReferenceBackend(products=torch.bfloat16)
+
+
+def expect_for(be, name, *args, K):
+    """The reference's baseline and float64 truth of function ``name``; where ``be``
+    runs this dtype on the bf16 kernel (bf16 operands, float32 sums), the baseline
+    rounds its products' operands likewise, so the kernel is held to the error its
+    own precision allows (and a float32-exact reference's would be ~1000x tighter)."""
+    base = ref_bf16 if be.path(args[0].dtype)[0] == "bf16dot" else ref
+    return expect(getattr(base, name), *args, K=K, truth=getattr(ref, name))
 
 
 def masked(want: Want, parts) -> Want:
@@ -79,7 +103,7 @@ def test_lstm(be, dtype, T, N, H, varlen, proj):
     L = lengths_for(T, N, varlen)
     got = be.lstm_forward(xg, w_hh, w_hr, h0, c0, L, True)
     assert all(t.is_contiguous() for t in got)
-    want = expect(ref.lstm_forward, xg, w_hh, w_hr, h0, c0, L, True, K=T * R)
+    want = expect_for(be, "lstm_forward", xg, w_hh, w_hr, h0, c0, L, True, K=T * R)
     check(["y", "h_n", "c_n"], got, want)
     # ws: gate slots are unspecified on inactive steps; c_t is the carried state
     m = active_mask(L, T, N)
@@ -89,7 +113,7 @@ def test_lstm(be, dtype, T, N, H, varlen, proj):
     assert torch.equal(y0, got[0])
 
     dy, dh_n, dc_n = rnd(T, N, R, dtype=dtype), rnd(N, R, dtype=dtype), rnd(N, H, dtype=dtype)
-    want_b = expect(ref.lstm_backward, dy, dh_n, dc_n, w_hh, w_hr, c0, want[3], L, K=T * max(H, R))
+    want_b = expect_for(be, "lstm_backward", dy, dh_n, dc_n, w_hh, w_hr, c0, want[3], L, K=T * max(H, R))
     names = ["dxg", "dh0", "dc0", "dhr"]
     check(names, be.lstm_backward(dy, dh_n, dc_n, w_hh, w_hr, c0, want[3], L), want_b)
     check([n + "(own ws)" for n in names], be.lstm_backward(dy, dh_n, dc_n, w_hh, w_hr, c0, got[3], L), want_b)
@@ -107,14 +131,14 @@ def test_gru(be, dtype, T, N, H, varlen, bias):
     L = lengths_for(T, N, varlen)
     got = be.gru_forward(xg, w_hh, b_hh, h0, L, True)
     assert all(t.is_contiguous() for t in got)
-    want = expect(ref.gru_forward, xg, w_hh, b_hh, h0, L, True, K=T * H)
+    want = expect_for(be, "gru_forward", xg, w_hh, b_hh, h0, L, True, K=T * H)
     check(["y", "h_n"], got, want)
     m = active_mask(L, T, N)
     parts = lambda r: [torch.where(m, r[2], 0)]  # noqa: E731
     check(["ws"], parts(got), masked(want, parts))
 
     dy, dh_n = rnd(T, N, H, dtype=dtype), rnd(N, H, dtype=dtype)
-    want_b = expect(ref.gru_backward, dy, dh_n, w_hh, h0, want[0], want[2], L, K=T * H)
+    want_b = expect_for(be, "gru_backward", dy, dh_n, w_hh, h0, want[0], want[2], L, K=T * H)
     names = ["dxg", "dgh", "dh0"]
     check(names, be.gru_backward(dy, dh_n, w_hh, h0, want[0], want[2], L), want_b)
     check([n + "(own ws)" for n in names], be.gru_backward(dy, dh_n, w_hh, h0, got[0], got[2], L), want_b)
@@ -129,10 +153,10 @@ def test_rnn(be, dtype, T, N, H, varlen, relu):
     h0 = rnd(N, H, dtype=dtype)
     L = lengths_for(T, N, varlen)
     got = be.rnn_forward(xg, w_hh, h0, L, relu, True)
-    want = expect(ref.rnn_forward, xg, w_hh, h0, L, relu, True, K=T * H)
+    want = expect_for(be, "rnn_forward", xg, w_hh, h0, L, relu, True, K=T * H)
     check(["y", "h_n"], got, want)
     dy, dh_n = rnd(T, N, H, dtype=dtype), rnd(N, H, dtype=dtype)
-    want_b = expect(ref.rnn_backward, dy, dh_n, w_hh, want[0], L, relu, K=T * H)
+    want_b = expect_for(be, "rnn_backward", dy, dh_n, w_hh, want[0], L, relu, K=T * H)
     check(["dxg", "dh0"], be.rnn_backward(dy, dh_n, w_hh, want[0], L, relu), want_b)
 
 
@@ -188,30 +212,30 @@ def test_stack_vs_reference(be, cell, dtype, bias, T, N, H, L):
     if base == "lstm":
         c0 = torch.randn(L, N, H, dtype=dtype)
         got = be.lstm_stack_forward(xg0, w_ih, b, w_hh, h0, c0, True)
-        want = expect(ref.lstm_stack_forward, xg0, w_ih, b, w_hh, h0, c0, True, K=K)
+        want = expect_for(be, "lstm_stack_forward", xg0, w_ih, b, w_hh, h0, c0, True, K=K)
         names, gnames = ["y", "h_n", "c_n", "ws"], ["dxg", "dh0", "dc0"]
         dy, dhn, dcn = torch.randn_like(got[0]), torch.randn_like(got[1]), torch.randn_like(got[2])
         gb = be.lstm_stack_backward(dy, dhn, dcn, w_ih, w_hh, c0, want[3])
-        wb = expect(ref.lstm_stack_backward, dy, dhn, dcn, w_ih, w_hh, c0, want[3], K=K)
+        wb = expect_for(be, "lstm_stack_backward", dy, dhn, dcn, w_ih, w_hh, c0, want[3], K=K)
         inf = be.lstm_stack_forward(xg0, w_ih, b, w_hh, h0, c0, False)
         assert inf[3].numel() == 0
     elif base == "gru":
         b_hh = torch.randn(L, G * H, dtype=dtype) if bias else None
         got = be.gru_stack_forward(xg0, w_ih, b, w_hh, b_hh, h0, True)
-        want = expect(ref.gru_stack_forward, xg0, w_ih, b, w_hh, b_hh, h0, True, K=K)
+        want = expect_for(be, "gru_stack_forward", xg0, w_ih, b, w_hh, b_hh, h0, True, K=K)
         names, gnames = ["y", "h_n", "ws"], ["dxg", "dgh", "dh0"]
         dy, dhn = torch.randn_like(got[0]), torch.randn_like(got[1])
         gb = be.gru_stack_backward(dy, dhn, w_ih, w_hh, h0, want[0], want[2])
-        wb = expect(ref.gru_stack_backward, dy, dhn, w_ih, w_hh, h0, want[0], want[2], K=K)
+        wb = expect_for(be, "gru_stack_backward", dy, dhn, w_ih, w_hh, h0, want[0], want[2], K=K)
         inf = be.gru_stack_forward(xg0, w_ih, b, w_hh, b_hh, h0, False)
         assert inf[2].numel() == 0
     else:
         got = be.rnn_stack_forward(xg0, w_ih, b, w_hh, h0, relu, True)
-        want = expect(ref.rnn_stack_forward, xg0, w_ih, b, w_hh, h0, relu, True, K=K)
+        want = expect_for(be, "rnn_stack_forward", xg0, w_ih, b, w_hh, h0, relu, True, K=K)
         names, gnames = ["y", "h_n"], ["dxg", "dh0"]
         dy, dhn = torch.randn_like(got[0]), torch.randn_like(got[1])
         gb = be.rnn_stack_backward(dy, dhn, w_ih, w_hh, want[0], relu)
-        wb = expect(ref.rnn_stack_backward, dy, dhn, w_ih, w_hh, want[0], relu, K=K)
+        wb = expect_for(be, "rnn_stack_backward", dy, dhn, w_ih, w_hh, want[0], relu, K=K)
         inf = be.rnn_stack_forward(xg0, w_ih, b, w_hh, h0, relu, False)
     check(names, got, want)
     check(gnames, gb, wb)
@@ -223,7 +247,7 @@ def test_stack_half_types_compose(be):
     G, xg0, w_ih, b, w_hh, h0 = _stack_inputs("lstm", 4, 9, 8, 2, torch.float32, True)
     c0 = torch.randn(2, 9, 8)
     args = [t.bfloat16() for t in (xg0, w_ih, b, w_hh, h0, c0)]
-    check(["y", "h_n", "c_n", "ws"], be.lstm_stack_forward(*args, True), expect(ref.lstm_stack_forward, *args, True, K=4 * 8 * 2))
+    check(["y", "h_n", "c_n", "ws"], be.lstm_stack_forward(*args, True), expect_for(be, "lstm_stack_forward", *args, True, K=4 * 8 * 2))
 
 
 def test_stack_bad_arguments(be):

@@ -1,6 +1,7 @@
 """The cpu backend's per-step matrix product (csrc/cpu/step_gemm.cpp): fastrnn's
-own AVX-512 kernel ("own") and MKL/BLAS ("blas"), against a float64
-product, for tile and panel edges (rows around the 8-row tile, columns around the
+own AVX-512 kernel ("own"), its AVX512-BF16 kernel ("bf16dot": the operands
+rounded to bf16, products summed in float32) and MKL/BLAS ("blas"), against a float64
+product (of the bf16-rounded operands for bf16dot), for tile and panel edges (rows around the 8-row tile, columns around the
 32-column panel), both layouts of the packed operand, and beta 0 / 1 / 0.5.
 
 The bound is the classical one for a k-term dot product summed in sequence:
@@ -22,11 +23,19 @@ def ops():
     return torch.ops.fastrnn_ext
 
 
-def _has_avx512() -> bool:
+def _flags() -> set:
     try:
-        return " avx512f " in " " + open("/proc/cpuinfo").read().replace("\n", " ") + " "
+        return set(" ".join(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split())
     except OSError:
-        return False
+        return set()
+
+
+def _has_avx512() -> bool:
+    return "avx512f" in _flags()
+
+
+def _has_bf16dot() -> bool:
+    return {"avx512f", "avx512bw", "avx512vl", "avx512_bf16"} <= _flags()
 
 
 SHAPES = [(1, 1, 1), (3, 17, 7), (8, 32, 256), (9, 33, 5), (16, 1024, 256), (17, 100, 64),
@@ -44,18 +53,35 @@ def _check(got, a, b, tb, beta, c):
     assert (err <= bound + 1e-30).all(), f"max excess {(err - bound).max().item():.3e}"
 
 
-@pytest.mark.parametrize("impl", ["own", "blas"])
+@pytest.mark.parametrize("impl", ["own", "blas", "bf16dot"])
 @pytest.mark.parametrize("tb", [False, True], ids=["B", "BT"])
 @pytest.mark.parametrize("beta", [0.0, 1.0, 0.5])
 @pytest.mark.parametrize("m,n,k", SHAPES)
 def test_step_gemm(ops, impl, tb, beta, m, n, k):
     if impl == "own" and not _has_avx512():
         pytest.skip("this CPU has no AVX-512F")
+    if impl == "bf16dot" and not _has_bf16dot():
+        pytest.skip("this CPU has no AVX512-BF16")
     a = torch.randn(m, k)
     b = torch.randn(n, k) if tb else torch.randn(k, n)
     c = torch.randn(m, n) if beta else torch.full((m, n), float("nan"))
     got = ops.cpu_step_gemm(a, b, tb, beta, c, impl)
+    if impl == "bf16dot":  # the kernel's contract: bf16 operands, float32 sums
+        a, b = a.bfloat16().float(), b.bfloat16().float()
     _check(got, a, b, tb, beta, c)
+
+
+def test_bf16dot_rounds_its_operands(ops):
+    """bf16dot is the product of the bf16-rounded operands, not of the float32 ones:
+    the two differ by far more than the float32 bound (so the test above, which
+    rounds first, would catch a kernel that silently used another precision)."""
+    if not _has_bf16dot():
+        pytest.skip("this CPU has no AVX512-BF16")
+    a, b = torch.randn(16, 256), torch.randn(1024, 256)
+    got = ops.cpu_step_gemm(a, b, True, 0.0, torch.zeros(16, 1024), "bf16dot").double()
+    exact32 = a.double() @ b.double().t()
+    exact16 = a.bfloat16().double() @ b.bfloat16().double().t()
+    assert (got - exact16).norm() < 1e-3 * (got - exact32).norm()
 
 
 @pytest.mark.parametrize("env", ["auto", "own", "blas"])
@@ -79,10 +105,45 @@ def test_route_is_chosen_and_reported(ops, monkeypatch, env):
 
 
 def test_bad_path_is_refused(ops):
-    with pytest.raises(RuntimeError, match="'own' or 'blas'"):
+    with pytest.raises(RuntimeError, match="'own', 'blas' or 'bf16dot'"):
         ops.cpu_step_gemm(torch.randn(3, 4), torch.randn(4, 6), False, 0.0, torch.randn(3, 6), "auto")
 
 
 def test_own_kernel_rejects_bad_shapes(ops):
     with pytest.raises(RuntimeError, match="shapes do not match"):
         ops.cpu_step_gemm(torch.randn(3, 4), torch.randn(5, 6), False, 0.0, torch.randn(3, 6), "blas")
+
+
+@pytest.mark.parametrize("env", ["auto", "dot", "fp32"])
+def test_bf16_route_is_chosen_and_reported(ops, monkeypatch, env):
+    """bfloat16 data: the bf16 kernel exactly where the CPU has AVX512-BF16 (auto and
+    dot), else the float32 path on the widened operands, said so (FASTRNN_CPU_BF16);
+    float16 data always the float32 path."""
+    from fastrnn.backends.extension import CpuBackend
+
+    assert ("avx512_bf16" in ops.cpu_features().split()) == _has_bf16dot()
+    monkeypatch.setenv("FASTRNN_CPU_BF16", env)
+    be = CpuBackend()
+    path, why = be.path(torch.bfloat16)
+    fp32 = be.path(torch.float32)[0]
+    if env != "fp32" and _has_bf16dot():
+        assert path == "bf16dot" and "AVX512-BF16" in why
+    else:
+        assert path == fp32 and why.startswith("bf16: ")
+        assert ("fallback, no bf16 instructions" in why) == (env != "fp32")
+    assert be.path(torch.float16)[0] == fp32
+    monkeypatch.setenv("FASTRNN_CPU_BF16", "amx")
+    with pytest.raises(ValueError, match="FASTRNN_CPU_BF16 must be one of"):
+        be.path(torch.bfloat16)
+
+
+def test_bf16dot_refuses_other_dtypes(ops):
+    """The bf16 kernel rounds its operands, so the ops refuse it for float32 or float16
+    data rather than compute them in a lower precision than asked."""
+    if not _has_bf16dot():
+        pytest.skip("this CPU has no AVX512-BF16")
+    T, N, H = 3, 2, 4
+    for dtype in (torch.float32, torch.float16):
+        args = [torch.randn(T, N, H, dtype=dtype), torch.randn(H, H, dtype=dtype), torch.randn(N, H, dtype=dtype)]
+        with pytest.raises(RuntimeError, match="runs bfloat16 data only"):
+            ops.rnn_forward(*args, None, False, True, "bf16dot")

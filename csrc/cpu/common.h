@@ -83,23 +83,32 @@ void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const T* a, int64_t
     C.mul_(beta).addmm_(A, B);
 }
 
-// ``d`` with the op's path argument applied (see Dims::own_gemm).
-inline Dims with_path(Dims d, c10::string_view path) {
-  d.own_gemm = own_path(path);
+// ``d`` with the op's path argument applied (see CpuGemm) for data of dtype
+// ``storage`` (the bf16 kernel takes bf16 storage only: it rounds its operands).
+inline Dims with_path(Dims d, c10::string_view path, at::ScalarType storage) {
+  d.gemm = gemm_path(path, storage);
   return d;
 }
 
 // The right-hand operand op(B) (k x n) of C (m x n) = A (m x k) @ op(B) + beta C,
 // all row-major, fixed across the time steps of one call: packed once, for
-// fastrnn's AVX-512 kernel (``own``: the op's path, step_gemm.h) or MKL's packed
-// GEMM when the float path has them, else kept as a pointer for gemm().
+// fastrnn's AVX-512 kernel (CpuGemm::kOwn), its AVX512-BF16 kernel (kBf16Dot:
+// B packed as bf16, each step's A rows rounded to bf16 into a scratch buffer, sums
+// in float32; step_gemm.h), or MKL's packed GEMM when the float path has them,
+// else kept as a pointer for gemm().  One instance per thread (mul's scratch).
 template <typename T>
 class StepMatrix {
  public:
-  StepMatrix(bool own, const T* b, int64_t ldb, bool tb, int64_t m, int64_t n, int64_t k)
+  StepMatrix(CpuGemm g, const T* b, int64_t ldb, bool tb, int64_t m, int64_t n, int64_t k)
       : b_(b), ldb_(ldb), tb_(tb), m_(m), n_(n), k_(k) {
     if constexpr (std::is_same<T, float>::value) {
-      if (own && m > 0 && n > 0 && k > 0) {
+      if (g == CpuGemm::kBf16Dot && m > 0 && n > 0 && k > 0) {
+        bf16_ = at::empty({packed_bf16_elems(k, n)}, at::TensorOptions().dtype(at::kBFloat16));
+        pack_b_bf16(b, ldb, tb, k, n, bits(bf16_));
+        a16_ = at::empty({m * k}, at::TensorOptions().dtype(at::kBFloat16));
+        return;
+      }
+      if (g == CpuGemm::kOwn && m > 0 && n > 0 && k > 0) {
         own_ = at::empty({packed_floats(k, n)}, at::TensorOptions().dtype(at::kFloat));
         pack_b(b, ldb, tb, k, n, own_.data_ptr<float>());
         return;
@@ -115,8 +124,14 @@ class StepMatrix {
       }
     }
   }
+  // C = A @ op(B) + beta C for the first ``m`` rows of A (m <= the m constructed with)
   void mul(const T* a, int64_t lda, T beta, T* c, int64_t ldc) const {
     if constexpr (std::is_same<T, float>::value) {
+      if (bf16_.defined()) {
+        rows_to_bf16(m_, k_, a, lda, bits(a16_));
+        packed_gemm_bf16(m_, n_, k_, bits(a16_), k_, bits(bf16_), beta, c, ldc);
+        return;
+      }
       if (own_.defined()) {
         packed_gemm(m_, n_, k_, a, lda, own_.data_ptr<float>(), beta, c, ldc);
         return;
@@ -131,6 +146,9 @@ class StepMatrix {
   }
 
  private:
+  static uint16_t* bits(const at::Tensor& t) {
+    return reinterpret_cast<uint16_t*>(t.data_ptr<at::BFloat16>());
+  }
   static constexpr int kRowMajor = 101, kNoTrans = 111, kTrans = 112, kPacked = 151, kB = 162;
   const T* b_;
   int64_t ldb_;
@@ -138,6 +156,8 @@ class StepMatrix {
   int64_t m_, n_, k_;
   at::Tensor packed_;  // MKL's packed format
   at::Tensor own_;     // step_gemm.h's panels (64-byte aligned: c10's CPU allocator)
+  at::Tensor bf16_;    // step_gemm.h's bf16 panels
+  at::Tensor a16_;     // (m, k) bf16 rows of the step's A
 };
 
 // Runs f(r0, r1) over blocks of batch rows, one block per thread.  Rows of an

@@ -64,9 +64,9 @@ void forward_rows(int64_t r0, int64_t r1, const Dims& d, const D* xg, const A* w
   const int64_t T = d.T, N = d.N, H = d.H, M = r1 - r0;
   TORCH_CHECK(in == nullptr || (std::is_same<D, A>::value),
               "fastrnn: a fused stack runs in float32 or float64 only");
-  const StepMatrix<A> Wmul(d.own_gemm, w, H, true, M, 3 * H, H);
+  const StepMatrix<A> Wmul(d.gemm, w, H, true, M, 3 * H, H);
   std::unique_ptr<StepMatrix<A>> Imul;
-  if (in != nullptr) Imul = std::make_unique<StepMatrix<A>>(d.own_gemm, in->w_ih, in->I, true, M, 3 * H, in->I);
+  if (in != nullptr) Imul = std::make_unique<StepMatrix<A>>(d.gemm, in->w_ih, in->I, true, M, 3 * H, in->I);
   A* h = h_n + r0 * H;  // the state lives in the output rows
   std::copy(h0 + r0 * H, h0 + r1 * H, h);
   at::Tensor buf = at::empty({M * (3 * H + (ws_all ? 0 : 4 * H) + (in ? 3 * H : 0))},
@@ -113,9 +113,9 @@ void backward_rows(int64_t r0, int64_t r1, const Dims& d, const D* dy, const A* 
                    const StepAbove<A>* up = nullptr) {
   const int64_t T = d.T, N = d.N, H = d.H, M = r1 - r0;
   constexpr bool same = std::is_same<D, A>::value;
-  const StepMatrix<A> Wmul(d.own_gemm, w, H, false, M, H, 3 * H);
+  const StepMatrix<A> Wmul(d.gemm, w, H, false, M, H, 3 * H);
   std::unique_ptr<StepMatrix<A>> Umul;
-  if (up != nullptr) Umul = std::make_unique<StepMatrix<A>>(d.own_gemm, up->w_ih, H, false, M, H, up->GH);
+  if (up != nullptr) Umul = std::make_unique<StepMatrix<A>>(d.gemm, up->w_ih, H, false, M, H, up->GH);
   A* dh = dh_io + r0 * H;
   at::Tensor buf = same ? at::Tensor()
                         : at::empty({M * 3 * H}, at::TensorOptions().dtype(dtype_of<A>()));
@@ -178,7 +178,7 @@ void backward(const Dims& d, const at::Tensor& dy, const at::Tensor& dh_n,
 std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_forward_cpu(
     const at::Tensor& xg, const at::Tensor& w_hh, const c10::optional<at::Tensor>& b_hh,
     const at::Tensor& h0, const c10::optional<at::Tensor>& lengths, bool need_ws, c10::string_view path) {
-  const Dims d = with_path(check_gru_forward(xg, w_hh, b_hh, h0, lengths), path);
+  const Dims d = with_path(check_gru_forward(xg, w_hh, b_hh, h0, lengths), path, xg.scalar_type());
   const auto A = acc_type(xg.scalar_type());
   at::Tensor y = at::empty({d.T, d.N, d.H}, xg.options());
   at::Tensor ws = need_ws ? at::empty({d.T, d.N, 4 * d.H}, xg.options().dtype(A))
@@ -194,7 +194,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_forward_cpu(
 std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_backward_cpu(
     const at::Tensor& dy, const at::Tensor& dh_n, const at::Tensor& w_hh, const at::Tensor& h0,
     const at::Tensor& y, const at::Tensor& ws, const c10::optional<at::Tensor>& lengths, c10::string_view path) {
-  const Dims d = with_path(check_gru_backward(dy, dh_n, w_hh, h0, y, ws, lengths), path);
+  const Dims d = with_path(check_gru_backward(dy, dh_n, w_hh, h0, y, ws, lengths), path, dy.scalar_type());
   at::Tensor dxg = at::empty({d.T, d.N, 3 * d.H}, dy.options());
   at::Tensor dgh = at::empty({d.T, d.N, 3 * d.H}, dy.options());
   at::Tensor dh;
@@ -219,7 +219,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_stack_forward_cpu(
   const at::Tensor bhh = b_hh.has_value() ? *b_hh : at::zeros({L, 3 * H}, xg0.options());
   AT_DISPATCH_FLOATING_TYPES(xg0.scalar_type(), "gru_stack_forward", [&] {
     using A = scalar_t;
-    const Dims d = with_path({T, N, H, H}, path);
+    const Dims d = with_path({T, N, H, H}, path, dtype_of<A>());
     const StackLayout<A> lay{T, N, H, 3};
     A *yp = y.data_ptr<A>(), *wsp = need_ws ? ws.data_ptr<A>() : nullptr;
     const A *wih = w_ih.data_ptr<A>(), *whh = w_hh.data_ptr<A>();
@@ -248,7 +248,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_stack_backward_cpu(
   at::Tensor dh = dh_n.clone();
   AT_DISPATCH_FLOATING_TYPES(D, "gru_stack_backward", [&] {
     using A = scalar_t;
-    const Dims d = with_path({T, N, H, H}, path);
+    const Dims d = with_path({T, N, H, H}, path, dtype_of<A>());
     const StackLayout<A> lay{T, N, H, 3};
     A* dxp = dxg.data_ptr<A>();
     const A *wih = w_ih.data_ptr<A>(), *whh = w_hh.data_ptr<A>();

@@ -75,11 +75,11 @@ void forward_rows(int64_t r0, int64_t r1, const Dims& d, const D* xg, const A* w
   const int64_t T = d.T, N = d.N, H = d.H, R = d.R, M = r1 - r0;
   const bool proj = wr != nullptr;
   const auto acc = at::TensorOptions().dtype(dtype_of<A>());
-  const StepMatrix<A> Wmul(d.own_gemm, w, R, true, M, 4 * H, R);
+  const StepMatrix<A> Wmul(d.gemm, w, R, true, M, 4 * H, R);
   std::unique_ptr<StepMatrix<A>> Imul;
   at::Tensor in_bias;
   if (in != nullptr) {
-    Imul = std::make_unique<StepMatrix<A>>(d.own_gemm, in->w_ih, in->I, true, M, 4 * H, in->I);
+    Imul = std::make_unique<StepMatrix<A>>(d.gemm, in->w_ih, in->I, true, M, 4 * H, in->I);
     in_bias = in->bias != nullptr ? at::Tensor() : at::zeros({4 * H}, acc);
   }
   A* h = h_n + r0 * R;  // the state lives in the output rows
@@ -147,9 +147,9 @@ void backward_rows(int64_t r0, int64_t r1, const Dims& d, const D* dy, const A* 
   const int64_t T = d.T, N = d.N, H = d.H, R = d.R, M = r1 - r0;
   constexpr bool same = std::is_same<D, A>::value;
   const bool proj = wr != nullptr;
-  const StepMatrix<A> Wmul(d.own_gemm, w, R, false, M, R, 4 * H);
+  const StepMatrix<A> Wmul(d.gemm, w, R, false, M, R, 4 * H);
   std::unique_ptr<StepMatrix<A>> Umul;
-  if (up != nullptr) Umul = std::make_unique<StepMatrix<A>>(d.own_gemm, up->w_ih, R, false, M, R, up->GH);
+  if (up != nullptr) Umul = std::make_unique<StepMatrix<A>>(d.gemm, up->w_ih, R, false, M, R, up->GH);
   A* dh = dh_io + r0 * R;
   A* dc = dc_io + r0 * H;
   at::Tensor buf = at::empty({M * (H + (same ? 0 : 4 * H))}, at::TensorOptions().dtype(dtype_of<A>()));
@@ -239,7 +239,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward_cpu(
     const at::Tensor& xg, const at::Tensor& w_hh, const c10::optional<at::Tensor>& w_hr,
     const at::Tensor& h0, const at::Tensor& c0, const c10::optional<at::Tensor>& lengths,
     bool need_ws, c10::string_view path) {
-  const Dims d = with_path(check_lstm_forward(xg, w_hh, w_hr, h0, c0, lengths), path);
+  const Dims d = with_path(check_lstm_forward(xg, w_hh, w_hr, h0, c0, lengths), path, xg.scalar_type());
   const auto A = acc_type(xg.scalar_type());
   at::Tensor y = at::empty({d.T, d.N, d.R}, xg.options());
   at::Tensor ws = need_ws ? at::empty({d.T, d.N, 5 * d.H}, xg.options().dtype(A))
@@ -256,7 +256,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_backward_cpu(
     const at::Tensor& dy, const at::Tensor& dh_n, const at::Tensor& dc_n, const at::Tensor& w_hh,
     const c10::optional<at::Tensor>& w_hr, const at::Tensor& c0, const at::Tensor& ws,
     const c10::optional<at::Tensor>& lengths, c10::string_view path) {
-  const Dims d = with_path(check_lstm_backward(dy, dh_n, dc_n, w_hh, w_hr, c0, ws, lengths), path);
+  const Dims d = with_path(check_lstm_backward(dy, dh_n, dc_n, w_hh, w_hr, c0, ws, lengths), path, dy.scalar_type());
   const auto A = acc_type(dy.scalar_type());
   at::Tensor dxg = at::empty({d.T, d.N, 4 * d.H}, dy.options());
   at::Tensor dhr = w_hr.has_value() ? at::empty({d.T, d.N, d.R}, dy.options().dtype(A))
@@ -282,7 +282,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_stack_forward_cp
   at::Tensor ws = need_ws ? at::empty({L, T, N, 5 * H}, xg0.options()) : at::empty({0}, xg0.options());
   AT_DISPATCH_FLOATING_TYPES(xg0.scalar_type(), "lstm_stack_forward", [&] {
     using A = scalar_t;
-    const Dims d = with_path({T, N, H, H}, path);
+    const Dims d = with_path({T, N, H, H}, path, dtype_of<A>());
     const StackLayout<A> lay{T, N, H, 4};
     A *yp = y.data_ptr<A>(), *wsp = need_ws ? ws.data_ptr<A>() : nullptr;
     const A *wih = w_ih.data_ptr<A>(), *whh = w_hh.data_ptr<A>();
@@ -310,7 +310,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_stack_backward_cpu(
   at::Tensor dh = dh_n.clone(), dc = dc_n.clone();
   AT_DISPATCH_FLOATING_TYPES(D, "lstm_stack_backward", [&] {
     using A = scalar_t;
-    const Dims d = with_path({T, N, H, H}, path);
+    const Dims d = with_path({T, N, H, H}, path, dtype_of<A>());
     const StackLayout<A> lay{T, N, H, 4};
     A* dxp = dxg.data_ptr<A>();
     const A *wih = w_ih.data_ptr<A>(), *whh = w_hh.data_ptr<A>();

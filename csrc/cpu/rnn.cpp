@@ -40,11 +40,11 @@ void forward_rows(int64_t r0, int64_t r1, const Dims& d, const D* xg, const A* w
   TORCH_CHECK(in == nullptr || (std::is_same<D, A>::value),
               "fastrnn: a fused stack runs in float32 or float64 only");
   const auto acc = at::TensorOptions().dtype(dtype_of<A>());
-  const StepMatrix<A> Wmul(d.own_gemm, w, H, true, M, H, H);
+  const StepMatrix<A> Wmul(d.gemm, w, H, true, M, H, H);
   std::unique_ptr<StepMatrix<A>> Imul;
   at::Tensor in_bias;
   if (in != nullptr) {
-    Imul = std::make_unique<StepMatrix<A>>(d.own_gemm, in->w_ih, in->I, true, M, H, in->I);
+    Imul = std::make_unique<StepMatrix<A>>(d.gemm, in->w_ih, in->I, true, M, H, in->I);
     in_bias = in->bias != nullptr ? at::Tensor() : at::zeros({H}, acc);
   }
   A* h = h_n + r0 * H;
@@ -89,9 +89,9 @@ void backward_rows(int64_t r0, int64_t r1, const Dims& d, const D* dy, const A* 
                    const StepAbove<A>* up = nullptr) {
   const int64_t T = d.T, N = d.N, H = d.H, M = r1 - r0;
   constexpr bool same = std::is_same<D, A>::value;
-  const StepMatrix<A> Wmul(d.own_gemm, w, H, false, M, H, H);
+  const StepMatrix<A> Wmul(d.gemm, w, H, false, M, H, H);
   std::unique_ptr<StepMatrix<A>> Umul;
-  if (up != nullptr) Umul = std::make_unique<StepMatrix<A>>(d.own_gemm, up->w_ih, H, false, M, H, up->GH);
+  if (up != nullptr) Umul = std::make_unique<StepMatrix<A>>(d.gemm, up->w_ih, H, false, M, H, up->GH);
   A* dh = dh_io + r0 * H;
   at::Tensor buf = same ? at::Tensor() : at::empty({M, H}, at::TensorOptions().dtype(dtype_of<A>()));
   for (int64_t t = T - 1; t >= 0; --t) {
@@ -141,7 +141,7 @@ std::tuple<at::Tensor, at::Tensor> rnn_forward_cpu(const at::Tensor& xg, const a
                                                    const c10::optional<at::Tensor>& lengths,
                                                    bool relu, bool need_ws, c10::string_view path) {
   (void)need_ws;  // the RNN backward needs only y
-  const Dims d = with_path(check_rnn_forward(xg, w_hh, h0, lengths), path);
+  const Dims d = with_path(check_rnn_forward(xg, w_hh, h0, lengths), path, xg.scalar_type());
   at::Tensor y = at::empty({d.T, d.N, d.H}, xg.options());
   at::Tensor h;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, xg.scalar_type(), "rnn_forward", [&] {
@@ -155,7 +155,7 @@ std::tuple<at::Tensor, at::Tensor> rnn_backward_cpu(const at::Tensor& dy, const 
                                                     const at::Tensor& w_hh, const at::Tensor& y,
                                                     const c10::optional<at::Tensor>& lengths,
                                                     bool relu, c10::string_view path) {
-  const Dims d = with_path(check_rnn_backward(dy, dh_n, w_hh, y, lengths), path);
+  const Dims d = with_path(check_rnn_backward(dy, dh_n, w_hh, y, lengths), path, dy.scalar_type());
   at::Tensor dxg = at::empty({d.T, d.N, d.H}, dy.options());
   at::Tensor dh;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dy.scalar_type(), "rnn_backward", [&] {
@@ -177,7 +177,7 @@ std::tuple<at::Tensor, at::Tensor> rnn_stack_forward_cpu(const at::Tensor& xg0, 
   at::Tensor hn = at::empty({L, N, H}, xg0.options());
   AT_DISPATCH_FLOATING_TYPES(xg0.scalar_type(), "rnn_stack_forward", [&] {
     using A = scalar_t;
-    const Dims d = with_path({T, N, H, H}, path);
+    const Dims d = with_path({T, N, H, H}, path, dtype_of<A>());
     const StackLayout<A> lay{T, N, H, 1};
     A* yp = y.data_ptr<A>();
     const A *wih = w_ih.data_ptr<A>(), *whh = w_hh.data_ptr<A>();
@@ -200,7 +200,7 @@ std::tuple<at::Tensor, at::Tensor> rnn_stack_backward_cpu(const at::Tensor& dy, 
   at::Tensor dh = dh_n.clone();
   AT_DISPATCH_FLOATING_TYPES(dy.scalar_type(), "rnn_stack_backward", [&] {
     using A = scalar_t;
-    const Dims d = with_path({T, N, H, H}, path);
+    const Dims d = with_path({T, N, H, H}, path, dtype_of<A>());
     const StackLayout<A> lay{T, N, H, 1};
     A* dxp = dxg.data_ptr<A>();
     const A *wih = w_ih.data_ptr<A>(), *whh = w_hh.data_ptr<A>();

@@ -96,7 +96,111 @@ FR_AVX512 void panels(int64_t m, int64_t n, int64_t k, const float* a, int64_t l
     }
   }
 }
+
+// The bf16 kernel (AVX512-BF16).  Per pair of k a panel's 32 columns are two
+// 512-bit loads of 16 (even k, odd k) bf16 pairs; each row's pair of A values is
+// broadcast as one 32-bit word, and vdpbf16ps adds both products of every lane
+// to its float32 accumulator: 32 multiply-adds per instruction, twice the fp32
+// FMA's, from half the bytes of W.
+#define FR_AVX512BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
+
+template <int MR>
+FR_AVX512BF16 void tile_bf16(int64_t k, const uint16_t* __restrict a, int64_t lda,
+                             const uint16_t* __restrict p, float beta, float* __restrict c,
+                             int64_t ldc, int nc) {
+  __m512 lo[MR], hi[MR];
+#pragma GCC unroll 8
+  for (int r = 0; r < MR; ++r) {
+    lo[r] = _mm512_setzero_ps();
+    hi[r] = _mm512_setzero_ps();
+  }
+  const uint16_t* ar[MR];
+#pragma GCC unroll 8
+  for (int r = 0; r < MR; ++r) ar[r] = a + r * lda;
+  const int64_t k2 = k / 2;
+  for (int64_t kk = 0; kk < k2; ++kk) {
+    const __m512i b0 = _mm512_load_si512(p + kk * 2 * kNR);
+    const __m512i b1 = _mm512_load_si512(p + kk * 2 * kNR + kNR);
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; ++r) {
+      int32_t pair;
+      std::memcpy(&pair, ar[r] + 2 * kk, sizeof(pair));
+      const __m512i av = _mm512_set1_epi32(pair);
+      lo[r] = _mm512_dpbf16_ps(lo[r], (__m512bh)av, (__m512bh)b0);
+      hi[r] = _mm512_dpbf16_ps(hi[r], (__m512bh)av, (__m512bh)b1);
+    }
+  }
+  if (k & 1) {  // the last k alone: its pair's odd half is zero in A and in P
+    const __m512i b0 = _mm512_load_si512(p + k2 * 2 * kNR);
+    const __m512i b1 = _mm512_load_si512(p + k2 * 2 * kNR + kNR);
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; ++r) {
+      const __m512i av = _mm512_set1_epi32(static_cast<int32_t>(ar[r][k - 1]));
+      lo[r] = _mm512_dpbf16_ps(lo[r], (__m512bh)av, (__m512bh)b0);
+      hi[r] = _mm512_dpbf16_ps(hi[r], (__m512bh)av, (__m512bh)b1);
+    }
+  }
+  const __mmask16 m0 = nc >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << nc) - 1u);
+  const __mmask16 m1 = nc >= 32 ? __mmask16(0xFFFF) : (nc <= 16 ? __mmask16(0) : __mmask16((1u << (nc - 16)) - 1u));
+  const __m512 vb = _mm512_set1_ps(beta);
+#pragma GCC unroll 8
+  for (int r = 0; r < MR; ++r) {
+    float* cr = c + r * ldc;
+    __m512 x0 = lo[r], x1 = hi[r];
+    if (beta != 0.0f) {
+      x0 = _mm512_fmadd_ps(vb, _mm512_maskz_loadu_ps(m0, cr), x0);
+      x1 = _mm512_fmadd_ps(vb, _mm512_maskz_loadu_ps(m1, cr + 16), x1);
+    }
+    _mm512_mask_storeu_ps(cr, m0, x0);
+    _mm512_mask_storeu_ps(cr + 16, m1, x1);
+  }
+}
+
+using TileBf16Fn = void (*)(int64_t, const uint16_t*, int64_t, const uint16_t*, float, float*,
+                            int64_t, int);
+constexpr TileBf16Fn kTilesBf16[kMR + 1] = {nullptr, tile_bf16<1>, tile_bf16<2>, tile_bf16<3>,
+                                            tile_bf16<4>, tile_bf16<5>, tile_bf16<6>,
+                                            tile_bf16<7>, tile_bf16<8>};
+
+FR_AVX512BF16 void panels_bf16(int64_t m, int64_t n, int64_t k, const uint16_t* a, int64_t lda,
+                               const uint16_t* packed, float beta, float* c, int64_t ldc,
+                               int64_t p0, int64_t p1) {
+  const int64_t k2 = (k + 1) / 2;
+  for (int64_t p = p0; p < p1; ++p) {
+    const uint16_t* pp = packed + p * k2 * 2 * kNR;
+    const int nc = static_cast<int>(std::min<int64_t>(kNR, n - p * kNR));
+    for (int64_t r = 0; r < m; r += kMR) {
+      const int mr = static_cast<int>(std::min<int64_t>(kMR, m - r));
+      kTilesBf16[mr](k, a + r * lda, lda, pp, beta, c + r * ldc + p * kNR, ldc, nc);
+    }
+  }
+}
+
+FR_AVX512BF16 void rows_to_bf16_kernel(int64_t m, int64_t k, const float* a, int64_t lda,
+                                       uint16_t* dst) {
+  for (int64_t r = 0; r < m; ++r) {
+    const float* src = a + r * lda;
+    uint16_t* d = dst + r * k;
+    int64_t j = 0;
+    for (; j + 16 <= k; j += 16)
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + j),
+                          (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(src + j)));
+    if (j < k) {
+      const __mmask16 mk = __mmask16((1u << (k - j)) - 1u);
+      _mm256_mask_storeu_epi16(d + j, mk, (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(mk, src + j)));
+    }
+  }
+}
 #endif
+
+// float -> bf16 bits, rounded to nearest even (NaN stays NaN), as c10::BFloat16 does.
+uint16_t bf16_bits(float x) {
+  uint32_t u;
+  std::memcpy(&u, &x, sizeof(u));
+  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x40u);
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return static_cast<uint16_t>(u >> 16);
+}
 
 }  // namespace
 
@@ -109,11 +213,28 @@ bool has_avx512f() {
 #endif
 }
 
-bool own_path(c10::string_view path) {
-  if (path == "blas") return false;
-  TORCH_CHECK(path == "own", "fastrnn: the cpu path is 'own' or 'blas', not '", std::string(path), "'");
-  TORCH_CHECK(has_avx512f(), "fastrnn: the 'own' cpu path needs AVX-512F, which this CPU lacks");
-  return true;
+bool has_avx512bf16() {
+#if FR_HAVE_X86
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+         __builtin_cpu_supports("avx512bf16");
+#else
+  return false;
+#endif
+}
+
+CpuGemm gemm_path(c10::string_view path, at::ScalarType storage) {
+  if (path == "blas") return CpuGemm::kBlas;
+  if (path == "own") {
+    TORCH_CHECK(has_avx512f(), "fastrnn: the 'own' cpu path needs AVX-512F, which this CPU lacks");
+    return CpuGemm::kOwn;
+  }
+  TORCH_CHECK(path == "bf16dot", "fastrnn: the cpu path is 'own', 'blas' or 'bf16dot', not '",
+              std::string(path), "'");
+  TORCH_CHECK(has_avx512bf16(), "fastrnn: the 'bf16dot' cpu path needs AVX512-BF16, which this CPU lacks");
+  TORCH_CHECK(storage == at::kBFloat16, "fastrnn: the 'bf16dot' cpu path rounds its operands to bfloat16, "
+              "so it runs bfloat16 data only, not ", storage);
+  return CpuGemm::kBf16Dot;
 }
 
 int64_t packed_floats(int64_t k, int64_t n) {
@@ -173,14 +294,79 @@ void packed_gemm(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
 #endif
 }
 
+int64_t packed_bf16_elems(int64_t k, int64_t n) {
+  return ((n + kNR - 1) / kNR) * ((k + 1) / 2) * 2 * kNR;
+}
+
+void pack_b_bf16(const float* b, int64_t ldb, bool tb, int64_t k, int64_t n, uint16_t* dst) {
+  const int64_t np = (n + kNR - 1) / kNR, k2 = (k + 1) / 2;
+  std::memset(dst, 0, sizeof(uint16_t) * packed_bf16_elems(k, n));
+  for (int64_t p = 0; p < np; ++p) {
+    uint16_t* d = dst + p * k2 * 2 * kNR;
+    const int64_t j0 = p * kNR, nc = std::min<int64_t>(kNR, n - j0);
+    if (tb) {  // op(B)[kk][j0 + c] = b[j0 + c][kk]: each row of b read sequentially
+      for (int64_t c = 0; c < nc; ++c) {
+        const float* src = b + (j0 + c) * ldb;
+        for (int64_t kk = 0; kk < k; ++kk) d[((kk / 2) * kNR + c) * 2 + (kk & 1)] = bf16_bits(src[kk]);
+      }
+    } else {
+      for (int64_t kk = 0; kk < k; ++kk) {
+        const float* src = b + kk * ldb + j0;
+        for (int64_t c = 0; c < nc; ++c) d[((kk / 2) * kNR + c) * 2 + (kk & 1)] = bf16_bits(src[c]);
+      }
+    }
+  }
+}
+
+void rows_to_bf16(int64_t m, int64_t k, const float* a, int64_t lda, uint16_t* dst) {
+#if FR_HAVE_X86
+  if (has_avx512bf16()) {
+    rows_to_bf16_kernel(m, k, a, lda, dst);
+    return;
+  }
+#endif
+  for (int64_t r = 0; r < m; ++r)
+    for (int64_t j = 0; j < k; ++j) dst[r * k + j] = bf16_bits(a[r * lda + j]);
+}
+
+void packed_gemm_bf16(int64_t m, int64_t n, int64_t k, const uint16_t* a, int64_t lda,
+                      const uint16_t* packed, float beta, float* c, int64_t ldc) {
+#if FR_HAVE_X86
+  TORCH_CHECK(has_avx512bf16(), "fastrnn: the bf16 step GEMM needs AVX512-BF16");
+  if (m <= 0 || n <= 0) return;
+  if (k <= 0) {
+    for (int64_t r = 0; r < m; ++r)
+      for (int64_t j = 0; j < n; ++j) c[r * ldc + j] = beta == 0.0f ? 0.0f : beta * c[r * ldc + j];
+    return;
+  }
+  const int64_t np = (n + kNR - 1) / kNR;
+  // as packed_gemm: panels across threads outside a parallel region (a bf16
+  // multiply-add costs about half an fp32 one, hence the doubled threshold)
+  const bool split = !at::in_parallel_region() && at::get_num_threads() > 1 && np > 1 &&
+                     m * n * k >= (int64_t(1) << 18);
+  if (split) {
+    at::parallel_for(0, np, 1, [&](int64_t p0, int64_t p1) {
+      panels_bf16(m, n, k, a, lda, packed, beta, c, ldc, p0, p1);
+    });
+  } else {
+    panels_bf16(m, n, k, a, lda, packed, beta, c, ldc, 0, np);
+  }
+#else
+  (void)m, (void)n, (void)k, (void)a, (void)lda, (void)packed, (void)beta, (void)c, (void)ldc;
+  TORCH_CHECK(false, "fastrnn: the bf16 step GEMM is not built for this architecture");
+#endif
+}
+
 }  // namespace cpu
 }  // namespace fastrnn
 
 // ------------------------------------------------------------------ test op
 // fastrnn_ext::cpu_step_gemm(a, b, tb, beta, c, impl) -> a @ op(b) + beta c
-// through StepMatrix with the path impl ("own": this file's kernel, an error on
-// a CPU without AVX-512F; "blas"), for the tests; and cpu_features() -> what
-// the switchboard decides the CPU path from ("amd", "intel", "avx512f").
+// through StepMatrix with the path impl ("own": this file's float32 kernel, an
+// error on a CPU without AVX-512F; "blas"; "bf16dot": the bf16 kernel, a and b
+// rounded to bf16), for the tests; and cpu_features() -> what
+// the switchboard decides the CPU path from ("amd", "intel", "avx512f",
+// "avx512_bf16", "amx_bf16").
 #include <torch/library.h>
 
 #include "common.h"
@@ -200,7 +386,9 @@ at::Tensor step_gemm_op(const at::Tensor& a, const at::Tensor& b, bool tb, doubl
   const at::Tensor A = a.contiguous(), B = b.contiguous();
   at::Tensor C = c.contiguous().clone();
   const float fb = static_cast<float>(beta);
-  const StepMatrix<float> W(own_path(impl), B.data_ptr<float>(), B.size(1), tb, m, n, k);
+  // "bf16dot" rounds a and b to bf16 (the kernel's contract for bf16 storage)
+  const CpuGemm g = gemm_path(impl, impl == "bf16dot" ? at::kBFloat16 : at::kFloat);
+  const StepMatrix<float> W(g, B.data_ptr<float>(), B.size(1), tb, m, n, k);
   W.mul(A.data_ptr<float>(), k, fb, C.data_ptr<float>(), n);
   return C;
 }
@@ -213,6 +401,10 @@ std::string cpu_features_op() {
   if (__builtin_cpu_is("intel")) f += "intel ";
 #endif
   if (has_avx512f()) f += "avx512f ";
+  if (has_avx512bf16()) f += "avx512_bf16 ";
+#if FR_HAVE_X86
+  if (__builtin_cpu_supports("amx-bf16")) f += "amx_bf16 ";
+#endif
   if (!f.empty()) f.pop_back();
   return f;
 }

@@ -3,7 +3,10 @@
 // step through an AVX-512 register tile.  Row-major throughout.
 #pragma once
 
+#include <c10/core/ScalarType.h>
 #include <c10/util/string_view.h>
+
+#include "../checks.h"
 
 #include <cstdint>
 
@@ -15,9 +18,14 @@ constexpr int64_t kNR = 32;  // columns of a packed panel
 // Whether this CPU can run the kernel (AVX-512F).
 bool has_avx512f();
 
-// The op's path argument as StepMatrix's choice: "own" (this kernel; an error on
-// a CPU without AVX-512F) or "blas".
-bool own_path(c10::string_view path);
+// Whether this CPU can run the bf16 kernel (AVX512-BF16: vdpbf16ps).
+bool has_avx512bf16();
+
+// The op's path argument as StepMatrix's choice: "own" (the float32 kernel; an
+// error on a CPU without AVX-512F), "blas", or "bf16dot" (the AVX512-BF16
+// kernel; an error on a CPU without it, or for any storage dtype but bfloat16,
+// since it rounds its operands to bf16).
+CpuGemm gemm_path(c10::string_view path, at::ScalarType storage);
 
 // Floats needed to pack a k x n operand (n rounded up to whole panels).
 int64_t packed_floats(int64_t k, int64_t n);
@@ -30,6 +38,18 @@ void pack_b(const float* b, int64_t ldb, bool tb, int64_t k, int64_t n, float* d
 // read when beta == 0.  Splits across threads only outside a parallel region.
 void packed_gemm(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
                  const float* packed, float beta, float* c, int64_t ldc);
+
+// The bf16 kernel: op(B) packed as pairs of k (``P[((p K2 + kk) kNR + c) 2 + s]
+// = op(B)[2 kk + s][p kNR + c]``, K2 = ceil(k / 2), zero-padded), bf16 bits.
+int64_t packed_bf16_elems(int64_t k, int64_t n);
+void pack_b_bf16(const float* b, int64_t ldb, bool tb, int64_t k, int64_t n, uint16_t* dst);
+// Rows of a (m x k float32, row stride lda) rounded to bf16 (nearest even) into
+// dst (row stride k).
+void rows_to_bf16(int64_t m, int64_t k, const float* a, int64_t lda, uint16_t* dst);
+// C (m x n, float32) = A (m x k, bf16 bits, row stride lda) @ op(B) + beta C,
+// products of bf16 pairs summed in float32 (vdpbf16ps).
+void packed_gemm_bf16(int64_t m, int64_t n, int64_t k, const uint16_t* a, int64_t lda,
+                      const uint16_t* packed, float beta, float* c, int64_t ldc);
 
 }  // namespace cpu
 }  // namespace fastrnn

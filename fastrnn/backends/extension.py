@@ -36,7 +36,7 @@ def _load() -> str | None:
 
 @functools.lru_cache(maxsize=None)
 def cpu_features() -> frozenset:
-    """What the extension reports of this CPU ("amd", "intel", "avx512f")."""
+    """What the extension reports of this CPU ("amd", "intel", "avx512f", "avx512_bf16", "amx_bf16")."""
     return frozenset(torch.ops.fastrnn_ext.cpu_features().split())
 
 
@@ -70,7 +70,8 @@ for _name in LAYER_OPS:
 
 
 class CpuBackend(_Extension):
-    """Fused C++ recurrences (csrc/cpu/); half types are computed in float32."""
+    """Fused C++ recurrences (csrc/cpu/): float32 state and gate math; bfloat16
+    data multiplies in bf16 where the CPU has AVX512-BF16 (:meth:`path`)."""
 
     name = "cpu"
     device_types = ("cpu",)
@@ -94,14 +95,35 @@ class CpuBackend(_Extension):
         return _has_kernel(f"{cell}_stack_forward", "CPU")
 
     def path(self, dtype: torch.dtype) -> tuple[str, str]:
-        """The float32 per-step products: fastrnn's AVX-512 kernel ("own") or
-        MKL/BLAS ("blas"); other dtypes always take BLAS or ATen."""
+        """How the per-step products run for data of ``dtype``: fastrnn's AVX-512
+        float32 kernel ("own"), MKL/BLAS ("blas"), or for bfloat16 data fastrnn's
+        AVX512-BF16 kernel ("bf16dot": bf16 operands, float32 sums).  float16 data
+        and bfloat16 data on a CPU without AVX512-BF16 take the float32 path on
+        their widened operands; float64 always BLAS."""
+        if dtype == torch.float64:
+            return "blas", "float64 products go through BLAS (the own kernels are float32 and bf16)"
+        features = cpu_features()
+        if dtype == torch.bfloat16:
+            choice = settings.get("FASTRNN_CPU_BF16")
+            if choice != "fp32" and "avx512_bf16" in features:
+                return "bf16dot", ("bf16: AVX512-BF16 (vdpbf16ps: bf16 operands, float32 sums)" +
+                                   (" (FASTRNN_CPU_BF16=dot)" if choice == "dot" else ""))
+            path, why = self._fp32_path(features)
+            if choice == "fp32":
+                return path, f"bf16: float32 products (FASTRNN_CPU_BF16=fp32), {path}: {why}"
+            return path, (f"bf16: fallback, no bf16 instructions (AVX512-BF16): float32 products, {path}: {why}" +
+                          (" (FASTRNN_CPU_BF16=dot cannot apply)" if choice == "dot" else ""))
+        path, why = self._fp32_path(features)
+        if dtype == torch.float16:
+            return path, f"fp16: float32 products (no float16 dot-product kernel), {path}: {why}"
+        return path, why
+
+    @staticmethod
+    def _fp32_path(features) -> tuple[str, str]:
+        """The float32 products' path: FASTRNN_CPU_GEMM, else by CPU."""
         choice = settings.get("FASTRNN_CPU_GEMM")
-        if dtype != torch.float32:
-            return "blas", f"{dtype} products go through BLAS/ATen (the own kernel is float32)"
         if choice == "blas":
             return "blas", "FASTRNN_CPU_GEMM=blas"
-        features = cpu_features()
         if "avx512f" not in features:
             return "blas", "this CPU has no AVX-512F" + (" (FASTRNN_CPU_GEMM=own cannot apply)" if choice == "own" else "")
         if choice == "own":

@@ -39,6 +39,17 @@ class ReferenceBackend(Backend):
     device_types = ("cpu", "cuda")
     dtypes = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
 
+    def __init__(self, products: torch.dtype | None = None):
+        #: None: half types are computed in float32 throughout.  A dtype (e.g.
+        #: torch.bfloat16): the per-step products' left operands (h_{t-1} forward,
+        #: the gate gradients backward) are rounded to it first, with float32 sums:
+        #: the arithmetic of the cpu backend's bf16 kernel ("bf16dot"), so that its
+        #: tests judge it against the error its own precision contract allows.
+        self.products = products
+
+    def _p(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.products is None else x.to(self.products).to(x.dtype)
+
     def supports(self, cell, device_type, dtype, proj):
         if dtype not in self.dtypes:
             return f"backend 'reference' does not support dtype {dtype}"
@@ -64,7 +75,7 @@ class ReferenceBackend(Backend):
         for t in range(T):
             w = ws[t] if need_ws else step_ws
             g = w[:, : 4 * H]
-            torch.addmm(xg[t], h, whh_t, out=g)
+            torch.addmm(xg[t], self._p(h), whh_t, out=g)
             g[:, : 2 * H].sigmoid_()
             g[:, 2 * H : 3 * H].tanh_()
             g[:, 3 * H :].sigmoid_()
@@ -133,7 +144,7 @@ class ReferenceBackend(Backend):
             dct = torch.addcmul(dc, dhu, Q[t])
             torch.mul(dct.unsqueeze(1), M[t], out=dxg[t, :, :3])
             torch.mul(dhu, P[t], out=dxg[t, :, 3])
-            dh_new = dxg[t].view(N, 4 * H) @ whh
+            dh_new = self._p(dxg[t].view(N, 4 * H)) @ whh
             dc = dct * f[t]
             if lengths is None:
                 dh = dh_new
@@ -171,14 +182,14 @@ class ReferenceBackend(Backend):
         for t in range(T):
             w = ws[t] if need_ws else step_ws
             rz = w[:, : 2 * H]
-            torch.addmm(xrz[t], h, w_rz, out=rz)
+            torch.addmm(xrz[t], self._p(h), w_rz, out=rz)
             rz.sigmoid_()
             r, z = rz.chunk(2, 1)
             hn = w[:, 3 * H :]
             if bhn is None:
-                torch.mm(h, w_n, out=hn)
+                torch.mm(self._p(h), w_n, out=hn)
             else:
-                torch.addmm(bhn, h, w_n, out=hn)
+                torch.addmm(bhn, self._p(h), w_n, out=hn)
             n = w[:, 2 * H : 3 * H]
             torch.addcmul(xg[t, :, 2 * H :], r, hn, out=n)
             n.tanh_()
@@ -220,7 +231,7 @@ class ReferenceBackend(Backend):
             dh_t = (dh + dy[t]).unsqueeze(1)
             torch.mul(dh_t, K[t], out=dxg[t])
             torch.mul(dh_t, K2[t], out=dgh[t])
-            dh = torch.addmm(dh_t.squeeze(1) * z[t], dgh[t].view(N, 3 * H), whh)
+            dh = torch.addmm(dh_t.squeeze(1) * z[t], self._p(dgh[t].view(N, 3 * H)), whh)
         return dxg.view(T, N, 3 * H).to(D), dgh.view(T, N, 3 * H).to(D), dh.to(D).clone()
 
     # ------------------------------------------------------------------- RNN
@@ -232,7 +243,7 @@ class ReferenceBackend(Backend):
         h = h0.to(A)
         y = torch.empty(T, N, H, dtype=A, device=xg.device)
         for t in range(T):
-            pre = torch.addmm(xg[t], h, whh_t)
+            pre = torch.addmm(xg[t], self._p(h), whh_t)
             h_new = pre.relu_() if relu else pre.tanh_()
             m = _active(lengths, t)
             if m is None:
@@ -261,7 +272,7 @@ class ReferenceBackend(Backend):
         for t in range(T - 1, -1, -1):
             dh_t = dh + dy[t]
             torch.mul(dh_t, deriv[t], out=dxg[t])
-            dh = dxg[t] @ whh
+            dh = self._p(dxg[t]) @ whh
             if lengths is not None:  # inactive rows pass their gradient through
                 dh = torch.where(act[t], dh, dh_t)
         return dxg.to(D), dh.to(D).clone()
