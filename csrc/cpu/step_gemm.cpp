@@ -21,6 +21,7 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <vector>
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
@@ -301,18 +302,31 @@ int64_t packed_bf16_elems(int64_t k, int64_t n) {
 void pack_b_bf16(const float* b, int64_t ldb, bool tb, int64_t k, int64_t n, uint16_t* dst) {
   const int64_t np = (n + kNR - 1) / kNR, k2 = (k + 1) / 2;
   std::memset(dst, 0, sizeof(uint16_t) * packed_bf16_elems(k, n));
+  // b rounded to bf16 first (vectorised), then its pairs of k moved as 32-bit words
+  const int64_t rows = tb ? n : k, cols = tb ? k : n;
+  std::vector<uint16_t> t(static_cast<size_t>(rows * cols));
+  rows_to_bf16(rows, cols, b, ldb, t.data());
+  uint32_t* d32 = reinterpret_cast<uint32_t*>(dst);
   for (int64_t p = 0; p < np; ++p) {
-    uint16_t* d = dst + p * k2 * 2 * kNR;
     const int64_t j0 = p * kNR, nc = std::min<int64_t>(kNR, n - j0);
-    if (tb) {  // op(B)[kk][j0 + c] = b[j0 + c][kk]: each row of b read sequentially
+    uint32_t* d = d32 + p * k2 * kNR;
+    if (tb) {  // op(B)[kk][j0 + c] = b[j0 + c][kk]: a row of b holds column c's pairs in order
       for (int64_t c = 0; c < nc; ++c) {
-        const float* src = b + (j0 + c) * ldb;
-        for (int64_t kk = 0; kk < k; ++kk) d[((kk / 2) * kNR + c) * 2 + (kk & 1)] = bf16_bits(src[kk]);
+        const uint16_t* src = t.data() + (j0 + c) * k;
+        for (int64_t i = 0; i < k / 2; ++i)
+          d[i * kNR + c] = uint32_t(src[2 * i]) | (uint32_t(src[2 * i + 1]) << 16);
+        if (k & 1) d[(k / 2) * kNR + c] = src[k - 1];
       }
-    } else {
-      for (int64_t kk = 0; kk < k; ++kk) {
-        const float* src = b + kk * ldb + j0;
-        for (int64_t c = 0; c < nc; ++c) d[((kk / 2) * kNR + c) * 2 + (kk & 1)] = bf16_bits(src[c]);
+    } else {  // rows 2i and 2i+1 of b interleaved
+      for (int64_t i = 0; i < k2; ++i) {
+        const uint16_t* r0 = t.data() + 2 * i * n + j0;
+        uint32_t* di = d + i * kNR;
+        if (2 * i + 1 < k) {
+          const uint16_t* r1 = r0 + n;
+          for (int64_t c = 0; c < nc; ++c) di[c] = uint32_t(r0[c]) | (uint32_t(r1[c]) << 16);
+        } else {
+          for (int64_t c = 0; c < nc; ++c) di[c] = r0[c];
+        }
       }
     }
   }
