@@ -146,7 +146,8 @@ def path(name: str, dtype: torch.dtype) -> tuple[str, str]:
 
 def backends() -> list[dict]:
     """Every backend with whether it is usable here and, if not, why; for one
-    that is, the kernel path it takes for float32 and why (``path``, ``path_reason``)."""
+    that is, the kernel path it takes for float32 and why (``path``, ``path_reason``)
+    and for each dtype it runs (``paths``: dtype name -> path and reason)."""
     rows = []
     for name in NAMES:
         b = get(name)
@@ -155,5 +156,8 @@ def backends() -> list[dict]:
                "devices": tuple(getattr(b, "device_types", ()))}
         if ok:
             row["path"], row["path_reason"] = path(name, torch.float32)
+            # and per dtype it runs (e.g. the cpu backend's bf16 kernel, or its fallback, and why)
+            row["paths"] = {str(d).replace("torch.", ""): dict(zip(("path", "reason"), path(name, d)))
+                            for d in getattr(b, "dtypes", ())}
         rows.append(row)
     return rows

@@ -350,8 +350,7 @@ class RNNBase(nn.Module):
         packed = isinstance(input, PackedSequence)
         x = input.data if packed else input
         dtype, device_type = x.dtype, x.device.type
-        if device_type == "cuda" and torch.is_autocast_enabled("cuda"):
-            dtype = torch.get_autocast_dtype("cuda")
+        dtype = self._autocast_dtype(device_type, packed, x.dtype) or dtype  # (as a call with no hx)
         cell = self._label.lower()
         batch = input.batch_sizes[0].item() if packed else (x.shape[0 if self.batch_first else 1] if x.dim() == 3 else 1)
         if batch == 0:
@@ -363,8 +362,11 @@ class RNNBase(nn.Module):
         if refused is not None:
             stack, stack_why = "per-layer", f"no stack op: {refused}"
         elif _backend.fused_stack(name, cell):
+            b = _backend.get(name)
             stack, stack_why = "stack", f"{self.num_layers} layers in one *_stack_* op" + (
-                "" if _backend.get(name).fused_stack(cell) else " (FASTRNN_FUSED_STACK=1: composed per layer inside)")
+                "" if b.fused_stack(cell, dtype) else
+                f" (composed per layer inside: the {name} backend fuses {cell} stacks in other dtypes than {dtype})"
+                if b.fused_stack(cell) else " (FASTRNN_FUSED_STACK=1: composed per layer inside)")
         else:
             stack, stack_why = "per-layer", (f"backend {name!r} has no native {cell} stack" if not
                                              settings.get("FASTRNN_FUSED_STACK") else "FASTRNN_FUSED_STACK=0")

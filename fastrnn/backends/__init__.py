@@ -190,7 +190,8 @@ class Backend:
     # Fused stacks; see the module docstring.  The defaults compose the per-layer
     # functions (so they are only as fast as those); a backend that runs the stack
     # natively overrides them and returns True from ``fused_stack``.
-    def fused_stack(self, cell: str) -> bool:
+    def fused_stack(self, cell: str, dtype: torch.dtype | None = None) -> bool:
+        """Whether this backend runs ``cell`` stacks natively (for ``dtype``, when given)."""
         return False
 
     def lstm_stack_forward(self, xg0, w_ih, b, w_hh, h0, c0, need_ws):

@@ -91,8 +91,8 @@ class CpuBackend(_Extension):
     # float32/float64 only; the half types compose the per-layer ops.
     _STACK_DTYPES = (torch.float32, torch.float64)
 
-    def fused_stack(self, cell: str) -> bool:
-        return _has_kernel(f"{cell}_stack_forward", "CPU")
+    def fused_stack(self, cell: str, dtype: torch.dtype | None = None) -> bool:
+        return _has_kernel(f"{cell}_stack_forward", "CPU") and (dtype is None or dtype in self._STACK_DTYPES)
 
     def path(self, dtype: torch.dtype) -> tuple[str, str]:
         """How the per-step products run for data of ``dtype``: fastrnn's AVX-512

@@ -72,7 +72,7 @@ class TritonBackend(Backend):
     #: module's stack kernels; ``stack.py`` plans them)
     FUSED_CELLS = ("lstm", "gru", "rnn")
 
-    def fused_stack(self, cell: str) -> bool:
+    def fused_stack(self, cell: str, dtype=None) -> bool:
         return cell in self.FUSED_CELLS
 
     _GATES = {"lstm": 4, "gru": 3, "rnn": 1}
