@@ -102,7 +102,7 @@ def rnn_stack(
     """
     D = 2 if bidirectional else 1
     if stack_refused(num_layers, bidirectional, lengths is not None, dropout > 0 and training,
-                     weights[0][4] is not None) is None and _backend.fused_stack(backend, mode.split("_")[0].lower()):
+                     weights[0][4] is not None) is None and _backend.fused_stack(backend, mode.split("_")[0].lower(), x.dtype):
         return _fused_stack(mode, x, hx, cx, weights, need_ws, backend)
     hs, cs = [], []
     layer_in = x

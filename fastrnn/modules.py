@@ -361,15 +361,14 @@ class RNNBase(nn.Module):
                                 self.proj_size > 0)
         if refused is not None:
             stack, stack_why = "per-layer", f"no stack op: {refused}"
-        elif _backend.fused_stack(name, cell):
-            b = _backend.get(name)
+        elif _backend.fused_stack(name, cell, dtype):
             stack, stack_why = "stack", f"{self.num_layers} layers in one *_stack_* op" + (
-                "" if b.fused_stack(cell, dtype) else
-                f" (composed per layer inside: the {name} backend fuses {cell} stacks in other dtypes than {dtype})"
-                if b.fused_stack(cell) else " (FASTRNN_FUSED_STACK=1: composed per layer inside)")
+                "" if _backend.get(name).fused_stack(cell, dtype) else " (FASTRNN_FUSED_STACK=1: composed per layer inside)")
         else:
-            stack, stack_why = "per-layer", (f"backend {name!r} has no native {cell} stack" if not
-                                             settings.get("FASTRNN_FUSED_STACK") else "FASTRNN_FUSED_STACK=0")
+            b = _backend.get(name)
+            stack, stack_why = "per-layer", ("FASTRNN_FUSED_STACK=0" if settings.get("FASTRNN_FUSED_STACK") else
+                                             f"backend {name!r} fuses {cell} stacks in other dtypes than {dtype}"
+                                             if b.fused_stack(cell) else f"backend {name!r} has no native {cell} stack")
         path, path_why = _backend.path(name, dtype)
         return {"backend": name, "backend_reason": why, "passed_over": [{"backend": n, "reason": w} for n, w in passed],
                 "stack": stack, "stack_reason": stack_why, "path": path, "path_reason": path_why,

@@ -104,14 +104,18 @@ def test_explain_matches_what_runs(monkeypatch):
     calls = []
     orig = _ops.lstm_stack_forward
     monkeypatch.setattr(_ops, "lstm_stack_forward", lambda *a: calls.append(a[-1]) or orig(*a))
-    for kw in (dict(num_layers=2), dict(num_layers=2, bidirectional=True), dict(num_layers=1)):
+    cases = [(kw, None) for kw in (dict(num_layers=2), dict(num_layers=2, bidirectional=True), dict(num_layers=1))]
+    cases += [(dict(num_layers=2), torch.bfloat16)]  # CPU autocast: bf16 stacks per layer on the cpu backend
+    for kw, amp in cases:
         m = fastrnn.LSTM(4, 8, **kw)
         x = torch.randn(5, 3, 4)
         calls.clear()
-        m(x)
-        e = m.explain(x)
-        assert (e["stack"] == "stack") == bool(calls), (kw, e)
+        with torch.autocast("cpu", dtype=amp or torch.bfloat16, enabled=amp is not None):
+            m(x)
+            e = m.explain(x)
+        assert (e["stack"] == "stack") == bool(calls), (kw, amp, e)
         assert not calls or calls == [e["backend"]]
+        assert amp is None or e["dtype"] == "bfloat16"
 
 
 def test_backends_name_their_path():
