@@ -35,6 +35,17 @@ def table() -> str:
                 f"{r['train_ratio_to_torch']:.2f}x | {r.get('train_ratio_to_torch_paired_median', 1.0):.2f}x | "
                 f"{r['forward_tokens_per_s']:,.0f} | {r['forward_ratio_to_torch']:.2f}x |"
             )
+        amp = [f"{r['label']} {r['train_ratio_to_torch_autocast']:.2f}x train / "
+               f"{r['forward_ratio_to_torch_autocast']:.2f}x forward"
+               for r in d["results"] if "train_ratio_to_torch_autocast" in r and r["backend"] != "torch+autocast"]
+        if amp:
+            lines.append("")
+            lines.append("Against torch.nn under the same autocast: " + "; ".join(amp) + ".")
+        paths = env.get("cpu_paths")
+        if isinstance(paths, dict):
+            lines.append("")
+            lines.append("cpu backend kernel paths: " + "; ".join(f"{k}: `{v['path']}` ({v['why']})" for k, v in paths.items())
+                         + f". CPU features: {', '.join(env.get('cpu_features', []))}.")
         lines.append("")
         lines.append(f"Command: `{d['command']}`. {d['timing']}.")
         lines.append("")

@@ -203,7 +203,7 @@ def parse_args(argv=None):
     p.add_argument("--backends", default="all",
                    help="comma list of fastrnn backends, 'torch' (torch.nn) and 'torch-native' (torch.nn with oneDNN off, CPU), "
                         "each optionally with '+autocast' (run under torch.autocast: bf16 on CPU); 'all' = both torch "
-                        "baselines + every usable backend; 'mixed' = torch and the fastest fastrnn backend, each in fp32 "
+                        "baselines + every usable backend + torch.nn and each compiled backend under autocast; 'mixed' = torch and the fastest fastrnn backend, each in fp32 "
                         "and under autocast")
     p.add_argument("--max-tokens", type=int, default=10000)
     p.add_argument("--random-iter", action="store_true", help="random-offset iterator, state reset every batch")
@@ -227,8 +227,9 @@ def parse_args(argv=None):
 def choose_impls(spec: str, device: torch.device, cell: str) -> tuple[list[str], dict[str, str]]:
     usable, skipped = C.fastrnn_backends(device, cell)
     baselines = [C.TORCH] + ([C.TORCH_NATIVE] if device.type == "cpu" else [])
-    if spec == "all":
-        return baselines + usable, skipped
+    if spec == "all":  # and torch.nn and each compiled fastrnn backend under autocast (mixed precision)
+        amp = [i + C.AUTOCAST for i in [C.TORCH] + usable if i != "reference" and C.LAYERS not in i]
+        return baselines + usable + amp, skipped
     if spec == "mixed":  # fp32 and bf16 autocast, torch.nn and the fastest fastrnn backend of this device
         best = next((b for b in usable if C.LAYERS not in b and b != "reference"), None)
         return [i for i in (C.TORCH, C.TORCH + C.AUTOCAST, best, best and best + C.AUTOCAST) if i], skipped
