@@ -203,6 +203,26 @@ uint16_t bf16_bits(float x) {
   return static_cast<uint16_t>(u >> 16);
 }
 
+// The driver both kernels share: C = beta C when there is nothing to multiply
+// (k <= 0), else f(p0, p1) over the panels [p0, p1) of C's columns, split
+// across threads outside a parallel region (small batches run as one row block)
+// when the product has at least min_macs multiply-adds (a fork/join ~10 us here).
+template <typename F>
+void over_panels(int64_t m, int64_t n, int64_t k, float beta, float* c, int64_t ldc,
+                 int64_t min_macs, const F& f) {
+  if (m <= 0 || n <= 0) return;
+  if (k <= 0) {
+    for (int64_t r = 0; r < m; ++r)
+      for (int64_t j = 0; j < n; ++j) c[r * ldc + j] = beta == 0.0f ? 0.0f : beta * c[r * ldc + j];
+    return;
+  }
+  const int64_t np = (n + kNR - 1) / kNR;
+  if (!at::in_parallel_region() && at::get_num_threads() > 1 && np > 1 && m * n * k >= min_macs)
+    at::parallel_for(0, np, 1, f);
+  else
+    f(int64_t(0), np);
+}
+
 }  // namespace
 
 bool has_avx512f() {
@@ -216,9 +236,12 @@ bool has_avx512f() {
 
 bool has_avx512bf16() {
 #if FR_HAVE_X86
-  __builtin_cpu_init();
-  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
-         __builtin_cpu_supports("avx512bf16");
+  static const bool has = [] {  // asked per step (rows_to_bf16, packed_gemm_bf16): probed once
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bf16");
+  }();
+  return has;
 #else
   return false;
 #endif
@@ -271,24 +294,9 @@ void pack_b(const float* b, int64_t ldb, bool tb, int64_t k, int64_t n, float* d
 void packed_gemm(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
                  const float* packed, float beta, float* c, int64_t ldc) {
 #if FR_HAVE_X86
-  if (m <= 0 || n <= 0) return;
-  if (k <= 0) {  // C = beta C
-    for (int64_t r = 0; r < m; ++r)
-      for (int64_t j = 0; j < n; ++j) c[r * ldc + j] = beta == 0.0f ? 0.0f : beta * c[r * ldc + j];
-    return;
-  }
-  const int64_t np = (n + kNR - 1) / kNR;
-  // Outside a parallel region (small batches run as one row block), split the
-  // panels across threads when the product is worth a fork/join (~10 us here).
-  const bool split = !at::in_parallel_region() && at::get_num_threads() > 1 && np > 1 &&
-                     m * n * k >= (int64_t(1) << 17);
-  if (split) {
-    at::parallel_for(0, np, 1, [&](int64_t p0, int64_t p1) {
-      panels(m, n, k, a, lda, packed, beta, c, ldc, p0, p1);
-    });
-  } else {
-    panels(m, n, k, a, lda, packed, beta, c, ldc, 0, np);
-  }
+  over_panels(m, n, k, beta, c, ldc, int64_t(1) << 17, [&](int64_t p0, int64_t p1) {
+    panels(m, n, k, a, lda, packed, beta, c, ldc, p0, p1);
+  });
 #else
   (void)m, (void)n, (void)k, (void)a, (void)lda, (void)packed, (void)beta, (void)c, (void)ldc;
   TORCH_CHECK(false, "fastrnn: the AVX-512 step GEMM is not built for this architecture");
@@ -347,24 +355,10 @@ void packed_gemm_bf16(int64_t m, int64_t n, int64_t k, const uint16_t* a, int64_
                       const uint16_t* packed, float beta, float* c, int64_t ldc) {
 #if FR_HAVE_X86
   TORCH_CHECK(has_avx512bf16(), "fastrnn: the bf16 step GEMM needs AVX512-BF16");
-  if (m <= 0 || n <= 0) return;
-  if (k <= 0) {
-    for (int64_t r = 0; r < m; ++r)
-      for (int64_t j = 0; j < n; ++j) c[r * ldc + j] = beta == 0.0f ? 0.0f : beta * c[r * ldc + j];
-    return;
-  }
-  const int64_t np = (n + kNR - 1) / kNR;
-  // as packed_gemm: panels across threads outside a parallel region (a bf16
-  // multiply-add costs about half an fp32 one, hence the doubled threshold)
-  const bool split = !at::in_parallel_region() && at::get_num_threads() > 1 && np > 1 &&
-                     m * n * k >= (int64_t(1) << 18);
-  if (split) {
-    at::parallel_for(0, np, 1, [&](int64_t p0, int64_t p1) {
-      panels_bf16(m, n, k, a, lda, packed, beta, c, ldc, p0, p1);
-    });
-  } else {
-    panels_bf16(m, n, k, a, lda, packed, beta, c, ldc, 0, np);
-  }
+  // a bf16 multiply-add costs about half an fp32 one: twice packed_gemm's threshold
+  over_panels(m, n, k, beta, c, ldc, int64_t(1) << 18, [&](int64_t p0, int64_t p1) {
+    panels_bf16(m, n, k, a, lda, packed, beta, c, ldc, p0, p1);
+  });
 #else
   (void)m, (void)n, (void)k, (void)a, (void)lda, (void)packed, (void)beta, (void)c, (void)ldc;
   TORCH_CHECK(false, "fastrnn: the bf16 step GEMM is not built for this architecture");
