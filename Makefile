@@ -1,6 +1,7 @@
 # make test  - set up .venv (idempotent) and run the whole test suite
 # make test-seeds - the randomized suites under 50 base seeds (issue #17's proof)
 # make bench - set up .venv and run the time-machine training benchmark
+# make test-install - build a wheel, install it into a new venv, run python -m fastrnn check/bench there
 # make test-compat - the GPU machine's torch 2.11 / Triton 3.6 on the CPU (.ci/compat.sh, own .venv-compat)
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -20,7 +21,7 @@ endif
 export MAX_JOBS ?= 2
 SOURCES := $(shell find csrc -type f 2>/dev/null) setup.py pyproject.toml
 
-.PHONY: setup test test-compat bench bench-layers clean
+.PHONY: setup test test-install test-compat bench bench-layers clean
 setup: $(VENV)/.deps $(VENV)/.built
 
 $(VENV)/.deps: Makefile
@@ -68,6 +69,11 @@ test-seeds: setup
 	$(PY) -m pytest $(SEED_FAST_INTERP) -q -ra -p no:cacheprovider --seeds $(SEEDS)
 	$(PY) -m pytest $(SEED_SLOW) -q -ra -p no:cacheprovider --seeds $(SEEDS_SLOW)
 	$(PY) -m pytest $(SEED_SLOW_INTERP) -q -ra -p no:cacheprovider --seeds $(SEEDS_SLOW)
+
+# A user's install (issue #15): a wheel from this tree into a new venv, then
+# `python -m fastrnn check` and `bench` from outside the tree (.ci/install_check.sh).
+test-install: setup
+	PY=$(abspath $(PY)) .ci/install_check.sh
 
 # The extension's build and CPU tests, the Triton interpreter tests and the sm_80/sm_90
 # AOT compile under the GPU machine's versions, in a copy of the tree (build/compat/).

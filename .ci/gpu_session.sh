@@ -9,6 +9,7 @@
 #   1. build fastrnn._C for sm_90 with the machine's CUDA (-Xptxas -v check)
 #   2. GPU correctness: every backend against cuDNN (tests/test_cuda_modules.py,
 #      tests/test_ext_cuda.py, the Triton stack/launch tests), each test <= 60 s
+#   2a. python -m fastrnn check --device cuda --quick (JSON kept)
 #   2b. every Triton autotuning candidate for the time-machine LSTM against the
 #      reference, which also compiles what the LSTM benchmark's autotuning times
 #   3. the time-machine LSTM benchmark, every backend beside cuDNN
@@ -89,6 +90,8 @@ if [ "$PART" = 1 ]; then
   say "2. GPU correctness against cuDNN (each test <= 60 s: a spinning barrier must not eat the lease)"
   run 150 "${PYT[@]}" -x --maxfail=20 tests/test_cuda_modules.py tests/test_ext_cuda.py \
     tests/triton/test_triton_stack.py tests/triton/test_triton_launch.py tests/test_whole_loop.py
+  say "2a. python -m fastrnn check --device cuda --quick: the user's correctness command against cuDNN"
+  run 60 $PY -m fastrnn check --device cuda --quick --json "$OUT/check_cuda.json"
   say "2b. Triton autotuning candidates for the time-machine LSTM"
   run 90 "${PYT[@]}" --timeout 85 tests/triton/test_triton_tune.py -k "cuda_every_candidate and lstm"
   say "3. time machine, LSTM, every backend beside cuDNN"

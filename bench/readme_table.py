@@ -49,7 +49,10 @@ def table() -> str:
         lines.append("")
         lines.append(f"Command: `{d['command']}`. {d['timing']}.")
         lines.append("")
+        lines += d2l_extras(path, d)
         lines += tuning_table(d.get("triton_tuning"))
+    for path in sorted((ROOT / "bench" / "results" / "d2l_500").glob("time_machine_*.json")):
+        lines += d2l_run(path)
     for path in sorted((ROOT / "bench" / "results").glob("whole_loop_*.json")):
         lines += whole_loop_table(path)
     for path in sorted((ROOT / "bench" / "results").glob("layers_*.json")):
@@ -150,6 +153,39 @@ def layer_table(path: Path) -> list[str]:
     out += ["", "Command: `make bench-layers ARGS=\"--benchmark-json ...\"` (pytest-benchmark, "
             "implementations run one after another, so the ratios carry more noise than the time-machine table's).", ""]
     return out
+
+
+def d2l_extras(path: Path, d: dict) -> list[str]:
+    """The chart beside a time-machine JSON (perplexity curves and tokens/s bars) and
+    each model's continuations, as d2l prints them."""
+    out = []
+    png = path.with_suffix(".png")
+    if png.exists():
+        out += [f"![perplexity per epoch and tokens/s]({png.relative_to(ROOT).as_posix()})", ""]
+    preds = [(r["label"], r.get("predictions") or {"time traveller": r.get("prediction", "")}) for r in d["results"]]
+    prefixes = list(dict.fromkeys(k for _, p in preds for k in p))
+    if prefixes:
+        out += ["Continuations after the run (greedy, 50 characters):", "",
+                "| backend | " + " | ".join(f'"{k}"' for k in prefixes) + " |",
+                "| --- | " + " | ".join("---" for _ in prefixes) + " |"]
+        for label, p in preds:
+            out.append(f"| {label} | " + " | ".join(f"`{p.get(k, '').strip()}`" for k in prefixes) + " |")
+        out.append("")
+    return out
+
+
+def d2l_run(path: Path) -> list[str]:
+    """d2l's own length of run (``--epochs 500``): final perplexity, wall time, continuations."""
+    d = json.loads(path.read_text())
+    env, cfg = d["environment"], d["config"]
+    res = ", ".join(f"{r['label']} {r['final_perplexity']:.3f}" for r in d["results"])
+    train = ", ".join(f"{r['label']} {sum(r['train_epoch_seconds']) / 60:.1f} min" for r in d["results"])
+    out = [f"**d2l's run, {cfg['epochs']} epochs** ({cfg['cell'].upper()} {cfg['layers']}x{cfg['hidden']}, "
+           f"the models round-robin in one process) on {env['device_name']} (torch {env['torch']}, commit "
+           f"`{str(env.get('git_commit'))[:10]}`), from `{path.relative_to(ROOT)}`: final perplexity {res}; "
+           f"{d['wall_seconds'] / 60:.1f} min wall for the {len(d['results'])} models together (training: {train}). "
+           f"Command: `{d['command']}`.", ""]
+    return out + d2l_extras(path, d)
 
 
 def main() -> int:

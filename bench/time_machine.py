@@ -48,6 +48,7 @@ import data as tmdata  # noqa: E402  (bench/data.py)
 
 DEFAULT_EPOCHS = 80  # ~1.5-2.5 min for torch.nn + reference + cpu on this 2-core CPU; perplexity 17.5 -> ~11
 RESULTS = Path(__file__).resolve().parent / "results"
+PREFIXES = ("time traveller", "traveller")  # d2l's two prompts
 
 
 class RNNModel(nn.Module):
@@ -237,8 +238,9 @@ def choose_impls(spec: str, device: torch.device, cell: str) -> tuple[list[str],
     for w in wanted:
         if C.split_autocast(w)[0] not in baselines + usable:
             why = skipped.get(w, "unknown backend")
-            sys.exit(f"time_machine.py: backend {w!r} cannot run {cell} on {device}: {why}. "
-                     f"Usable here: {', '.join(baselines + usable)}")
+            print(f"time_machine.py: backend {w!r} cannot run {cell} on {device}: {why}. "
+                  f"Usable here: {', '.join(baselines + usable)}", file=sys.stderr)
+            raise SystemExit(2)
     return list(dict.fromkeys(wanted)), skipped
 
 
@@ -287,7 +289,7 @@ def run(args) -> dict:
             ppl[impl].append(p)
             train_secs[impl].append(s)
             train_tokens[impl].append(n)
-            bar.update(f"epoch {epoch + 1} {impl} ppl {p:.2f}")
+            bar.update(f"epoch {epoch + 1} {impl} ppl {p:.2f} {n / s:,.0f} tok/s")
     bar.close()
 
     fwd_secs = {i: [] for i in impls}
@@ -320,7 +322,8 @@ def run(args) -> dict:
             "forward_tokens_per_s_median": statistics.median(fw),
             "forward_tokens_per_s_min_max": [min(fw), max(fw)],
             "forward_round_seconds": fwd_secs[impl],
-            "prediction": predict("time traveller", 50, models[impl], vocab, device),
+            "predictions": (preds := {p: predict(p, 50, models[impl], vocab, device) for p in PREFIXES}),
+            "prediction": preds[PREFIXES[0]],
         })
     ref = next((r for r in results if r["backend"] == C.TORCH), None)
     amp_ref = next((r for r in results if r["backend"] == C.TORCH + C.AUTOCAST), None)
@@ -394,9 +397,12 @@ def format_table(report: dict) -> str:
     for name, why in report["skipped_backends"].items():
         lines.append(f"skipped {name}: {why}")
     lines.append("")
-    lines.append('continuations of "time traveller":')
-    for r in report["results"]:
-        lines.append(f"  {r['label']:<{w[0]}}  {r['prediction']}")
+    for prefix in PREFIXES:
+        lines.append(f'continuations of "{prefix}":')
+        for r in report["results"]:
+            text = r.get("predictions", {}).get(prefix, r["prediction"] if prefix == PREFIXES[0] else None)
+            if text is not None:
+                lines.append(f"  {r['label']:<{w[0]}}  {text}")
     return "\n".join(lines)
 
 
@@ -423,7 +429,17 @@ def save(report: dict, out: Path, plot: bool) -> list[Path]:
             return written
         res = report["results"]
         xs = range(len(res))
-        fig, ax = plt.subplots(figsize=(max(6.0, 1.8 + 1.6 * len(res)), 4.5))
+        # d2l's picture (perplexity per epoch, one line per backend) beside the tokens/s bars
+        fig, (curve, ax) = plt.subplots(1, 2, figsize=(6.5 + max(6.0, 1.8 + 1.6 * len(res)), 4.5),
+                                        gridspec_kw={"width_ratios": [6.5, max(6.0, 1.8 + 1.6 * len(res))]})
+        for r in res:
+            curve.plot(range(1, len(r["perplexity"]) + 1), r["perplexity"], label=r["label"], linewidth=1.2)
+        curve.set_xlabel("epoch")
+        curve.set_ylabel("perplexity (training)")
+        curve.grid(True, which="both", alpha=0.3)
+        curve.legend(fontsize=8)
+        curve.set_title("d2l time machine: training perplexity per epoch\n"
+                        "(every backend from the same initial weights, on the same batches)", fontsize=8)
         for off, key, name in ((-0.2, "train_tokens_per_s", "training"), (0.2, "forward_tokens_per_s", "forward only")):
             vals = [r[key] for r in res]
             lo = [v - r[key + "_median"] for v, r in zip(vals, res)]  # whisker down to the median

@@ -1,0 +1,85 @@
+"""``python -m fastrnn bench``: times every implementation it finds, skips (with the
+reason) what cannot run the shape, writes JSON and a chart, and refuses bad
+arguments with a usage message and exit status 2 (never a traceback)."""
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from fastrnn import bench
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--hidden", "8", "--input", "5", "--batch", "3", "--seq", "4", "--rounds", "3", "--device", "cpu"]
+
+
+def test_layer_bench_writes_json_and_plot(tmp_path, capsys):
+    js, png = tmp_path / "b.json", tmp_path / "b.png"
+    assert bench.main(TINY + ["--cell", "gru", "--layers", "2", "--json", str(js), "--plot", str(png)]) == 0
+    rep = json.loads(js.read_text())
+    rows = {r["impl"]: r for r in rep["rows"]}
+    import fastrnn
+    usable = {b["name"] for b in fastrnn.backends() if b["available"] and "cpu" in b["devices"]}
+    assert set(rows) == {"torch"} | usable and "reference" in rows
+    assert rep["tokens_per_call"] == 3 * 4 and rep["environment"]["device"] == "cpu"
+    for r in rows.values():
+        for mode in ("train", "forward"):
+            s = r[f"{mode}_seconds"]
+            assert len(s) == 3 and all(x > 0 for x in s)
+            assert r[f"{mode}_tokens_per_s"] == pytest.approx(12 / min(s))
+            assert r[f"{mode}_ratio_to_torch"] == pytest.approx(min(rows["torch"][f"{mode}_seconds"]) / min(s))
+    assert rows["torch"]["train_ratio_to_torch"] == 1.0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    out = capsys.readouterr().out
+    assert "GRU 2 layer(s), input 5, hidden 8, batch 3, seq 4, float32" in out and "vs torch" in out
+
+
+def test_cell_modules_and_autocast(tmp_path):
+    js = tmp_path / "c.json"
+    assert bench.main(TINY + ["--cell", "lstmcell", "--forward", "--autocast", "--backends", "torch,reference",
+                              "--json", str(js)]) == 0
+    rep = json.loads(js.read_text())
+    assert [r["impl"] for r in rep["rows"]] == ["torch", "reference", "torch+autocast", "reference+autocast"]
+    assert all("train_seconds" not in r and len(r["forward_seconds"]) == 3 for r in rep["rows"])
+
+
+def test_what_cannot_run_is_skipped_with_the_reason(tmp_path, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible")
+    js = tmp_path / "s.json"
+    assert bench.main(TINY + ["--backends", "torch,cuda", "--json", str(js)]) == 0
+    rep = json.loads(js.read_text())
+    assert [r["impl"] for r in rep["rows"]] == ["torch"] and "cuda" in rep["skipped"]
+    assert "skipped cuda:" in capsys.readouterr().out
+    # nothing that can run: a message and exit status 1
+    assert bench.main(TINY + ["--backends", "cuda"]) == 1
+
+
+def test_round_robin_times_each_call_and_rotates():
+    calls = []
+
+    def sleeper(name, s):
+        def f():
+            calls.append(name)
+            time.sleep(s)
+        return f
+
+    secs = bench.round_robin({"a": sleeper("a", 0.02), "b": sleeper("b", 0.005)}, torch.device("cpu"), 4, warmup=1)
+    assert calls == ["a", "b"] + ["a", "b", "b", "a", "a", "b", "b", "a"]
+    assert all(x >= 0.02 for x in secs["a"]) and all(0.005 <= x < 0.02 for x in secs["b"])
+
+
+@pytest.mark.parametrize("argv", [
+    ["bench", "--hidden", "0"], ["bench", "--cell", "lstmcell", "--layers", "2"], ["bench", "--cell", "gru", "--proj", "2"],
+    ["bench", "--proj", "300"], ["bench", "--dtype", "int8"], ["bench", "--backends", "foo"],
+    ["bench", "--train", "--forward"], ["bench", "--device", "tpu"], ["bench", "--batch", "x"], ["bench", "--rounds", "0"],
+])
+def test_bad_arguments_are_a_usage_error(tmp_path, argv):
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    proc = subprocess.run([sys.executable, "-m", "fastrnn", *argv], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    assert "usage" in proc.stderr and "error:" in proc.stderr and "Traceback" not in proc.stderr
