@@ -55,6 +55,8 @@ def table() -> str:
         lines += d2l_run(path)
     for path in sorted((ROOT / "bench" / "results").glob("whole_loop_*.json")):
         lines += whole_loop_table(path)
+    for path in sorted((ROOT / "bench" / "results").glob("bench_*.json")):
+        lines += bench_cmd_table(path)
     for path in sorted((ROOT / "bench" / "results").glob("layers_*.json")):
         lines += layer_table(path)
     for path in sorted((ROOT / "bench" / "results").glob("floors_*.json")):
@@ -155,13 +157,20 @@ def layer_table(path: Path) -> list[str]:
     return out
 
 
+def _rel(path: Path) -> str:
+    try:
+        return path.relative_to(ROOT).as_posix()
+    except ValueError:  # outside the checkout (the tests' folders)
+        return str(path)
+
+
 def d2l_extras(path: Path, d: dict) -> list[str]:
     """The chart beside a time-machine JSON (perplexity curves and tokens/s bars) and
     each model's continuations, as d2l prints them."""
     out = []
     png = path.with_suffix(".png")
     if png.exists():
-        out += [f"![perplexity per epoch and tokens/s]({png.relative_to(ROOT).as_posix()})", ""]
+        out += [f"![perplexity per epoch and tokens/s]({_rel(png)})", ""]
     preds = [(r["label"], r.get("predictions") or {"time traveller": r.get("prediction", "")}) for r in d["results"]]
     prefixes = list(dict.fromkeys(k for _, p in preds for k in p))
     if prefixes:
@@ -182,10 +191,36 @@ def d2l_run(path: Path) -> list[str]:
     train = ", ".join(f"{r['label']} {sum(r['train_epoch_seconds']) / 60:.1f} min" for r in d["results"])
     out = [f"**d2l's run, {cfg['epochs']} epochs** ({cfg['cell'].upper()} {cfg['layers']}x{cfg['hidden']}, "
            f"the models round-robin in one process) on {env['device_name']} (torch {env['torch']}, commit "
-           f"`{str(env.get('git_commit'))[:10]}`), from `{path.relative_to(ROOT)}`: final perplexity {res}; "
+           f"`{str(env.get('git_commit'))[:10]}`), from `{_rel(path)}`: final perplexity {res}; "
            f"{d['wall_seconds'] / 60:.1f} min wall for the {len(d['results'])} models together (training: {train}). "
            f"Command: `{d['command']}`.", ""]
     return out + d2l_extras(path, d)
+
+
+def bench_cmd_table(path: Path) -> list[str]:
+    """A ``python -m fastrnn bench --json`` result: one row per implementation."""
+    d = json.loads(path.read_text())
+    env, cfg = d["environment"], d["config"]
+    modes = [m for m in ("train", "forward") if cfg.get(m)]
+    shape = (f"{cfg['cell'].upper()}" + ("" if cfg["cell"].endswith("cell") else f" {cfg['layers']} layer(s)")
+             + f", input {cfg['input']}, hidden {cfg['hidden']}, batch {cfg['batch']}, seq {cfg['seq']}, {cfg['dtype']}")
+    out = [f"**{shape}** (`python -m fastrnn bench`) on {env['device_name']} (torch {env['torch']}, commit "
+           f"`{str(env.get('git_commit'))[:10]}`), from `{_rel(path)}`:", "",
+           "| implementation | " + " | ".join(f"{m} tok/s | vs torch.nn | same-round ratio (median)" for m in modes) + " |",
+           "| --- | " + " | ".join("--- | --- | ---" for _ in modes) + " |"]
+    for r in d["rows"]:
+        cells = []
+        for m in modes:
+            if f"{m}_seconds" not in r:
+                cells += ["-", "-", "-"]
+                continue
+            ratio = r[f"{m}_ratio_to_torch"]
+            paired = r[f"{m}_ratio_to_torch_paired_median"]
+            cells += [f"{r[f'{m}_tokens_per_s']:,.0f}", "-" if ratio is None else f"{ratio:.2f}x",
+                      "-" if paired is None else f"{paired:.2f}x"]
+        out.append(f"| {r['impl']} | " + " | ".join(cells) + " |")
+    out += ["", f"Command: `{d['command']}`. {d['timing']}.", ""]
+    return out
 
 
 def main() -> int:

@@ -88,3 +88,37 @@ def test_whole_loop_and_floors_tables(tmp_path):
     lines = rt.floors_table(p)
     assert "| x | cuda | 1,000.0 | 100.0 | 200.0 | - | byte | 5.0x |" in "\n".join(lines)
     assert "grid barrier: not measured" in lines[0]
+
+
+def test_bench_command_table(tmp_path):
+    rep = {"environment": {"device_name": "AMD EPYC", "torch": "2.14", "git_commit": "0123456789abc"},
+           "config": {"cell": "lstmcell", "layers": 1, "input": 256, "hidden": 256, "batch": 32, "seq": 35,
+                      "dtype": "float32", "train": True, "forward": False},
+           "command": "python -m fastrnn bench --cell lstmcell --train", "timing": "10 rounds",
+           "rows": [{"impl": "torch", "train_seconds": [1.0], "train_tokens_per_s": 1120.0,
+                     "train_ratio_to_torch": 1.0, "train_ratio_to_torch_paired_median": 1.0},
+                    {"impl": "cpu", "train_seconds": [0.5], "train_tokens_per_s": 2240.0,
+                     "train_ratio_to_torch": 2.0, "train_ratio_to_torch_paired_median": 1.9}]}
+    p = tmp_path / "bench_lstmcell_cpu.json"
+    p.write_text(json.dumps(rep))
+    lines = rt.bench_cmd_table(p)
+    assert lines[0].startswith("**LSTMCELL, input 256, hidden 256, batch 32, seq 35, float32**")
+    assert "| torch | 1,120 | 1.00x | 1.00x |" in lines and "| cpu | 2,240 | 2.00x | 1.90x |" in lines
+
+
+def test_d2l_run_and_continuations(tmp_path):
+    res = [{"label": lab, "final_perplexity": ppl, "train_epoch_seconds": [30.0, 30.0],
+            "predictions": {"time traveller": "time traveller for so it will be", "traveller": "traveller with a"}}
+           for lab, ppl in (("torch.nn", 1.0312), ("fastrnn cpu", 1.0309))]
+    d = {"environment": {"device_name": "AMD EPYC", "torch": "2.14", "git_commit": "0123456789abc"},
+         "config": {"cell": "lstm", "layers": 2, "hidden": 256, "epochs": 500}, "command": "python bench/time_machine.py",
+         "wall_seconds": 600.0, "results": res}
+    p = tmp_path / "time_machine_lstm_cpu.json"
+    p.write_text(json.dumps(d))
+    p.with_suffix(".png").write_bytes(b"\x89PNG")
+    text = "\n".join(rt.d2l_run(p))
+    assert "final perplexity torch.nn 1.031, fastrnn cpu 1.031" in text and "10.0 min wall for the 2 models" in text
+    assert "training: torch.nn 1.0 min, fastrnn cpu 1.0 min" in text
+    assert f"![perplexity per epoch and tokens/s]({p.with_suffix('.png')})" in text
+    assert '| backend | "time traveller" | "traveller" |' in text
+    assert "| fastrnn cpu | `time traveller for so it will be` | `traveller with a` |" in text
