@@ -75,6 +75,37 @@ def test_half_results_allow_one_rounding_flip():
                              dtype=torch.float32).ok
 
 
+def test_pooled_baseline_for_a_recurrences_states():
+    """A final state with one nonzero element that the baseline happened to get
+    nearly exact is held to the error level of the whole recurrence (pooled), not
+    to that chance low; a wrong element still fails."""
+    truth_y = torch.randn(5, 1, 6, dtype=torch.float64)
+    truth_h = torch.zeros(1, 1, 6, dtype=torch.float64)
+    truth_h[0, 0, 2] = 1.6e-3
+    e = 1e-3  # the recurrence's error in this precision, per element
+    signs = torch.randint(0, 2, truth_y.shape).double() * 2 - 1  # errors of exactly e, random signs
+    base_y = truth_y + e * signs
+    base_h = truth_h.clone()
+    base_h[0, 0, 2] += 1e-5  # by chance almost exact
+    got_y = truth_y - 0.9 * e * signs
+    got_h = torch.zeros_like(truth_h)  # the same element rounded to 0: an error of ~e
+    kw = dict(dtype=torch.float32, factor=2.0, scale=1.0)
+    own = testing.judge_group(["output", "h_n"], [got_y, got_h], [truth_y, truth_h], [base_y, base_h], **kw)
+    assert own[0].ok and not own[1].ok  # the chance low fails it without pooling
+    pooled = testing.judge_group(["output", "h_n"], [got_y, got_h], [truth_y, truth_h], [base_y, base_h],
+                                 pooled=True, **kw)
+    assert all(v.ok for v in pooled)
+    wrong_h = truth_h.clone()
+    wrong_h[0, 0, 4] = 0.05  # one wrong element, 50x the recurrence's error
+    bad = testing.judge_group(["output", "h_n"], [got_y, wrong_h], [truth_y, truth_h], [base_y, base_h],
+                              pooled=True, **kw)
+    assert bad[0].ok and not bad[1].ok
+    # a tensor's own larger baseline error still counts
+    loud = testing.judge_group(["output", "h_n"], [got_y, got_h + 0.02], [truth_y, truth_h], [base_y, base_h + 0.02],
+                               pooled=True, **kw)
+    assert loud[1].base_err > 0.019 and loud[1].ok
+
+
 def test_expect_and_check():
     def f(x, w):
         return (x @ w, (x @ w).tanh())
