@@ -70,3 +70,36 @@ def test_cuda_on_a_machine_without_one():
     with pytest.raises(SystemExit) as e:
         check.main(["--device", "cuda"])
     assert e.value.code == 2
+
+
+# The command's case list is the suite's too: every case of the full grid, each
+# CPU backend and dtype here, and on a GPU every backend in its dtypes against cuDNN
+# (the same check_case that `python -m fastrnn check` runs).
+_FULL = check.cases("full")
+
+
+@pytest.mark.parametrize("dtype", check.DTYPES["cpu"])
+@pytest.mark.parametrize("backend", [t[0] for t in check._targets(["cpu"]) if t[2] == "float32"])
+@pytest.mark.parametrize("case", _FULL, ids=[c.name for c in _FULL])
+def test_every_check_case_on_cpu(case, backend, dtype):
+    row = check.check_case(case, backend, "cpu", dtype, torch.initial_seed() % 2**31)
+    assert row["ok"], row
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", check.DTYPES["cuda"])
+@pytest.mark.parametrize("backend", ["reference", "cuda", "triton"])
+@pytest.mark.parametrize("case", check.cases("default"), ids=[c.name for c in check.cases("default")])
+def test_every_check_case_on_cuda(case, backend, dtype):
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU is visible")
+    if (backend, "cuda", dtype) not in check._targets(["cuda"]):
+        pytest.skip(f"{backend} cannot run {dtype} on this GPU here")
+    with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+        prev = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = False
+        try:
+            row = check.check_case(case, backend, "cuda", dtype, torch.initial_seed() % 2**31)
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = prev
+    assert row["ok"], row
