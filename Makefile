@@ -63,12 +63,19 @@ test: setup
 	$(PY) -m pytest tests -q -ra
 	$(PY) -m pytest tests/interpret -q -ra
 
+# ONLY=<test files or ids>: just that selection under SEEDS base seeds (a part of the
+# proof, e.g. ONLY=tests/test_ext_cpu.py FASTRNN_TEST_SEED=1039 SEEDS=11).
 test-seeds: setup
+ifdef ONLY
+	@echo "FASTRNN_TEST_SEED=$(FASTRNN_TEST_SEED): $(SEEDS) seeds of $(ONLY)"
+	$(PY) -m pytest $(ONLY) -q -ra -p no:cacheprovider --seeds $(SEEDS)
+else
 	@echo "FASTRNN_TEST_SEED=$(FASTRNN_TEST_SEED): $(SEEDS) seeds (slow interpreter suites $(SEEDS_SLOW))"
 	$(PY) -m pytest $(SEED_FAST) -q -ra -p no:cacheprovider --seeds $(SEEDS)
 	$(PY) -m pytest $(SEED_FAST_INTERP) -q -ra -p no:cacheprovider --seeds $(SEEDS)
 	$(PY) -m pytest $(SEED_SLOW) -q -ra -p no:cacheprovider --seeds $(SEEDS_SLOW)
 	$(PY) -m pytest $(SEED_SLOW_INTERP) -q -ra -p no:cacheprovider --seeds $(SEEDS_SLOW)
+endif
 
 # A user's install (issue #15): a wheel from this tree into a new venv, then
 # `python -m fastrnn check` and `bench` from outside the tree (.ci/install_check.sh).
