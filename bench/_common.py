@@ -13,7 +13,42 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(REPO))
 
-from fastrnn.bench import (  # noqa: E402,F401  (needs the path above)
+import os  # noqa: E402
+
+import fastrnn.bench as _bench  # noqa: E402  (needs the path above)
+from fastrnn.bench import (  # noqa: E402,F401
     AUTOCAST, CELLS, LAYERS, STEP_CELLS, TORCH, TORCH_NATIVE, autocast, best_device, device_name, environment,
-    fastrnn_backends, git_commit, make_layer, now, round_robin, split_autocast, sync, time_call, triton_tuning,
+    fastrnn_backends, git_commit, now, round_robin, split_autocast, sync, time_call, triton_tuning,
 )
+
+
+def make_layer(impl: str, cell: str, input_size: int, hidden_size: int, num_layers: int = 1, **kw):
+    """fastrnn.bench.make_layer, and "<backend>/layers": the fastrnn layer with its
+    stack fusion switched off (FASTRNN_FUSED_STACK=0 during its forward), to show
+    what the fusion buys."""
+    base, _ = split_autocast(impl)
+    if base.endswith(LAYERS):
+        import fastrnn
+
+        return _layer_by_layer(getattr(fastrnn, CELLS[cell]))(input_size, hidden_size, num_layers,
+                                                              backend=base[: -len(LAYERS)], **kw)
+    return _bench.make_layer(impl, cell, input_size, hidden_size, num_layers, **kw)
+
+
+def _layer_by_layer(cls):
+    class LayerByLayer(cls):
+        """The fastrnn layer with its stack fusion turned off (FASTRNN_FUSED_STACK=0)."""
+
+        def forward(self, *args, **kwargs):
+            prev = os.environ.get("FASTRNN_FUSED_STACK")
+            os.environ["FASTRNN_FUSED_STACK"] = "0"
+            try:
+                return super().forward(*args, **kwargs)
+            finally:
+                if prev is None:
+                    del os.environ["FASTRNN_FUSED_STACK"]
+                else:
+                    os.environ["FASTRNN_FUSED_STACK"] = prev
+
+    LayerByLayer.__name__ = cls.__name__
+    return LayerByLayer

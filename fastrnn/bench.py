@@ -103,29 +103,9 @@ def make_layer(impl: str, cell: str, input_size: int, hidden_size: int, num_laye
         return getattr(torch.nn, cls)(input_size, hidden_size, num_layers, **kw)
     if impl == TORCH_NATIVE:
         return _without_onednn(getattr(torch.nn, cls))(input_size, hidden_size, num_layers, **kw)
-    if impl.endswith(LAYERS):
-        return _layer_by_layer(getattr(fastrnn, cls))(input_size, hidden_size, num_layers,
-                                                      backend=impl[: -len(LAYERS)], **kw)
+    if impl.endswith(LAYERS):  # the stack fusion switched off: the benchmarks' own (bench/_common.py)
+        raise ValueError(f"{impl!r}: a fused-stack backend run layer by layer is built by bench/_common.py")
     return getattr(fastrnn, cls)(input_size, hidden_size, num_layers, backend=impl, **kw)
-
-
-def _layer_by_layer(cls):
-    class LayerByLayer(cls):
-        """The fastrnn layer with its stack fusion turned off (FASTRNN_FUSED_STACK=0)."""
-
-        def forward(self, *args, **kwargs):
-            prev = os.environ.get("FASTRNN_FUSED_STACK")
-            os.environ["FASTRNN_FUSED_STACK"] = "0"
-            try:
-                return super().forward(*args, **kwargs)
-            finally:
-                if prev is None:
-                    del os.environ["FASTRNN_FUSED_STACK"]
-                else:
-                    os.environ["FASTRNN_FUSED_STACK"] = prev
-
-    LayerByLayer.__name__ = cls.__name__
-    return LayerByLayer
 
 
 def _without_onednn(cls):
@@ -504,7 +484,7 @@ def parse_args(argv=None):
     if args.backends != "all":
         names = [b.strip() for b in args.backends.split(",") if b.strip()]
         known = (TORCH, TORCH_NATIVE) + _backend.NAMES
-        bad = [b for b in names if split_autocast(b)[0].removesuffix(LAYERS) not in known]
+        bad = [b for b in names if split_autocast(b)[0] not in known]
         if bad or not names:
             p.error(f"--backends {args.backends!r}: choose from {', '.join(known)} (comma-separated)")
         args.backends = names
