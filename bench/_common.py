@@ -6,6 +6,7 @@ so the scripts here and the command share one timer; this module puts the
 checkout on the path and re-exports them."""
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -13,13 +14,26 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(REPO))
 
-import os  # noqa: E402
-
 import fastrnn.bench as _bench  # noqa: E402  (needs the path above)
 from fastrnn.bench import (  # noqa: E402,F401
-    AUTOCAST, CELLS, LAYERS, STEP_CELLS, TORCH, TORCH_NATIVE, autocast, best_device, device_name, environment,
-    fastrnn_backends, git_commit, now, round_robin, split_autocast, sync, time_call, triton_tuning,
+    AUTOCAST, CELLS, STEP_CELLS, TORCH, TORCH_NATIVE, autocast, best_device, device_name, environment,
+    git_commit, now, round_robin, split_autocast, sync, time_call, triton_tuning,
 )
+
+#: suffix of a fused-stack backend run layer by layer (the benchmarks' own variant)
+LAYERS = "/layers"
+
+
+def fastrnn_backends(device, cell: str = "lstm") -> tuple[list[str], dict[str, str]]:
+    """fastrnn.bench.fastrnn_backends, and after each backend that fuses whole stacks
+    its "<backend>/layers" variant, to show what the fusion buys."""
+    import fastrnn
+
+    usable, skipped = _bench.fastrnn_backends(device)
+    for name in list(usable):
+        if fastrnn._backend.get(name).fused_stack(cell):
+            usable.insert(usable.index(name) + 1, name + LAYERS)
+    return usable, skipped
 
 
 def make_layer(impl: str, cell: str, input_size: int, hidden_size: int, num_layers: int = 1, **kw):

@@ -35,8 +35,6 @@ TORCH = "torch"  # the name used for torch.nn's own implementation (cuDNN on GPU
 # torch.nn with oneDNN switched off: on CPU, torch.nn's RNNs run oneDNN's fused RNN
 # primitive; this is its native ATen path (per-step ops, autograd backward).
 TORCH_NATIVE = "torch-native"
-#: suffix of a fused-stack backend run layer by layer
-LAYERS = "/layers"
 #: suffix of an implementation run under torch.autocast (bfloat16 on CPU, the
 #: device's autocast dtype elsewhere), e.g. "torch+autocast", "cpu+autocast"
 AUTOCAST = "+autocast"
@@ -63,8 +61,8 @@ def best_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def fastrnn_backends(device: torch.device, cell: str = "lstm") -> tuple[list[str], dict[str, str]]:
-    """(usable, skipped): fastrnn backends that run ``cell`` on ``device``, and why the others don't."""
+def fastrnn_backends(device: torch.device) -> tuple[list[str], dict[str, str]]:
+    """(usable, skipped): fastrnn backends that run on ``device``, and why the others don't."""
     import fastrnn
 
     usable, skipped = [], {}
@@ -76,11 +74,6 @@ def fastrnn_backends(device: torch.device, cell: str = "lstm") -> tuple[list[str
             skipped[name] = f"does not run on {device.type} (devices: {', '.join(row['devices'])})"
         else:
             usable.append(name)
-    # a backend that fuses whole stacks also runs layer by layer, to show what the
-    # fusion buys ("<backend>/layers": FASTRNN_FUSED_STACK=0 during its forward)
-    for name in list(usable):
-        if cell in CELLS and fastrnn._backend.get(name).fused_stack(cell):
-            usable.insert(usable.index(name) + 1, name + LAYERS)
     return usable, skipped
 
 
@@ -103,8 +96,6 @@ def make_layer(impl: str, cell: str, input_size: int, hidden_size: int, num_laye
         return getattr(torch.nn, cls)(input_size, hidden_size, num_layers, **kw)
     if impl == TORCH_NATIVE:
         return _without_onednn(getattr(torch.nn, cls))(input_size, hidden_size, num_layers, **kw)
-    if impl.endswith(LAYERS):  # the stack fusion switched off: the benchmarks' own (bench/_common.py)
-        raise ValueError(f"{impl!r}: a fused-stack backend run layer by layer is built by bench/_common.py")
     return getattr(fastrnn, cls)(input_size, hidden_size, num_layers, backend=impl, **kw)
 
 
@@ -249,13 +240,12 @@ def triton_tuning() -> dict | None:
 # ----------------------------------------------------------------------------- the command
 def _unsupported(impl: str, cell: str, device: torch.device, dtype: torch.dtype, proj: bool) -> str | None:
     """Why a fastrnn backend says it cannot run this configuration (None: it can)."""
-    base = split_autocast(impl)[0].removesuffix(LAYERS)
+    base = split_autocast(impl)[0]
     if base in (TORCH, TORCH_NATIVE):
         return None
     from . import _backend
 
-    mode = {"lstmcell": "lstm", "grucell": "gru", "rnncell": "rnn"}.get(cell, cell)
-    return _backend.get(base).supports(mode, device.type, dtype, proj)
+    return _backend.get(base).supports(cell.removesuffix("cell"), device.type, dtype, proj)
 
 
 def _step_fn(impl: str, args, device: torch.device, train: bool):
@@ -311,8 +301,8 @@ def run(args) -> dict:
     device = best_device() if args.device == "auto" else torch.device(args.device)
     dtype = getattr(torch, args.dtype)
     if args.backends == "all":
-        usable, skipped = fastrnn_backends(device, args.cell)
-        impls = [TORCH] + [u for u in usable if not u.endswith(LAYERS)]
+        usable, skipped = fastrnn_backends(device)
+        impls = [TORCH] + usable
     else:
         impls, skipped = list(dict.fromkeys(args.backends)), {}
     if args.autocast:
