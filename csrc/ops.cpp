@@ -37,6 +37,18 @@ TORCH_LIBRARY(fastrnn_ext, m) {
         "bool relu, bool need_ws, str path) -> (Tensor, Tensor)");
   m.def("rnn_stack_backward(Tensor dy, Tensor dh_n, Tensor w_ih, Tensor w_hh, Tensor y, "
         "bool relu, str path) -> (Tensor, Tensor)");
+  // The Cell modules' step (fastrnn/cells.py, csrc/cells.cpp): mode "LSTM", "GRU",
+  // "RNN_TANH" or "RNN_RELU"; c for the LSTM only; path as above.  ``cell`` is
+  // differentiable, its autograd registered in C++ (no Python on a step's path);
+  // cell_forward and cell_backward are its two directions (CPU kernels in
+  // cpu/cells.cpp).
+  m.def("cell(str mode, Tensor x, Tensor h, Tensor? c, Tensor w_ih, Tensor w_hh, Tensor? b_ih, "
+        "Tensor? b_hh, str path) -> (Tensor, Tensor)");
+  m.def("cell_forward(str mode, Tensor x, Tensor h, Tensor? c, Tensor w_ih, Tensor w_hh, "
+        "Tensor? b_ih, Tensor? b_hh, bool need_ws, str path) -> (Tensor, Tensor, Tensor)");
+  m.def("cell_backward(str mode, Tensor dh, Tensor? dc, Tensor x, Tensor h, Tensor? c, "
+        "Tensor w_ih, Tensor w_hh, Tensor ws, bool bias, bool[3] mask, str path) -> "
+        "(Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
 }
 
 extern "C" {

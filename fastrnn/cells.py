@@ -1,12 +1,15 @@
 """LSTMCell, GRUCell, RNNCell: drop-ins for torch.nn's cells.
 
-A cell is one step of a layer: its input projection is a GEMM as in every layer
-(``fastrnn.functional``), and its step runs through the same recurrence op with
-T = 1, so every backend's fused gate math (and autograd formula) serves the
-cells too.  Constructor, parameters (names, shapes, order, initialisation: the
-same seed gives torch.nn's weights), ``state_dict``, forward (batched (N, I) or
-unbatched (I,)), the error messages and the dtypes under autocast are
-torch.nn's.
+On the ``cpu`` backend a step is one call of the extension's ``fastrnn_ext::cell``
+(csrc/ops.cpp): both products and the fused gate pass in C++, its autograd a
+C++ Function (csrc/cells.cpp), so a step costs one dispatch forward and one
+backward and no Python beyond the module's checks.  Under a torch.func transform,
+and on every other backend, the step runs the layers' recurrence op with T = 1
+(its input projection a GEMM as in every layer, ``fastrnn.functional``), so
+every backend's fused gate math and autograd formula serve the cells too.
+Constructor, parameters (names, shapes, order, initialisation: the same seed
+gives torch.nn's weights), ``state_dict``, forward (batched (N, I) or unbatched
+(I,)), the error messages and the dtypes under autocast are torch.nn's.
 """
 from __future__ import annotations
 
@@ -22,6 +25,27 @@ from . import _backend, _ops
 from .functional import bias_sum
 
 _GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
+
+
+def _cell_op():
+    """fastrnn_ext::cell (csrc/ops.cpp), looked up once: a step is short enough
+    that torch.ops' name resolution shows (torch.compile resolves it anyway)."""
+    if torch.compiler.is_compiling():
+        return torch.ops.fastrnn_ext.cell.default
+    global _CELL_OP
+    if _CELL_OP is None:
+        _CELL_OP = torch.ops.fastrnn_ext.cell.default
+    return _CELL_OP
+
+
+_CELL_OP = None
+
+
+@torch.compiler.assume_constant_result
+def _products_path(backend: str, dtype: torch.dtype) -> str:
+    """The backend's kernel path for the products (a constant to torch.compile,
+    which bakes it into the graph as it bakes in the backend's name)."""
+    return _backend.get(backend).path(dtype)[0]
 
 
 class RNNCellBase(nn.Module):
@@ -120,6 +144,14 @@ class RNNCellBase(nn.Module):
                                f"got {dtype}, {[h.dtype for h in states]} and {w_ih.dtype}")
         cell = {"LSTM": "lstm", "GRU": "gru"}.get(self.mode, "rnn")
         backend = "reference" if N == 0 else _backend.resolve(self.backend, cell, device_type, dtype, False)
+        if backend == "cpu" and (torch.compiler.is_compiling() or not torch._C._are_functorch_transforms_active()):
+            # the extension's fused step, autograd in C++ (csrc/cells.cpp); its
+            # products run in the data's dtype whatever autocast says
+            lstm = self.mode == "LSTM"
+            h, c = _cell_op()(self.mode, x, states[0], states[1] if lstm else None, w_ih, w_hh, b_ih, b_hh,
+                              _products_path(backend, dtype))
+            out = (h, c) if lstm else (h,)
+            return out if batched else tuple(t.squeeze(0) for t in out)
         need_ws = torch.is_grad_enabled() and any(t.requires_grad for t in (x, *states, w_ih, w_hh))
         with torch.autocast(device_type, enabled=False) if device_type in ("cuda", "cpu") else nullcontext():
             if self.mode == "GRU":

@@ -25,6 +25,20 @@ def backends_on(device_type: str) -> list[str]:
     return names
 
 
+def cpu_paths() -> list[tuple[str, str, str]]:
+    """Every step-product path of the cpu backend this CPU can run, as (id,
+    FASTRNN_CPU_GEMM, FASTRNN_CPU_BF16): BLAS and the own AVX-512 kernel for
+    float32 (and for the half types on their float32 fallback), and the
+    AVX512-BF16 kernel for bfloat16."""
+    flags = set(" ".join(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split())
+    paths = [("blas", "blas", "fp32")]
+    if "avx512f" in flags:
+        paths.append(("own", "own", "fp32"))
+    if {"avx512f", "avx512bw", "avx512vl", "avx512_bf16"} <= flags:
+        paths.append(("bf16dot", "own", "dot"))
+    return paths
+
+
 def layer_kwargs(mode: str, num_layers: int = 1, proj: int = 0) -> dict:
     """Constructor keywords of a ``mode`` ("LSTM", "GRU", "RNN_TANH", "RNN_RELU") stack."""
     kw = dict(num_layers=num_layers)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import fastrnn
-from _util import backends_on
+from _util import backends_on, cpu_paths
 from fastrnn import testing
 
 CELLS = {"LSTMCell": (torch.nn.LSTMCell, fastrnn.LSTMCell, {}), "GRUCell": (torch.nn.GRUCell, fastrnn.GRUCell, {}),
@@ -187,6 +187,56 @@ def test_compile_fullgraph(name):
     torch._dynamo.reset()
 
 
+@pytest.mark.parametrize("name", ["LSTMCell", "GRUCell", "RNNCell"])
+def test_compile_training_step(name):
+    """Two steps of a cell and the backward under torch.compile(fullgraph=True)
+    give eager's outputs and gradients (the extension's step ops traced as
+    opaque nodes, their autograd from C++)."""
+    torch._dynamo.reset()
+    _, fast = _pair(name, 4, 6, dtype=torch.float32)
+    x = torch.randn(2, 3, 4)
+
+    def run(m, x):
+        hx = None
+        for t in range(2):
+            hx = m(x[t], hx)
+        out = hx[0] if isinstance(hx, tuple) else hx
+        return (out.sin() + (hx[1].cos() if isinstance(hx, tuple) else 0)).sum()
+
+    def grads(fn):
+        fast.zero_grad()
+        xx = x.clone().requires_grad_()
+        loss = fn(fast, xx)
+        loss.backward()
+        return [loss.detach(), xx.grad] + [p.grad.clone() for p in fast.parameters()]
+
+    eager = grads(run)
+    compiled = grads(torch.compile(run, fullgraph=True))
+    testing.assert_close(["loss", "dx"] + [n for n, _ in fast.named_parameters()], compiled,
+                         [t.double() for t in eager], reduction=64, scale=1.0)
+    torch._dynamo.reset()
+
+
+def test_torch_func_and_no_double_backward():
+    """torch.func.grad over a cell gives torch.nn's gradients (under a transform the
+    step runs the recurrence op, whose autograd functorch accepts); asking for a
+    second derivative is a clear error, not a silently detached gradient."""
+    ref, fast = _pair("LSTMCell", 3, 4, dtype=torch.float64)
+    x = torch.randn(2, 3, dtype=torch.float64)
+
+    def f(params, m):
+        return torch.func.functional_call(m, params, (x,))[0].sin().sum()
+
+    got = torch.func.grad(f)({k: v.detach() for k, v in fast.named_parameters()}, fast)
+    want = torch.func.grad(f)({k: v.detach() for k, v in ref.named_parameters()}, ref)
+    testing.assert_close(list(want), [got[k] for k in want], [want[k] for k in want], reduction=16, scale=1.0)
+    if "cpu" in BACKENDS:
+        xx = x.clone().requires_grad_()
+        h, _ = fastrnn.LSTMCell(3, 4, dtype=torch.float64, backend="cpu")(xx)
+        with pytest.raises(RuntimeError, match="no double backward"):
+            torch.autograd.grad(h.sum(), xx, create_graph=True)
+
+
 def test_convert_swaps_cells():
     model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LSTMCell(4, 6))
     inner = torch.nn.ModuleDict({"g": torch.nn.GRUCell(4, 6), "r": torch.nn.RNNCell(4, 6, nonlinearity="relu")})
@@ -201,3 +251,82 @@ def test_convert_swaps_cells():
     assert isinstance(model[1], fastrnn.LSTMCell)
     fastrnn.to_torch(model)
     assert type(model[1]) is torch.nn.LSTMCell
+
+
+# ------------------------------------------------------------ the extension's step op
+_VF_CELL = {"LSTM": torch._VF.lstm_cell, "GRU": torch._VF.gru_cell, "RNN_TANH": torch._VF.rnn_tanh_cell,
+            "RNN_RELU": torch._VF.rnn_relu_cell}
+_GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
+# (N, I, H, bias): odd sizes for the row tiles (8) and column panels (32) of the
+# own kernel, and (33, 64, 40) past its threshold for splitting across threads
+_OP_CASES = [(1, 1, 1, True), (3, 5, 7, False), (9, 40, 33, True), (33, 64, 40, True), (8, 32, 32, False)]
+
+
+def _cell_ext():
+    from fastrnn.backends.extension import CpuBackend
+    ok, why = CpuBackend().available()
+    if not ok:
+        pytest.skip(why)
+    return torch.ops.fastrnn_ext
+
+
+def _torch_cell(mode, args, dh, dc):
+    """torch's own cell function (what torch.nn's cells call): outputs, then the
+    gradients of sum(h' dh) (+ sum(c' dc)) w.r.t. x, the state and the parameters."""
+    x, h, c, w_ih, w_hh, b_ih, b_hh = [None if a is None else a.detach().clone().requires_grad_() for a in args]
+    out = _VF_CELL[mode](x, (h, c) if mode == "LSTM" else h, w_ih, w_hh, b_ih, b_hh)
+    outs = list(out) if mode == "LSTM" else [out]
+    loss = (outs[0] * dh).sum() + ((outs[1] * dc).sum() if mode == "LSTM" else 0)
+    leaves = [t for t in (x, h, c, w_ih, w_hh, b_ih, b_hh) if t is not None]
+    return [o.detach() for o in outs] + list(torch.autograd.grad(loss, leaves))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16],
+                         ids=["fp64", "fp32", "bf16", "fp16"])
+@pytest.mark.parametrize("path", [p[0] for p in cpu_paths()])
+@pytest.mark.parametrize("mode", list(_VF_CELL))
+def test_cell_op_on_every_path(mode, path, dtype):
+    """fastrnn_ext::cell_forward / cell_backward (the cpu backend's cell step, its
+    products through `path`) against torch's cell functions: forward and every
+    gradient, judged against a float64 truth relative to torch's own error in the
+    same dtype; a partial gradient mask returns exactly those gradients."""
+    if path == "bf16dot" and dtype != torch.bfloat16:
+        pytest.skip("the bf16 kernel's path runs bfloat16 data only")
+    op = _cell_ext()
+    gen = torch.Generator().manual_seed(torch.initial_seed())
+    lstm = mode == "LSTM"
+    for N, I, H, bias in _OP_CASES:
+        G = _GATES[mode] * H
+        r = lambda *s: torch.randn(*s, generator=gen, dtype=torch.float64)  # noqa: E731
+        args64 = [r(N, I), r(N, H), r(N, H) if lstm else None, r(G, I) / I ** 0.5, r(G, H) / H ** 0.5,
+                  r(G) if bias else None, r(G) if bias else None]
+        dh64, dc64 = r(N, H), r(N, H)
+        args = [None if a is None else a.to(dtype) for a in args64]
+        dh, dc = dh64.to(dtype), dc64.to(dtype)
+        x, h, c, w_ih, w_hh, b_ih, b_hh = args
+        hn, cn, ws = op.cell_forward(mode, x, h, c, w_ih, w_hh, b_ih, b_hh, True, path)
+        saved = hn if mode.startswith("RNN") else ws
+        full = op.cell_backward(mode, dh, dc if lstm else None, x, h, c, w_ih, w_hh, saved, bias,
+                                [True, True, True], path)
+        dx, dhp, dcp, dw_ih, dw_hh, db_ih, db_hh = full
+        got = [hn] + ([cn] if lstm else []) + [dx, dhp] + ([dcp] if lstm else []) + [dw_ih, dw_hh] + \
+            ([db_ih, db_hh] if bias else [])
+        names = ["h", "c"][:1 + lstm] + ["dx", "dh", "dc"][:2 + lstm] + ["dw_ih", "dw_hh"] + \
+            (["db_ih", "db_hh"] if bias else [])
+        truth = _torch_cell(mode, args64, dh64, dc64)
+        K = G + I + H + N
+        scale = max(testing.rms(t) for t in [*[a for a in args64 if a is not None], dh64])
+        if dtype == torch.float64:
+            testing.assert_close(names, got, truth, reduction=K, scale=scale)
+        else:
+            base = _torch_cell(mode, args, dh, dc)
+            testing.assert_close(names, got, truth, base, reduction=K, scale=scale)
+        for k, mask in enumerate(([True, False, False], [False, True, False], [False, False, True])):
+            part = op.cell_backward(mode, dh, dc if lstm else None, x, h, c, w_ih, w_hh, saved, bias, mask,
+                                    path)
+            groups = [[0], [1, 2], [3, 4, 5, 6]][k]
+            for i, (a, b) in enumerate(zip(part, full)):
+                if i in groups and (b.numel() > 0):
+                    assert torch.equal(a, b), (mode, path, mask, i)
+                else:
+                    assert a.numel() == 0, (mode, path, mask, i)

@@ -14,26 +14,14 @@ from __future__ import annotations
 import pytest
 import torch
 
+from _util import cpu_paths
 from fastrnn.backends.reference import ReferenceBackend
 from fastrnn.testing import Want, check, expect
 
 SHAPES = [(1, 1, 33), (97, 3, 33), (6, 32, 64), (9, 9, 20), (5, 7, 1)]  # (T, N, H)
 
 
-def _paths():
-    """Every step-product path this CPU can run, as (id, FASTRNN_CPU_GEMM,
-    FASTRNN_CPU_BF16): BLAS and the own AVX-512 kernel for float32 (and for the
-    half types on their float32 fallback), and the AVX512-BF16 kernel for bfloat16."""
-    flags = set(" ".join(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split())
-    paths = [("blas", "blas", "fp32")]
-    if "avx512f" in flags:
-        paths.append(("own", "own", "fp32"))
-    if {"avx512f", "avx512bw", "avx512vl", "avx512_bf16"} <= flags:
-        paths.append(("bf16dot", "own", "dot"))
-    return paths
-
-
-@pytest.fixture(params=_paths(), ids=lambda p: p[0])
+@pytest.fixture(params=cpu_paths(), ids=lambda p: p[0])
 def be(request, monkeypatch):
     """The cpu backend, on each step-product path this CPU can run (the bf16
     kernel for bfloat16 cases only: for other dtypes it is the 'own' path again)."""

@@ -1,5 +1,6 @@
 """The cpu backend's per-step matrix product (csrc/cpu/step_gemm.cpp): fastrnn's
-own AVX-512 kernel ("own"), its AVX512-BF16 kernel ("bf16dot": the operands
+own AVX-512 kernel ("own"; "strided": its unpacked variant, the Cell modules'
+products), its AVX512-BF16 kernel ("bf16dot": the operands
 rounded to bf16, products summed in float32) and MKL/BLAS ("blas"), against a float64
 product (of the bf16-rounded operands for bf16dot), for tile and panel edges (rows around the 8-row tile, columns around the
 32-column panel), both layouts of the packed operand, and beta 0 / 1 / 0.5.
@@ -56,12 +57,12 @@ def _check(got, a, b, tb, beta, c):
     assert (err <= bound + 1e-30).all(), f"max excess {(err - bound).max().item():.3e}"
 
 
-@pytest.mark.parametrize("impl", ["own", "blas", "bf16dot"])
+@pytest.mark.parametrize("impl", ["own", "blas", "bf16dot", "strided"])
 @pytest.mark.parametrize("tb", [False, True], ids=["B", "BT"])
 @pytest.mark.parametrize("beta", [0.0, 1.0, 0.5])
 @pytest.mark.parametrize("m,n,k", SHAPES)
 def test_step_gemm(ops, impl, tb, beta, m, n, k):
-    if impl == "own" and not _has_avx512():
+    if impl in ("own", "strided") and not _has_avx512():
         pytest.skip("this CPU has no AVX-512F")
     if impl == "bf16dot" and not _has_bf16dot():
         pytest.skip("this CPU has no AVX512-BF16")

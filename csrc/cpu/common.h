@@ -243,6 +243,16 @@ struct StackLayout {
   }
 };
 
+// Runs f(b) over the N batch rows of one cell step (cpu/cells.cpp): split over
+// threads only when the rows hold enough units to pay for a fork/join (~8 us).
+template <typename F>
+void for_cell_rows(int64_t N, int64_t units_per_row, const F& f) {
+  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 15) / std::max<int64_t>(units_per_row, 1));
+  at::parallel_for(0, N, grain, [&](int64_t r0, int64_t r1) {
+    for (int64_t b = r0; b < r1; ++b) f(b);
+  });
+}
+
 template <typename T>
 inline at::ScalarType dtype_of() {
   return c10::CppTypeToScalarType<T>::value;

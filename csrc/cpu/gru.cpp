@@ -2,6 +2,7 @@
 // one fused pass over the gates (b_hh added there, since the n gate needs
 // W_hn h + b_hn on its own); each thread runs the whole sequence for its block
 // of batch rows (see for_row_blocks).
+#include "cells.h"
 #include "common.h"
 
 namespace fastrnn {
@@ -263,6 +264,50 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_stack_backward_cpu(
 }
 
 }  // namespace
+
+// The Cell modules' step (cells.h).
+namespace {
+template <typename D, typename A>
+void cell_rows(int64_t N, int64_t H, const D* x, const A* g, const A* bh, A* h, A* w) {
+  for_cell_rows(N, 4 * H, [&](int64_t b) {
+    if constexpr (std::is_same<D, float>::value)
+      fwd_row_f32(H, x + b * 3 * H, g + b * 3 * H, bh, h + b * H, w + b * 4 * H);
+    else
+      fwd_row<D, A>(H, x + b * 3 * H, g + b * 3 * H, bh, h + b * H, w + b * 4 * H);
+  });
+}
+
+template <typename D, typename A>
+void cell_rows_backward(int64_t N, int64_t H, const A* w, const D* hp, const D* dy, A* dh, D* dx, A* dg) {
+  for_cell_rows(N, 4 * H, [&](int64_t b) {
+    A* dhb = dh + b * H;
+    std::fill(dhb, dhb + H, A(0));  // no gradient from a later step
+    if constexpr (std::is_same<D, float>::value)
+      bwd_row_f32(H, w + b * 4 * H, hp + b * H, dy + b * H, dhb, dx + b * 3 * H, dg + b * 3 * H);
+    else
+      bwd_row<D, A>(H, w + b * 4 * H, hp + b * H, dy + b * H, dhb, dx + b * 3 * H, dg + b * 3 * H);
+  });
+}
+}  // namespace
+
+void gru_cell_gates(const at::Tensor& xg, const at::Tensor& gh, const at::Tensor& bh,
+                    const at::Tensor& h, const at::Tensor& ws) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, xg.scalar_type(), "gru_cell", [&] {
+    using A = at::opmath_type<scalar_t>;
+    cell_rows<scalar_t, A>(h.size(0), h.size(1), xg.data_ptr<scalar_t>(), gh.data_ptr<A>(), bh.data_ptr<A>(),
+                           h.data_ptr<A>(), ws.data_ptr<A>());
+  });
+}
+
+void gru_cell_gates_backward(const at::Tensor& ws, const at::Tensor& h_prev, const at::Tensor& dy,
+                             const at::Tensor& dh, const at::Tensor& dx, const at::Tensor& dg) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dy.scalar_type(), "gru_cell_backward", [&] {
+    using A = at::opmath_type<scalar_t>;
+    cell_rows_backward<scalar_t, A>(dh.size(0), dh.size(1), ws.data_ptr<A>(), h_prev.data_ptr<scalar_t>(),
+                                    dy.data_ptr<scalar_t>(), dh.data_ptr<A>(), dx.data_ptr<scalar_t>(),
+                                    dg.data_ptr<A>());
+  });
+}
 
 TORCH_LIBRARY_IMPL(fastrnn_ext, CPU, m) {
   m.impl("gru_forward", &gru_forward_cpu);

@@ -2,6 +2,7 @@
 // one against W_hr when projected) and one fused pass over the gates; each
 // thread runs the whole sequence for its block of batch rows (see
 // for_row_blocks).  State is kept in the accumulation type A.
+#include "cells.h"
 #include "common.h"
 
 namespace fastrnn {
@@ -325,6 +326,50 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_stack_backward_cpu(
 }
 
 }  // namespace
+
+// The Cell modules' step (cells.h).
+namespace {
+// g: the rows of h_{t-1} @ W_hh^T, row stride gr (0: one row of zeros for all,
+// when x already holds both sides)
+template <typename D, typename A>
+void cell_rows(int64_t N, int64_t H, const D* x, const A* g, int64_t gr, A* c, A* w, A* h) {
+  for_cell_rows(N, 5 * H, [&](int64_t b) {
+    if constexpr (std::is_same<D, float>::value)
+      fwd_row_f32(H, x + b * 4 * H, H, g + b * gr, H, c + b * H, w + b * 5 * H, H, h + b * H);
+    else
+      fwd_row<D, A>(H, x + b * 4 * H, H, g + b * gr, H, c + b * H, w + b * 5 * H, H, h + b * H);
+  });
+}
+
+template <typename A>
+void cell_rows_backward(int64_t N, int64_t H, const A* w, const A* cp, const A* du, A* dc, A* dg) {
+  for_cell_rows(N, 5 * H, [&](int64_t b) {
+    if constexpr (std::is_same<A, float>::value)
+      bwd_row_f32(H, w + b * 5 * H, H, cp + b * H, du + b * H, dc + b * H, dg + b * 4 * H, H);
+    else
+      bwd_row<A>(H, w + b * 5 * H, H, cp + b * H, du + b * H, dc + b * H, dg + b * 4 * H, H);
+  });
+}
+}  // namespace
+
+void lstm_cell_gates(const at::Tensor& xg, const at::Tensor& gh, const at::Tensor& c,
+                     const at::Tensor& ws, const at::Tensor& h) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, xg.scalar_type(), "lstm_cell", [&] {
+    using A = at::opmath_type<scalar_t>;
+    const int64_t H = c.size(1);
+    std::vector<A> zeros(gh.defined() ? 0 : 4 * H, A(0));
+    cell_rows<scalar_t, A>(c.size(0), H, xg.data_ptr<scalar_t>(), gh.defined() ? gh.data_ptr<A>() : zeros.data(),
+                           gh.defined() ? 4 * H : 0, c.data_ptr<A>(), ws.data_ptr<A>(), h.data_ptr<A>());
+  });
+}
+
+void lstm_cell_gates_backward(const at::Tensor& ws, const at::Tensor& c_prev,
+                              const at::Tensor& dhu, const at::Tensor& dc, const at::Tensor& dg) {
+  AT_DISPATCH_FLOATING_TYPES(ws.scalar_type(), "lstm_cell_backward", [&] {
+    cell_rows_backward<scalar_t>(dc.size(0), dc.size(1), ws.data_ptr<scalar_t>(), c_prev.data_ptr<scalar_t>(),
+                                 dhu.data_ptr<scalar_t>(), dc.data_ptr<scalar_t>(), dg.data_ptr<scalar_t>());
+  });
+}
 
 TORCH_LIBRARY_IMPL(fastrnn_ext, CPU, m) {
   m.impl("lstm_forward", &lstm_forward_cpu);

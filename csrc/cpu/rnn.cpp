@@ -1,6 +1,7 @@
 // Elman RNN (tanh or relu) recurrence on the CPU: per step one matrix product
 // h_{t-1} @ W_hh^T and one fused pass for the activation; each thread runs the
 // whole sequence for its block of batch rows (see for_row_blocks).
+#include "cells.h"
 #include "common.h"
 
 namespace fastrnn {
@@ -214,6 +215,44 @@ std::tuple<at::Tensor, at::Tensor> rnn_stack_backward_cpu(const at::Tensor& dy, 
 }
 
 }  // namespace
+
+// The Cell modules' step (cells.h).
+namespace {
+// g: the rows of h_{t-1} @ W_hh^T, row stride gr (0: one row of zeros for all)
+template <typename D, typename A>
+void cell_rows(int64_t N, int64_t H, const D* x, const A* g, int64_t gr, bool relu, A* h) {
+  for_cell_rows(N, H, [&](int64_t b) {
+    if constexpr (std::is_same<D, float>::value)
+      fwd_row_f32(H, x + b * H, g + b * gr, relu, h + b * H);
+    else
+      fwd_row<D, A>(H, x + b * H, g + b * gr, relu, h + b * H);
+  });
+}
+}  // namespace
+
+void rnn_cell_gates(const at::Tensor& xg, const at::Tensor& gh, bool relu, const at::Tensor& h) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, xg.scalar_type(), "rnn_cell", [&] {
+    using A = at::opmath_type<scalar_t>;
+    const int64_t H = h.size(1);
+    std::vector<A> zeros(gh.defined() ? 0 : H, A(0));
+    cell_rows<scalar_t, A>(h.size(0), H, xg.data_ptr<scalar_t>(), gh.defined() ? gh.data_ptr<A>() : zeros.data(),
+                           gh.defined() ? H : 0, relu, h.data_ptr<A>());
+  });
+}
+
+void rnn_cell_gates_backward(const at::Tensor& y, const at::Tensor& dy, bool relu,
+                             const at::Tensor& dg) {
+  const int64_t N = dg.size(0), H = dg.size(1);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, y.scalar_type(), "rnn_cell_backward", [&] {
+    using A = at::opmath_type<scalar_t>;
+    const scalar_t *yp = y.data_ptr<scalar_t>(), *dyp = dy.data_ptr<scalar_t>();
+    A* dgp = dg.data_ptr<A>();
+    for_cell_rows(N, H, [&](int64_t b) {
+      for (int64_t j = 0; j < H; ++j)
+        dgp[b * H + j] = static_cast<A>(dyp[b * H + j]) * rnn_act_grad<A>(static_cast<A>(yp[b * H + j]), relu);
+    });
+  });
+}
 
 TORCH_LIBRARY_IMPL(fastrnn_ext, CPU, m) {
   m.impl("rnn_forward", &rnn_forward_cpu);

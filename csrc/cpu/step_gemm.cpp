@@ -40,6 +40,32 @@ constexpr int kMR = 8;  // rows of a register tile
 #if FR_HAVE_X86
 #define FR_AVX512 __attribute__((target("avx512f")))
 
+// The column mask of a tile's lo (columns 0-15) or hi (16-31) half, nc columns.
+inline __mmask16 tile_mask(int nc, int half) {
+  const int n = nc - 16 * half;
+  return n >= 16 ? __mmask16(0xFFFF) : n <= 0 ? __mmask16(0) : __mmask16((1u << n) - 1u);
+}
+
+// C[0:MR, 0:nc] = the accumulators (lo: columns 0-15, hi: 16-31) + beta C.
+template <int MR>
+FR_AVX512 inline __attribute__((always_inline)) void store_tile(const __m512* lo, const __m512* hi,
+                                                                float beta, float* __restrict c, int64_t ldc,
+                                                                int nc) {
+  const __mmask16 m0 = tile_mask(nc, 0), m1 = tile_mask(nc, 1);
+  const __m512 vb = _mm512_set1_ps(beta);
+#pragma GCC unroll 8
+  for (int r = 0; r < MR; ++r) {
+    float* cr = c + r * ldc;
+    __m512 x0 = lo[r], x1 = hi[r];
+    if (beta != 0.0f) {
+      x0 = _mm512_fmadd_ps(vb, _mm512_maskz_loadu_ps(m0, cr), x0);
+      x1 = _mm512_fmadd_ps(vb, _mm512_maskz_loadu_ps(m1, cr + 16), x1);
+    }
+    _mm512_mask_storeu_ps(cr, m0, x0);
+    _mm512_mask_storeu_ps(cr + 16, m1, x1);
+  }
+}
+
 // C[0:MR, 0:nc] = A[0:MR, 0:k] @ P (one panel) + beta C; nc <= kNR.
 template <int MR>
 FR_AVX512 void tile(int64_t k, const float* __restrict a, int64_t lda, const float* __restrict p,
@@ -63,20 +89,7 @@ FR_AVX512 void tile(int64_t k, const float* __restrict a, int64_t lda, const flo
       hi[r] = _mm512_fmadd_ps(av, b1, hi[r]);
     }
   }
-  const __mmask16 m0 = nc >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << nc) - 1u);
-  const __mmask16 m1 = nc >= 32 ? __mmask16(0xFFFF) : (nc <= 16 ? __mmask16(0) : __mmask16((1u << (nc - 16)) - 1u));
-  const __m512 vb = _mm512_set1_ps(beta);
-#pragma GCC unroll 8
-  for (int r = 0; r < MR; ++r) {
-    float* cr = c + r * ldc;
-    __m512 x0 = lo[r], x1 = hi[r];
-    if (beta != 0.0f) {
-      x0 = _mm512_fmadd_ps(vb, _mm512_maskz_loadu_ps(m0, cr), x0);
-      x1 = _mm512_fmadd_ps(vb, _mm512_maskz_loadu_ps(m1, cr + 16), x1);
-    }
-    _mm512_mask_storeu_ps(cr, m0, x0);
-    _mm512_mask_storeu_ps(cr + 16, m1, x1);
-  }
+  store_tile<MR>(lo, hi, beta, c, ldc, nc);
 }
 
 using TileFn = void (*)(int64_t, const float*, int64_t, const float*, float, float*, int64_t, int);
@@ -141,20 +154,7 @@ FR_AVX512BF16 void tile_bf16(int64_t k, const uint16_t* __restrict a, int64_t ld
       hi[r] = _mm512_dpbf16_ps(hi[r], (__m512bh)av, (__m512bh)b1);
     }
   }
-  const __mmask16 m0 = nc >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << nc) - 1u);
-  const __mmask16 m1 = nc >= 32 ? __mmask16(0xFFFF) : (nc <= 16 ? __mmask16(0) : __mmask16((1u << (nc - 16)) - 1u));
-  const __m512 vb = _mm512_set1_ps(beta);
-#pragma GCC unroll 8
-  for (int r = 0; r < MR; ++r) {
-    float* cr = c + r * ldc;
-    __m512 x0 = lo[r], x1 = hi[r];
-    if (beta != 0.0f) {
-      x0 = _mm512_fmadd_ps(vb, _mm512_maskz_loadu_ps(m0, cr), x0);
-      x1 = _mm512_fmadd_ps(vb, _mm512_maskz_loadu_ps(m1, cr + 16), x1);
-    }
-    _mm512_mask_storeu_ps(cr, m0, x0);
-    _mm512_mask_storeu_ps(cr + 16, m1, x1);
-  }
+  store_tile<MR>(lo, hi, beta, c, ldc, nc);
 }
 
 using TileBf16Fn = void (*)(int64_t, const uint16_t*, int64_t, const uint16_t*, float, float*,
@@ -176,6 +176,71 @@ FR_AVX512BF16 void panels_bf16(int64_t m, int64_t n, int64_t k, const uint16_t* 
     }
   }
 }
+
+// The unpacked kernel (the Cell modules' products, cells.cpp: one product per
+// call, so packing B would cost more than it saves): C = sum over terms of
+// A_t @ B_t (+ a bias per row of C) + beta C.  Element (r, kk) of A_t is
+// a[r ars + kk acs] (a row-major matrix or its transpose), B_t's rows are read
+// in place (row stride ldb, the last panel's columns masked), and C is written
+// row-major (ccs 1) or, with TransC, transposed (crs 1): through a buffer,
+// column by column.
+template <int MR, bool TransC>
+FR_AVX512 void tile_strided(const StridedTerm* terms, int nterms, int64_t r0, int64_t j0,
+                            const float* __restrict bias, float beta, float* __restrict c,
+                            int64_t crs, int64_t ccs, int nc) {
+  const __mmask16 m0 = tile_mask(nc, 0), m1 = tile_mask(nc, 1);
+  __m512 lo[MR], hi[MR];
+#pragma GCC unroll 8
+  for (int r = 0; r < MR; ++r) {
+    lo[r] = bias != nullptr ? _mm512_set1_ps(bias[r0 + r]) : _mm512_setzero_ps();
+    hi[r] = lo[r];
+  }
+  for (int t = 0; t < nterms; ++t) {
+    const StridedTerm& T = terms[t];
+    const int64_t acs = T.acs, ldb = T.ldb;
+    const float* ar[MR];
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; ++r) ar[r] = T.a + (r0 + r) * T.ars;
+    const float* b = T.b + j0;
+    for (int64_t kk = 0; kk < T.k; ++kk) {
+      const float* br = b + kk * ldb;
+      const __m512 b0 = _mm512_maskz_loadu_ps(m0, br);
+      const __m512 b1 = _mm512_maskz_loadu_ps(m1, br + 16);
+#pragma GCC unroll 8
+      for (int r = 0; r < MR; ++r) {
+        const __m512 av = _mm512_set1_ps(ar[r][kk * acs]);
+        lo[r] = _mm512_fmadd_ps(av, b0, lo[r]);
+        hi[r] = _mm512_fmadd_ps(av, b1, hi[r]);
+      }
+    }
+  }
+  c += r0 * crs + j0 * ccs;
+  if constexpr (!TransC) {
+    store_tile<MR>(lo, hi, beta, c, crs, nc);
+  } else {
+    alignas(64) float buf[MR][kNR];
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; ++r) {
+      _mm512_store_ps(buf[r], lo[r]);
+      _mm512_store_ps(buf[r] + 16, hi[r]);
+    }
+    for (int j = 0; j < nc; ++j) {
+      float* cj = c + j * ccs;
+      if (beta == 0.0f)
+        for (int r = 0; r < MR; ++r) cj[r * crs] = buf[r][j];
+      else
+        for (int r = 0; r < MR; ++r) cj[r * crs] = beta * cj[r * crs] + buf[r][j];
+    }
+  }
+}
+
+using TileStridedFn = void (*)(const StridedTerm*, int, int64_t, int64_t, const float*, float, float*,
+                               int64_t, int64_t, int);
+template <bool TransC>
+constexpr TileStridedFn kTilesStrided[kMR + 1] = {
+    nullptr, tile_strided<1, TransC>, tile_strided<2, TransC>, tile_strided<3, TransC>,
+    tile_strided<4, TransC>, tile_strided<5, TransC>, tile_strided<6, TransC>,
+    tile_strided<7, TransC>, tile_strided<8, TransC>};
 
 FR_AVX512BF16 void rows_to_bf16_kernel(int64_t m, int64_t k, const float* a, int64_t lda,
                                        uint16_t* dst) {
@@ -303,6 +368,49 @@ void packed_gemm(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
 #endif
 }
 
+void strided_gemm(int64_t m, int64_t n, const StridedTerm* terms, int nterms, const float* bias, float beta,
+                  float* c, int64_t crs, int64_t ccs) {
+#if FR_HAVE_X86
+  TORCH_CHECK(has_avx512f(), "fastrnn: the AVX-512 GEMM needs AVX-512F, which this CPU lacks");
+  if (m <= 0 || n <= 0) return;
+  int64_t macs = 0;
+  for (int t = 0; t < nterms; ++t) macs += m * n * std::max<int64_t>(terms[t].k, 0);
+  // tiles of kMR rows x kNR columns, panel by panel (a panel of B stays in cache
+  // for every row tile), split across threads in contiguous runs
+  const int64_t R = (m + kMR - 1) / kMR, P = (n + kNR - 1) / kNR;
+  const bool trans = ccs != 1;
+  auto run = [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t p = t / R, r = (t % R) * kMR;
+      const int mr = static_cast<int>(std::min<int64_t>(kMR, m - r));
+      const int nc = static_cast<int>(std::min<int64_t>(kNR, n - p * kNR));
+      if (trans)
+        kTilesStrided<true>[mr](terms, nterms, r, p * kNR, bias, beta, c, crs, ccs, nc);
+      else
+        kTilesStrided<false>[mr](terms, nterms, r, p * kNR, bias, beta, c, crs, ccs, nc);
+    }
+  };
+  if (!at::in_parallel_region() && at::get_num_threads() > 1 && R * P > 1 && macs >= (int64_t(1) << 17))
+    at::parallel_for(0, R * P, 1, run);
+  else
+    run(0, R * P);
+#else
+  (void)m, (void)n, (void)terms, (void)nterms, (void)bias, (void)beta, (void)c, (void)crs, (void)ccs;
+  TORCH_CHECK(false, "fastrnn: the AVX-512 GEMM is not built for this architecture");
+#endif
+}
+
+void transpose_rows(int64_t rows, int64_t cols, const float* src, float* dst) {
+  // blocks of 16 x 16: both the rows read and the rows written stay in L1
+  constexpr int64_t kB = 16;
+  for (int64_t r0 = 0; r0 < rows; r0 += kB)
+    for (int64_t c0 = 0; c0 < cols; c0 += kB) {
+      const int64_t r1 = std::min(rows, r0 + kB), c1 = std::min(cols, c0 + kB);
+      for (int64_t cc = c0; cc < c1; ++cc)
+        for (int64_t r = r0; r < r1; ++r) dst[cc * rows + r] = src[r * cols + cc];
+    }
+}
+
 int64_t packed_bf16_elems(int64_t k, int64_t n) {
   return ((n + kNR - 1) / kNR) * ((k + 1) / 2) * 2 * kNR;
 }
@@ -372,7 +480,8 @@ void packed_gemm_bf16(int64_t m, int64_t n, int64_t k, const uint16_t* a, int64_
 // fastrnn_ext::cpu_step_gemm(a, b, tb, beta, c, impl) -> a @ op(b) + beta c
 // through StepMatrix with the path impl ("own": this file's float32 kernel, an
 // error on a CPU without AVX-512F; "blas"; "bf16dot": the bf16 kernel, a and b
-// rounded to bf16), for the tests; and cpu_features() -> what
+// rounded to bf16; "strided": the unpacked kernel, as the cells call it), for
+// the tests; and cpu_features() -> what
 // the switchboard decides the CPU path from ("amd", "intel", "avx512f",
 // "avx512_bf16", "amx_bf16").
 #include <torch/library.h>
@@ -394,6 +503,18 @@ at::Tensor step_gemm_op(const at::Tensor& a, const at::Tensor& b, bool tb, doubl
   const at::Tensor A = a.contiguous(), B = b.contiguous();
   at::Tensor C = c.contiguous().clone();
   const float fb = static_cast<float>(beta);
+  if (impl == "strided") {  // the unpacked kernel, as the cells' products call it (cells.cpp)
+    if (!tb) {
+      const StridedTerm t{A.data_ptr<float>(), k, 1, B.data_ptr<float>(), n, k};
+      strided_gemm(m, n, &t, 1, nullptr, fb, C.data_ptr<float>(), n, 1);
+    } else {  // C^T = B @ A^T, A transposed first, C written transposed
+      std::vector<float> At(static_cast<size_t>(m * k));
+      transpose_rows(m, k, A.data_ptr<float>(), At.data());
+      const StridedTerm t{B.data_ptr<float>(), k, 1, At.data(), m, k};
+      strided_gemm(n, m, &t, 1, nullptr, fb, C.data_ptr<float>(), 1, n);
+    }
+    return C;
+  }
   // "bf16dot" rounds a and b to bf16 (the kernel's contract for bf16 storage)
   const CpuGemm g = gemm_path(impl, impl == "bf16dot" ? at::kBFloat16 : at::kFloat);
   const StepMatrix<float> W(g, B.data_ptr<float>(), B.size(1), tb, m, n, k);

@@ -39,6 +39,23 @@ void pack_b(const float* b, int64_t ldb, bool tb, int64_t k, int64_t n, float* d
 void packed_gemm(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
                  const float* packed, float beta, float* c, int64_t ldc);
 
+// The unpacked kernel (the Cell modules' products): C (m x n) = sum over the
+// terms of A_t (m x k_t) @ B_t (k_t x n) + bias + beta C, where A_t's element
+// (r, kk) is a[r ars + kk acs] (a row-major matrix or its transpose), B_t is
+// row-major with row stride ldb, bias (m, one value per row of C) may be null,
+// and C's element (r, j) is c[r crs + j ccs] with ccs == 1 (row-major) or
+// crs == 1 (transposed).  C is not read when beta == 0.  Needs AVX-512F.
+struct StridedTerm {
+  const float* a;
+  int64_t ars, acs;
+  const float* b;
+  int64_t ldb, k;
+};
+void strided_gemm(int64_t m, int64_t n, const StridedTerm* terms, int nterms, const float* bias, float beta,
+                  float* c, int64_t crs, int64_t ccs);
+// dst (cols x rows) = src (rows x cols)^T, both row-major and contiguous.
+void transpose_rows(int64_t rows, int64_t cols, const float* src, float* dst);
+
 // The bf16 kernel: op(B) packed as pairs of k (``P[((p K2 + kk) kNR + c) 2 + s]
 // = op(B)[2 kk + s][p kNR + c]``, K2 = ceil(k / 2), zero-padded), bf16 bits.
 int64_t packed_bf16_elems(int64_t k, int64_t n);

@@ -27,11 +27,45 @@ def _load() -> str | None:
             import fastrnn._C  # noqa: F401  (runs the op registrations)
 
             torch.ops.fastrnn_ext.lstm_forward  # the library must be registered
+            _register_cell_fakes()
         except Exception as e:  # missing build, ABI mismatch, unresolved symbol
             _load_error = (f"the compiled extension fastrnn._C is not usable "
                            f"({type(e).__name__}: {e}); build it with "
                            f"`pip install --no-build-isolation -e .`")
     return _load_error
+
+
+def _acc(dtype: torch.dtype) -> torch.dtype:
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def _register_cell_fakes() -> None:
+    """Shapes and dtypes of the Cell modules' step ops (csrc/ops.cpp, cpu/cells.cpp)
+    for torch.compile: ``cell``'s autograd (C++) runs ``cell_forward`` and
+    ``cell_backward``, which torch.compile traces as opaque nodes."""
+    gates = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
+
+    @torch.library.register_fake("fastrnn_ext::cell")
+    def _(mode, x, h, c, w_ih, w_hh, b_ih, b_hh, path):
+        return h.new_empty(h.shape), h.new_empty(h.shape if mode == "LSTM" else (0,))
+
+    @torch.library.register_fake("fastrnn_ext::cell_forward")
+    def _(mode, x, h, c, w_ih, w_hh, b_ih, b_hh, need_ws, path):
+        N, H = h.shape
+        ws_cols = {"LSTM": 5 * H, "GRU": 4 * H}.get(mode, 0) if need_ws else 0
+        ws = h.new_empty((N, ws_cols) if ws_cols else (0,), dtype=_acc(h.dtype))
+        return h.new_empty(h.shape), h.new_empty(h.shape if mode == "LSTM" else (0,)), ws
+
+    @torch.library.register_fake("fastrnn_ext::cell_backward")
+    def _(mode, dh, dc, x, h, c, w_ih, w_hh, ws, bias, mask, path):
+        G = gates[mode] * h.shape[1]
+        none = x.new_empty((0,))
+        dx = x.new_empty(x.shape) if mask[0] else none
+        dh_prev = h.new_empty(h.shape) if mask[1] else none
+        dc_prev = h.new_empty(h.shape) if mask[1] and mode == "LSTM" else none
+        dw_ih, dw_hh = (w_ih.new_empty(w_ih.shape), w_hh.new_empty(w_hh.shape)) if mask[2] else (none, none)
+        db = (w_ih.new_empty((G,)), w_ih.new_empty((G,))) if mask[2] and bias else (none, none)
+        return dx, dh_prev, dc_prev, dw_ih, dw_hh, *db
 
 
 @functools.lru_cache(maxsize=None)
