@@ -253,6 +253,18 @@ void for_cell_rows(int64_t N, int64_t units_per_row, const F& f) {
   });
 }
 
+// A gate pass for data D through its float32 or bfloat16 version (each compiled
+// three ways, FR_CPU_CLONES) or, for other types, the plain template.
+template <typename D, typename F32, typename BF16, typename Plain, typename... Args>
+inline void by_dtype(F32* f32, BF16* bf16, Plain* plain, Args... args) {
+  if constexpr (std::is_same<D, float>::value)
+    f32(args...);
+  else if constexpr (std::is_same<D, c10::BFloat16>::value)
+    bf16(args...);
+  else
+    plain(args...);
+}
+
 template <typename T>
 inline at::ScalarType dtype_of() {
   return c10::CppTypeToScalarType<T>::value;
@@ -277,6 +289,14 @@ template <>
 inline void convert_row<float, float>(float* __restrict dst, const float* __restrict src,
                                       int64_t n) {
   std::copy(src, src + n, dst);
+}
+// float32 state to bfloat16 output rows (rounded to nearest even, as c10::BFloat16),
+// compiled three ways (common.cpp): the bf16 recurrences write one per row and step.
+void convert_row_bf16(c10::BFloat16* __restrict dst, const float* __restrict src, int64_t n);
+template <>
+inline void convert_row<c10::BFloat16, float>(c10::BFloat16* __restrict dst, const float* __restrict src,
+                                              int64_t n) {
+  convert_row_bf16(dst, src, n);
 }
 
 template <typename T>

@@ -55,6 +55,16 @@ FR_CPU_CLONES void bwd_row_f32(int64_t H, const float* ws, const float* h_prev, 
   bwd_row<float, float>(H, ws, h_prev, dy, dh, dx, dg);
 }
 
+FR_CPU_CLONES void fwd_row_bf16(int64_t H, const c10::BFloat16* xg, const float* gh, const float* bh,
+                                float* h, float* ws) {
+  fwd_row<c10::BFloat16, float>(H, xg, gh, bh, h, ws);
+}
+
+FR_CPU_CLONES void bwd_row_bf16(int64_t H, const float* ws, const c10::BFloat16* h_prev,
+                                const c10::BFloat16* dy, float* dh, c10::BFloat16* dx, float* dg) {
+  bwd_row<c10::BFloat16, float>(H, ws, h_prev, dy, dh, dx, dg);
+}
+
 // Forward over batch rows [r0, r1), the whole sequence (see for_row_blocks).
 // With `in` (a stacked layer, D == A) the input side is in->x[t] @ W_ih^T + b_ih,
 // formed per step, and xg is not read.
@@ -96,10 +106,8 @@ void forward_rows(int64_t r0, int64_t r1, const Dims& d, const D* xg, const A* w
         zero_row(ws + b * 4 * H, 4 * H);
         continue;
       }
-      if constexpr (std::is_same<D, float>::value)
-        fwd_row_f32(H, x + b * 3 * H, g + b * 3 * H, bh, h + b * H, ws + b * 4 * H);
-      else
-        fwd_row<D, A>(H, x + b * 3 * H, g + b * 3 * H, bh, h + b * H, ws + b * 4 * H);
+      by_dtype<D>(fwd_row_f32, fwd_row_bf16, fwd_row<D, A>,
+                  H, x + b * 3 * H, g + b * 3 * H, bh, h + b * H, ws + b * 4 * H);
       convert_row(yt + b * H, h + b * H, H);
     }
   }
@@ -134,12 +142,8 @@ void backward_rows(int64_t r0, int64_t r1, const Dims& d, const D* dy, const A* 
       }
       const int64_t row = t * N + r0 + b;
       const D* hp = t > 0 ? y + (row - N) * H : h0 + (r0 + b) * H;
-      if constexpr (std::is_same<D, float>::value)
-        bwd_row_f32(H, ws + row * 4 * H, hp, dy + row * H, dh + b * H, dxt + b * 3 * H,
-                    dg + b * 3 * H);
-      else
-        bwd_row<D, A>(H, ws + row * 4 * H, hp, dy + row * H, dh + b * H, dxt + b * 3 * H,
-                      dg + b * 3 * H);
+      by_dtype<D>(bwd_row_f32, bwd_row_bf16, bwd_row<D, A>,
+                  H, ws + row * 4 * H, hp, dy + row * H, dh + b * H, dxt + b * 3 * H, dg + b * 3 * H);
       if (!same) convert_row(dgt + b * 3 * H, dg + b * 3 * H, 3 * H);
     }
     Wmul.mul(dg, 3 * H, A(1), dh, H);
@@ -270,10 +274,8 @@ namespace {
 template <typename D, typename A>
 void cell_rows(int64_t N, int64_t H, const D* x, const A* g, const A* bh, A* h, A* w) {
   for_cell_rows(N, 4 * H, [&](int64_t b) {
-    if constexpr (std::is_same<D, float>::value)
-      fwd_row_f32(H, x + b * 3 * H, g + b * 3 * H, bh, h + b * H, w + b * 4 * H);
-    else
-      fwd_row<D, A>(H, x + b * 3 * H, g + b * 3 * H, bh, h + b * H, w + b * 4 * H);
+    by_dtype<D>(fwd_row_f32, fwd_row_bf16, fwd_row<D, A>,
+                H, x + b * 3 * H, g + b * 3 * H, bh, h + b * H, w + b * 4 * H);
   });
 }
 
@@ -282,10 +284,8 @@ void cell_rows_backward(int64_t N, int64_t H, const A* w, const D* hp, const D* 
   for_cell_rows(N, 4 * H, [&](int64_t b) {
     A* dhb = dh + b * H;
     std::fill(dhb, dhb + H, A(0));  // no gradient from a later step
-    if constexpr (std::is_same<D, float>::value)
-      bwd_row_f32(H, w + b * 4 * H, hp + b * H, dy + b * H, dhb, dx + b * 3 * H, dg + b * 3 * H);
-    else
-      bwd_row<D, A>(H, w + b * 4 * H, hp + b * H, dy + b * H, dhb, dx + b * 3 * H, dg + b * 3 * H);
+    by_dtype<D>(bwd_row_f32, bwd_row_bf16, bwd_row<D, A>,
+                H, w + b * 4 * H, hp + b * H, dy + b * H, dhb, dx + b * 3 * H, dg + b * 3 * H);
   });
 }
 }  // namespace

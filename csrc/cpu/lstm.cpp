@@ -64,6 +64,22 @@ FR_CPU_CLONES void bwd_row_f32(int64_t n, const float* ws, int64_t wss, const fl
   bwd_row<float>(n, ws, wss, c_prev, dhu, dc, dg, dgs);
 }
 
+FR_CPU_CLONES void fwd_row_bf16(int64_t n, const c10::BFloat16* xg, int64_t xs, const float* gh,
+                                int64_t gs, float* c, float* ws, int64_t wss, float* h) {
+  fwd_row<c10::BFloat16, float>(n, xg, xs, gh, gs, c, ws, wss, h);
+}
+
+// The backward pass (float32 state whatever the data) through its version compiled
+// three ways for float32.
+template <typename A>
+inline void gate_bwd(int64_t n, const A* ws, int64_t wss, const A* c_prev, const A* dhu, A* dc, A* dg,
+                     int64_t dgs) {
+  if constexpr (std::is_same<A, float>::value)
+    bwd_row_f32(n, ws, wss, c_prev, dhu, dc, dg, dgs);
+  else
+    bwd_row<A>(n, ws, wss, c_prev, dhu, dc, dg, dgs);
+}
+
 // Forward over batch rows [r0, r1), the whole sequence: per step one product
 // h_{t-1} @ W_hh^T (W_hh packed once), the gate passes, and when projected
 // one product hu @ W_hr^T.  Writes rows r0..r1 of y, ws, h_n and c_n.  With
@@ -119,10 +135,8 @@ void forward_rows(int64_t r0, int64_t r1, const Dims& d, const D* xg, const A* w
         std::copy(c + b * H, c + (b + 1) * H, wsb + 4 * H);  // the carried c_t
         continue;
       }
-      if constexpr (std::is_same<D, float>::value)
-        fwd_row_f32(H, x + b * xrow, H, g + b * 4 * H, H, c + b * H, wsb, H, hu + b * H);
-      else
-        fwd_row<D, A>(H, x + b * xrow, H, g + b * 4 * H, H, c + b * H, wsb, H, hu + b * H);
+      by_dtype<D>(fwd_row_f32, fwd_row_bf16, fwd_row<D, A>,
+                  H, x + b * xrow, H, g + b * 4 * H, H, c + b * H, wsb, H, hu + b * H);
       if (!proj) convert_row(yt + b * R, hu + b * H, H);
     }
     if (proj) {
@@ -188,10 +202,7 @@ void backward_rows(int64_t r0, int64_t r1, const Dims& d, const D* dy, const A* 
         }
       }
       const A* cp = t > 0 ? wst - N * 5 * H + b * 5 * H + 4 * H : c0 + (r0 + b) * H;
-      if constexpr (std::is_same<A, float>::value)
-        bwd_row_f32(H, wst + b * 5 * H, H, cp, dhu + b * H, dc + b * H, dg + b * 4 * H, H);
-      else
-        bwd_row<A>(H, wst + b * 5 * H, H, cp, dhu + b * H, dc + b * H, dg + b * 4 * H, H);
+      gate_bwd<A>(H, wst + b * 5 * H, H, cp, dhu + b * H, dc + b * H, dg + b * 4 * H, H);
       if (!same) convert_row(dxt + b * 4 * H, dg + b * 4 * H, 4 * H);
     }
     Wmul.mul(dg, 4 * H, A(1), dh, R);
@@ -334,20 +345,15 @@ namespace {
 template <typename D, typename A>
 void cell_rows(int64_t N, int64_t H, const D* x, const A* g, int64_t gr, A* c, A* w, A* h) {
   for_cell_rows(N, 5 * H, [&](int64_t b) {
-    if constexpr (std::is_same<D, float>::value)
-      fwd_row_f32(H, x + b * 4 * H, H, g + b * gr, H, c + b * H, w + b * 5 * H, H, h + b * H);
-    else
-      fwd_row<D, A>(H, x + b * 4 * H, H, g + b * gr, H, c + b * H, w + b * 5 * H, H, h + b * H);
+    by_dtype<D>(fwd_row_f32, fwd_row_bf16, fwd_row<D, A>,
+                H, x + b * 4 * H, H, g + b * gr, H, c + b * H, w + b * 5 * H, H, h + b * H);
   });
 }
 
 template <typename A>
 void cell_rows_backward(int64_t N, int64_t H, const A* w, const A* cp, const A* du, A* dc, A* dg) {
   for_cell_rows(N, 5 * H, [&](int64_t b) {
-    if constexpr (std::is_same<A, float>::value)
-      bwd_row_f32(H, w + b * 5 * H, H, cp + b * H, du + b * H, dc + b * H, dg + b * 4 * H, H);
-    else
-      bwd_row<A>(H, w + b * 5 * H, H, cp + b * H, du + b * H, dc + b * H, dg + b * 4 * H, H);
+    gate_bwd<A>(H, w + b * 5 * H, H, cp + b * H, du + b * H, dc + b * H, dg + b * 4 * H, H);
   });
 }
 }  // namespace

@@ -21,6 +21,13 @@ FR_CPU_CLONES void fwd_row_f32(int64_t H, const float* x, const float* gh, bool 
     fwd_row<float, float>(H, x, gh, false, h);
 }
 
+FR_CPU_CLONES void fwd_row_bf16(int64_t H, const c10::BFloat16* x, const float* gh, bool relu, float* h) {
+  if (relu)
+    fwd_row<c10::BFloat16, float>(H, x, gh, true, h);
+  else
+    fwd_row<c10::BFloat16, float>(H, x, gh, false, h);
+}
+
 // dh: in, gradient w.r.t. h_t from step t+1; zeroed (the product adds the rest).
 template <typename D, typename A>
 FR_HD void bwd_row(int64_t H, const D* __restrict y, const D* __restrict dy, bool relu,
@@ -29,6 +36,15 @@ FR_HD void bwd_row(int64_t H, const D* __restrict y, const D* __restrict dy, boo
     dg[j] = (dh[j] + static_cast<A>(dy[j])) * rnn_act_grad<A>(static_cast<A>(y[j]), relu);
     dh[j] = A(0);
   }
+}
+
+FR_CPU_CLONES void bwd_row_f32(int64_t H, const float* y, const float* dy, bool relu, float* dh, float* dg) {
+  bwd_row<float, float>(H, y, dy, relu, dh, dg);
+}
+
+FR_CPU_CLONES void bwd_row_bf16(int64_t H, const c10::BFloat16* y, const c10::BFloat16* dy, bool relu, float* dh,
+                                float* dg) {
+  bwd_row<c10::BFloat16, float>(H, y, dy, relu, dh, dg);
 }
 
 // Forward over batch rows [r0, r1), the whole sequence (see for_row_blocks).
@@ -73,10 +89,8 @@ void forward_rows(int64_t r0, int64_t r1, const Dims& d, const D* xg, const A* w
         zero_row(yt + b * H, H);
         continue;
       }
-      if constexpr (std::is_same<D, float>::value)
-        fwd_row_f32(H, x + b * xrow, g + b * H, relu, h + b * H);
-      else
-        fwd_row<D, A>(H, x + b * xrow, g + b * H, relu, h + b * H);
+      by_dtype<D>(fwd_row_f32, fwd_row_bf16, fwd_row<D, A>,
+                  H, x + b * xrow, g + b * H, relu, h + b * H);
       convert_row(yt + b * H, h + b * H, H);
     }
   }
@@ -106,7 +120,8 @@ void backward_rows(int64_t r0, int64_t r1, const Dims& d, const D* dy, const A* 
         continue;
       }
       const int64_t o = (t * N + r0 + b) * H;
-      bwd_row<D, A>(H, y + o, dy + o, relu, dh + b * H, dg + b * H);
+      by_dtype<D>(bwd_row_f32, bwd_row_bf16, bwd_row<D, A>,
+                  H, y + o, dy + o, relu, dh + b * H, dg + b * H);
       if (!same) convert_row(dxt + b * H, dg + b * H, H);
     }
     Wmul.mul(dg, H, A(1), dh, H);
@@ -222,10 +237,8 @@ namespace {
 template <typename D, typename A>
 void cell_rows(int64_t N, int64_t H, const D* x, const A* g, int64_t gr, bool relu, A* h) {
   for_cell_rows(N, H, [&](int64_t b) {
-    if constexpr (std::is_same<D, float>::value)
-      fwd_row_f32(H, x + b * H, g + b * gr, relu, h + b * H);
-    else
-      fwd_row<D, A>(H, x + b * H, g + b * gr, relu, h + b * H);
+    by_dtype<D>(fwd_row_f32, fwd_row_bf16, fwd_row<D, A>,
+                H, x + b * H, g + b * gr, relu, h + b * H);
   });
 }
 }  // namespace
