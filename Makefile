@@ -50,7 +50,7 @@ export FASTRNN_TEST_SEED
 # FASTRNN_TEST_SEED on.
 SEEDS ?= 50
 SEEDS_SLOW ?= 10
-SEED_FAST := tests/test_parity.py tests/test_ops.py tests/test_ext_cpu.py tests/test_numerics.py tests/test_step_gemm.py tests/test_autocast.py
+SEED_FAST := tests/test_parity.py tests/test_ops.py tests/test_ext_cpu.py tests/test_numerics.py tests/test_step_gemm.py tests/test_autocast.py tests/test_cells.py
 SEED_FAST_INTERP := tests/interpret/test_cells.py
 SEED_SLOW := tests/test_stack.py
 SEED_SLOW_INTERP := tests/interpret/test_stacks.py tests/interpret/test_half.py tests/interpret/test_tune.py
