@@ -78,8 +78,8 @@ def _grad(g: Optional[Tensor], like: Tensor) -> Tensor:
 
 def _gemm_tn(a: Tensor, b: Tensor, dtype) -> Tensor:
     """sum over (T, N) of a[t, n, :]^T b[t, n, :] -> (a.size(-1), b.size(-1))."""
-    a2 = a.reshape(-1, a.shape[-1])
-    b2 = b.reshape(-1, b.shape[-1]).to(a2.dtype)
+    a2 = a.flatten(0, -2)  # not reshape(-1, X): ambiguous when X is 0 (a cell of hidden_size 0)
+    b2 = b.flatten(0, -2).to(a2.dtype)
     return (a2.t() @ b2).to(dtype)
 
 
@@ -208,8 +208,8 @@ _register_autograd("rnn_forward", _rnn_backward, ("w_hh", "h0", "lengths"))
 def _bgemm_tn(a: Tensor, b: Tensor, dtype) -> Tensor:
     """(L, T, N, X), (L, T, N, Y) -> (L, X, Y): sum over (T, N) of a^T b per layer."""
     L = a.shape[0]
-    a2 = a.reshape(L, -1, a.shape[-1])
-    b2 = b.reshape(L, -1, b.shape[-1]).to(a2.dtype)
+    a2 = a.flatten(1, -2)
+    b2 = b.flatten(1, -2).to(a2.dtype)
     return torch.bmm(a2.transpose(1, 2), b2).to(dtype)
 
 

@@ -42,6 +42,12 @@ _CELL_OP = None
 
 
 @torch.compiler.assume_constant_result
+def _has_cell_op() -> bool:
+    from .backends.extension import has_cell_op
+    return has_cell_op()
+
+
+@torch.compiler.assume_constant_result
 def _products_path(backend: str, dtype: torch.dtype) -> str:
     """The backend's kernel path for the products (a constant to torch.compile,
     which bakes it into the graph as it bakes in the backend's name)."""
@@ -139,12 +145,15 @@ class RNNCellBase(nn.Module):
             w_ih, w_hh = w_ih.to(cast), w_hh.to(cast)
             b_ih, b_hh = (None, None) if b_ih is None else (b_ih.to(cast), b_hh.to(cast))
         dtype, device_type = x.dtype, x.device.type
-        if any(h.dtype != dtype for h in states) or w_ih.dtype != dtype:
+        params = [w for w in (w_ih, w_hh, b_ih, b_hh) if w is not None]
+        if any(h.dtype != dtype for h in states) or any(w.dtype != dtype for w in params):
             raise RuntimeError(f"{type(self).__name__}: input, hidden state and parameters must have one dtype, "
-                               f"got {dtype}, {[h.dtype for h in states]} and {w_ih.dtype}")
+                               f"got {dtype}, {[h.dtype for h in states]} and {[w.dtype for w in params]}")
         cell = {"LSTM": "lstm", "GRU": "gru"}.get(self.mode, "rnn")
-        backend = "reference" if N == 0 else _backend.resolve(self.backend, cell, device_type, dtype, False)
-        if backend == "cpu" and (torch.compiler.is_compiling() or not torch._C._are_functorch_transforms_active()):
+        empty = N == 0 or H == 0
+        backend = "reference" if empty else _backend.resolve(self.backend, cell, device_type, dtype, False)
+        if backend == "cpu" and _has_cell_op() and (torch.compiler.is_compiling()
+                                                    or not torch._C._are_functorch_transforms_active()):
             # the extension's fused step, autograd in C++ (csrc/cells.cpp); its
             # products run in the data's dtype whatever autocast says
             lstm = self.mode == "LSTM"
@@ -152,7 +161,9 @@ class RNNCellBase(nn.Module):
                               _products_path(backend, dtype))
             out = (h, c) if lstm else (h,)
             return out if batched else tuple(t.squeeze(0) for t in out)
-        need_ws = torch.is_grad_enabled() and any(t.requires_grad for t in (x, *states, w_ih, w_hh))
+        # the biases too: a gradient of b_ih / b_hh alone still needs the backward
+        need_ws = torch.is_grad_enabled() and any(t is not None and t.requires_grad
+                                                  for t in (x, *states, w_ih, w_hh, b_ih, b_hh))
         with torch.autocast(device_type, enabled=False) if device_type in ("cuda", "cpu") else nullcontext():
             if self.mode == "GRU":
                 xg = F.linear(x, w_ih, b_ih).unsqueeze(0).contiguous()

@@ -101,7 +101,8 @@ Tensor input_side(const Tensor& x, const Tensor& w, const Tensor& bias, CpuGemm 
   return out;
 }
 
-// h @ w^T in the accumulation type A (the gate passes read it so).
+// h @ w^T in the data's dtype, widened to the accumulation type A (the gate
+// passes read it so).
 Tensor hidden_side(const Tensor& h, const Tensor& w, at::ScalarType A, CpuGemm g) {
   Tensor out = product(h, false, w, true, g);
   return out.scalar_type() == A ? out : out.to(A);
@@ -150,7 +151,7 @@ std::tuple<Tensor, Tensor, Tensor> cell_forward_cpu(
     const Tensor& w_ih_, const Tensor& w_hh_, const c10::optional<Tensor>& b_ih,
     const c10::optional<Tensor>& b_hh, bool need_ws, c10::string_view path) {
   const Cell cell = cell_of(mode);
-  const CpuGemm g = gemm_path(path, x_.scalar_type() == at::kBFloat16 ? at::kBFloat16 : at::kFloat);
+  const CpuGemm g = gemm_path(path, x_.scalar_type());
   check_step(cell, x_, h_, c_, w_ih_, w_hh_, b_ih, b_hh);
   NoAutocast no_autocast;
   const Tensor x = x_.contiguous(), h = h_.contiguous(), w_ih = w_ih_.contiguous(),
@@ -180,8 +181,11 @@ std::tuple<Tensor, Tensor, Tensor> cell_forward_cpu(
     xg = at::empty({N, G}, x.options());
     own_nt(xg, {{&x, &w_ih}, {&h, &w_hh}}, bias ? b.data() : nullptr, 0.0f);
   } else {
-    xg = input_side(x, w_ih, bias ? (*b_ih + *b_hh).contiguous() : Tensor(), g);
-    gh = hidden_side(h, w_hh, A, g);
+    // each side with its own bias, rounded to the data's dtype as torch.nn's two
+    // linear() calls round them, then summed in the accumulation type
+    xg = input_side(x, w_ih, bias ? b_ih->contiguous() : Tensor(), g);
+    gh = input_side(h, w_hh, bias ? b_hh->contiguous() : Tensor(), g);
+    if (gh.scalar_type() != A) gh = gh.to(A);
   }
   Tensor hn = at::empty({N, H}, x.options().dtype(A));
   if (cell != Cell::kLstm) {
@@ -203,7 +207,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> cell_backward
     const Tensor& h_, const c10::optional<Tensor>& c_, const Tensor& w_ih_, const Tensor& w_hh_,
     const Tensor& ws_, bool bias, std::array<bool, 3> mask, c10::string_view path) {
   const Cell cell = cell_of(mode);
-  const CpuGemm g = gemm_path(path, x_.scalar_type() == at::kBFloat16 ? at::kBFloat16 : at::kFloat);
+  const CpuGemm g = gemm_path(path, x_.scalar_type());
   check_step(cell, x_, h_, c_, w_ih_, w_hh_, c10::nullopt, c10::nullopt);
   NoAutocast no_autocast;
   const Tensor x = x_.contiguous(), h = h_.contiguous(), w_ih = w_ih_.contiguous(),
@@ -216,8 +220,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> cell_backward
   TORCH_CHECK(ws.dim() == 2 && ws.size(0) == N && ws.size(1) == ws_cols &&
                   ws.scalar_type() == (cell == Cell::kTanh || cell == Cell::kRelu ? D : A),
               "fastrnn: cell_backward: the workspace is not this cell's (was need_ws false?)");
-  Tensor none = empty_like_none(x);
-  Tensor dx = none, dhp = none, dc = none, dw_ih = none, dw_hh = none, db_ih = none, db_hh = none;
+  // an empty tensor of its own in every slot not computed (no two outputs alias)
+  Tensor dx = empty_like_none(x), dhp = empty_like_none(x), dc = empty_like_none(x), dw_ih = empty_like_none(x),
+         dw_hh = empty_like_none(x), db_ih = empty_like_none(x), db_hh = empty_like_none(x);
   // dgx: the gradients of the input-side pre-activations (D, for the products);
   // dgh those of the hidden side (A), the same tensor except in the GRU.
   Tensor dgx, dgh;
@@ -255,7 +260,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> cell_backward
     dw_ih = product(dgx, true, x, false, g);
     dw_hh = product(dghD, true, h, false, g);
     if (bias) {
-      db_ih = dgx.sum(0, false, A).to(D);
+      // summed in the accumulation type (dgh; the GRU's input side is dgx)
+      db_ih = (cell == Cell::kGru ? dgx.sum(0, false, A) : dgh.sum(0)).to(D);
       db_hh = cell == Cell::kGru ? dgh.sum(0).to(D) : db_ih.clone();
     }
   }

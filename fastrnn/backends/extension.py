@@ -27,12 +27,24 @@ def _load() -> str | None:
             import fastrnn._C  # noqa: F401  (runs the op registrations)
 
             torch.ops.fastrnn_ext.lstm_forward  # the library must be registered
-            _register_cell_fakes()
+            if has_cell_op():
+                _register_cell_fakes()
         except Exception as e:  # missing build, ABI mismatch, unresolved symbol
             _load_error = (f"the compiled extension fastrnn._C is not usable "
                            f"({type(e).__name__}: {e}); build it with "
                            f"`pip install --no-build-isolation -e .`")
     return _load_error
+
+
+@functools.lru_cache(maxsize=None)
+def has_cell_op() -> bool:
+    """Whether this build of fastrnn._C has the Cell modules' step op (an older
+    build without it still serves the layers; the cells then run the layer op)."""
+    try:
+        torch.ops.fastrnn_ext.cell
+    except (AttributeError, RuntimeError):
+        return False
+    return True
 
 
 def _acc(dtype: torch.dtype) -> torch.dtype:
