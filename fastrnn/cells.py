@@ -27,20 +27,6 @@ from .functional import bias_sum
 _GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
 
 
-def _cell_op():
-    """fastrnn_ext::cell (csrc/ops.cpp), looked up once: a step is short enough
-    that torch.ops' name resolution shows (torch.compile resolves it anyway)."""
-    if torch.compiler.is_compiling():
-        return torch.ops.fastrnn_ext.cell.default
-    global _CELL_OP
-    if _CELL_OP is None:
-        _CELL_OP = torch.ops.fastrnn_ext.cell.default
-    return _CELL_OP
-
-
-_CELL_OP = None
-
-
 @torch.compiler.assume_constant_result
 def _has_cell_op() -> bool:
     from .backends.extension import has_cell_op
@@ -157,8 +143,8 @@ class RNNCellBase(nn.Module):
             # the extension's fused step, autograd in C++ (csrc/cells.cpp); its
             # products run in the data's dtype whatever autocast says
             lstm = self.mode == "LSTM"
-            h, c = _cell_op()(self.mode, x, states[0], states[1] if lstm else None, w_ih, w_hh, b_ih, b_hh,
-                              _products_path(backend, dtype))
+            h, c = torch.ops.fastrnn_ext.cell.default(self.mode, x, states[0], states[1] if lstm else None, w_ih,
+                                                      w_hh, b_ih, b_hh, _products_path(backend, dtype))
             out = (h, c) if lstm else (h,)
             return out if batched else tuple(t.squeeze(0) for t in out)
         # the biases too: a gradient of b_ih / b_hh alone still needs the backward

@@ -2,9 +2,11 @@
 // (schemas in ops.cpp, autograd in cells.cpp).  One call does a step's products
 // and its fused gate pass (cells.h), so a cell pays one dispatch per direction
 // where torch.nn's cell pays one per elementwise op and the layer op at T = 1
-// would pack W_hh for a single product.  The products are the BLAS's (gemm() in
-// common.h, no tensor bookkeeping) for float32/float64 data and at::mm for the
-// half types; gates, c and the gate gradients are in the accumulation type.
+// would pack W_hh for a single product.  The products (product() below) are the
+// unpacked AVX-512 kernel's for float32 data on the "own" path, the BLAS's
+// (gemm() in common.h, no tensor bookkeeping) for other float32/float64 data and
+// at::mm for the half types; gates, c and the gate gradients are in the
+// accumulation type.
 #include <ATen/autocast_mode.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
 
@@ -169,7 +171,9 @@ std::tuple<Tensor, Tensor, Tensor> cell_forward_cpu(
     gru_cell_gates(xg, gh, bh, hn, ws);
     return {hn.to(D), empty_like_none(x), need_ws ? ws : empty_like_none(ws)};
   }
-  Tensor xg, gh;  // the input side with both biases; h @ W_hh^T (undefined: in xg)
+  // xg: the input side with b_ih; gh: h @ W_hh^T + b_hh (undefined: both sides
+  // and both biases are in xg)
+  Tensor xg, gh;
   if (D == at::kFloat && g == CpuGemm::kOwn) {  // both sides in one pass of the own kernel
     const int64_t G = w_ih.size(0);
     std::vector<float> b(bias ? G : 0);

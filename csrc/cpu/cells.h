@@ -10,8 +10,8 @@
 namespace fastrnn {
 namespace cpu {
 
-// xg (N, 4H, D) input side with both biases, gh (N, 4H, A) h_{t-1} @ W_hh^T
-// (undefined: xg holds both sides),
+// xg (N, 4H, D) input side, gh (N, 4H, A) h_{t-1} @ W_hh^T (undefined: xg
+// holds both sides), the biases in either,
 // c (N, H, A) c_{t-1} in and c_t out; ws (N, 5H, A) [i, f, g, o, c_t] and
 // h (N, H, A) o * tanh(c_t) out.
 void lstm_cell_gates(const at::Tensor& xg, const at::Tensor& gh, const at::Tensor& c,
@@ -31,8 +31,8 @@ void gru_cell_gates(const at::Tensor& xg, const at::Tensor& gh, const at::Tensor
 void gru_cell_gates_backward(const at::Tensor& ws, const at::Tensor& h_prev, const at::Tensor& dy,
                              const at::Tensor& dh, const at::Tensor& dx, const at::Tensor& dg);
 
-// xg (N, H, D) input side with both biases, gh (N, H, A) (undefined: xg holds
-// both sides); h (N, H, A) out.
+// xg (N, H, D) input side, gh (N, H, A) (undefined: xg holds both sides), the
+// biases in either; h (N, H, A) out.
 void rnn_cell_gates(const at::Tensor& xg, const at::Tensor& gh, bool relu, const at::Tensor& h);
 // y (N, H, D) the step's output, dy (N, H, D) its gradient; dg (N, H, A) out.
 void rnn_cell_gates_backward(const at::Tensor& y, const at::Tensor& dy, bool relu,

@@ -256,13 +256,14 @@ void rnn_cell_gates(const at::Tensor& xg, const at::Tensor& gh, bool relu, const
 void rnn_cell_gates_backward(const at::Tensor& y, const at::Tensor& dy, bool relu,
                              const at::Tensor& dg) {
   const int64_t N = dg.size(0), H = dg.size(1);
+  at::Tensor dh = at::zeros({N, H}, dg.options());  // no gradient from a later step
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, y.scalar_type(), "rnn_cell_backward", [&] {
     using A = at::opmath_type<scalar_t>;
     const scalar_t *yp = y.data_ptr<scalar_t>(), *dyp = dy.data_ptr<scalar_t>();
-    A* dgp = dg.data_ptr<A>();
+    A *dhp = dh.data_ptr<A>(), *dgp = dg.data_ptr<A>();
     for_cell_rows(N, H, [&](int64_t b) {
-      for (int64_t j = 0; j < H; ++j)
-        dgp[b * H + j] = static_cast<A>(dyp[b * H + j]) * rnn_act_grad<A>(static_cast<A>(yp[b * H + j]), relu);
+      by_dtype<scalar_t>(bwd_row_f32, bwd_row_bf16, bwd_row<scalar_t, A>,
+                         H, yp + b * H, dyp + b * H, relu, dhp + b * H, dgp + b * H);
     });
   });
 }

@@ -55,7 +55,6 @@ def _register_cell_fakes() -> None:
     """Shapes and dtypes of the Cell modules' step ops (csrc/ops.cpp, cpu/cells.cpp)
     for torch.compile: ``cell``'s autograd (C++) runs ``cell_forward`` and
     ``cell_backward``, which torch.compile traces as opaque nodes."""
-    gates = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
 
     @torch.library.register_fake("fastrnn_ext::cell")
     def _(mode, x, h, c, w_ih, w_hh, b_ih, b_hh, path):
@@ -70,7 +69,7 @@ def _register_cell_fakes() -> None:
 
     @torch.library.register_fake("fastrnn_ext::cell_backward")
     def _(mode, dh, dc, x, h, c, w_ih, w_hh, ws, bias, mask, path):
-        G = gates[mode] * h.shape[1]
+        G = w_ih.shape[0]  # the gates times hidden_size
         none = x.new_empty((0,))
         dx = x.new_empty(x.shape) if mask[0] else none
         dh_prev = h.new_empty(h.shape) if mask[1] else none
