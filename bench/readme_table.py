@@ -16,6 +16,12 @@ ROOT = Path(__file__).resolve().parents[1]
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 
 
+
+def _commit(env: dict) -> str:
+    """`abcdef0123`, and whether the run's checkout had uncommitted changes."""
+    c = f"`{str(env.get('git_commit'))[:10]}`"
+    return c + (" with uncommitted changes" if env.get("git_changes") else "")
+
 def table() -> str:
     lines = []
     for path in sorted((ROOT / "bench" / "results").glob("time_machine_*.json")):
@@ -24,7 +30,7 @@ def table() -> str:
         lines.append(
             f"**{cfg['cell'].upper()} {cfg['layers']}x{cfg['hidden']}, batch {cfg['batch']}, {cfg['steps']} steps, "
             f"{cfg['epochs']} epochs** on {env['device_name']} (torch {env['torch']}, commit "
-            f"`{str(env.get('git_commit'))[:10]}`), from `{path.relative_to(ROOT)}`:"
+            f"{_commit(env)}), from `{path.relative_to(ROOT)}`:"
         )
         lines.append("")
         lines.append("| backend | device | final perplexity | train tok/s | vs torch.nn | same-epoch ratio (median) | forward tok/s | vs torch.nn |")
@@ -35,12 +41,13 @@ def table() -> str:
                 f"{r['train_ratio_to_torch']:.2f}x | {r.get('train_ratio_to_torch_paired_median', 1.0):.2f}x | "
                 f"{r['forward_tokens_per_s']:,.0f} | {r['forward_ratio_to_torch']:.2f}x |"
             )
-        amp = [f"{r['label']} {r['train_ratio_to_torch_autocast']:.2f}x train / "
-               f"{r['forward_ratio_to_torch_autocast']:.2f}x forward"
-               for r in d["results"] if "train_ratio_to_torch_autocast" in r and r["backend"] != "torch+autocast"]
-        if amp:
-            lines.append("")
-            lines.append("Against torch.nn under the same autocast: " + "; ".join(amp) + ".")
+        for key, what in (("autocast", "Against torch.nn under the same autocast"),
+                          ("bf16", "bf16 models (weights and all) against torch.nn's bf16 model")):
+            said = [f"{r['label']} {r[f'train_ratio_to_torch_{key}']:.2f}x train / "
+                    f"{r[f'forward_ratio_to_torch_{key}']:.2f}x forward"
+                    for r in d["results"] if f"train_ratio_to_torch_{key}" in r and r["backend"] != f"torch+{key}"]
+            if said:
+                lines += ["", f"{what}: " + "; ".join(said) + "."]
         paths = env.get("cpu_paths")
         if isinstance(paths, dict):
             lines.append("")
@@ -92,7 +99,7 @@ def whole_loop_table(path: Path) -> list[str]:
     env, cfg = d["environment"], d["config"]
     out = [f"**Whole training loop, {cfg['cell'].upper()} {cfg['layers']}x{cfg['hidden']}, batch {cfg['batch']}, "
            f"{cfg['steps']} steps, {cfg['epochs']} epochs** on {env['device_name']} (torch {env['torch']}, commit "
-           f"`{str(env.get('git_commit'))[:10]}`), from `{_src(path)}`; baseline: {d['baseline']}:", "",
+           f"{_commit(env)}), from `{_src(path)}`; baseline: {d['baseline']}:", "",
            "| backend | loop | final perplexity | tok/s | vs baseline | same-epoch ratio (median) |",
            "| --- | --- | --- | --- | --- | --- |"]
     for r in d["results"]:
@@ -137,7 +144,7 @@ def layer_table(path: Path) -> list[str]:
     src = _src(path)
     out = [f"**One layer, {', '.join(c.upper() for c in cells)}** (input size = hidden size) on "
            f"{env.get('device_name', '?')} (torch {env.get('torch', '?')}, commit "
-           f"`{str(env.get('git_commit'))[:10]}`), median of the rounds, from `{src}`:", "",
+           f"{_commit(env)}), median of the rounds, from `{src}`:", "",
            "| cell | " + ("dtype | " if with_dtype else "") + "T | N | H | torch.nn fwd+bwd tok/s | "
            + " | ".join(f"{i} fwd+bwd" for i in impls)
            + " | torch.nn fwd tok/s | " + " | ".join(f"{i} fwd" for i in impls) + " |",
@@ -191,7 +198,7 @@ def d2l_run(path: Path) -> list[str]:
     train = ", ".join(f"{r['label']} {sum(r['train_epoch_seconds']) / 60:.1f} min" for r in d["results"])
     out = [f"**d2l's run, {cfg['epochs']} epochs** ({cfg['cell'].upper()} {cfg['layers']}x{cfg['hidden']}, "
            f"the models round-robin in one process) on {env['device_name']} (torch {env['torch']}, commit "
-           f"`{str(env.get('git_commit'))[:10]}`), from `{_rel(path)}`: final perplexity {res}; "
+           f"{_commit(env)}), from `{_rel(path)}`: final perplexity {res}; "
            f"{d['wall_seconds'] / 60:.1f} min wall for the {len(d['results'])} models together (training: {train}). "
            f"Command: `{d['command']}`.", ""]
     return out + d2l_extras(path, d)
@@ -205,7 +212,7 @@ def bench_cmd_table(path: Path) -> list[str]:
     shape = (f"{cfg['cell'].upper()}" + ("" if cfg["cell"].endswith("cell") else f" {cfg['layers']} layer(s)")
              + f", input {cfg['input']}, hidden {cfg['hidden']}, batch {cfg['batch']}, seq {cfg['seq']}, {cfg['dtype']}")
     out = [f"**{shape}** (`python -m fastrnn bench`) on {env['device_name']} (torch {env['torch']}, commit "
-           f"`{str(env.get('git_commit'))[:10]}`), from `{_rel(path)}`:", "",
+           f"{_commit(env)}), from `{_rel(path)}`:", "",
            "| implementation | " + " | ".join(f"{m} tok/s | vs torch.nn | same-round ratio (median)" for m in modes) + " |",
            "| --- | " + " | ".join("--- | --- | ---" for _ in modes) + " |"]
     for r in d["rows"]:

@@ -49,6 +49,20 @@ import data as tmdata  # noqa: E402  (bench/data.py)
 DEFAULT_EPOCHS = 80  # ~1.5-2.5 min for torch.nn + reference + cpu on this 2-core CPU; perplexity 17.5 -> ~11
 RESULTS = Path(__file__).resolve().parent / "results"
 PREFIXES = ("time traveller", "traveller")  # d2l's two prompts
+#: the model, weights and all, in bfloat16 (``module.to(torch.bfloat16)``): "cpu+bf16"
+BF16 = "+bf16"
+
+
+def split_impl(impl: str) -> tuple[str, str]:
+    """(backend, mode): mode "fp32", "autocast" ("cpu+autocast") or "bf16" ("cpu+bf16")."""
+    if impl.endswith(BF16):
+        return impl[: -len(BF16)], "bf16"
+    base, amp = C.split_autocast(impl)
+    return base, "autocast" if amp else "fp32"
+
+
+def is_amp(impl: str) -> bool:
+    return split_impl(impl)[1] == "autocast"
 
 
 class RNNModel(nn.Module):
@@ -62,12 +76,13 @@ class RNNModel(nn.Module):
 
     def forward(self, inputs: torch.Tensor, state):
         """inputs (N, T) int64 -> logits (T*N, V), new state."""
-        x = F.one_hot(inputs.T, self.vocab_size).to(torch.float32)  # (T, N, V)
+        x = F.one_hot(inputs.T, self.vocab_size).to(self.linear.weight.dtype)  # (T, N, V)
         y, state = self.rnn(x, state)
         return self.linear(y.reshape(-1, y.shape[-1])), state
 
     def begin_state(self, batch_size: int, device: torch.device):
-        h = torch.zeros(self.rnn.num_layers, batch_size, self.rnn.hidden_size, device=device)
+        h = torch.zeros(self.rnn.num_layers, batch_size, self.rnn.hidden_size, device=device,
+                        dtype=self.linear.weight.dtype)
         return (h, torch.zeros_like(h)) if self.is_lstm else h
 
     @property
@@ -78,15 +93,17 @@ class RNNModel(nn.Module):
 def same_init_models(impls, args, V: int, device) -> list:
     """One RNNModel per entry of ``impls`` (torch.nn or a fastrnn backend), all with
     the same initial weights: torch.nn's model built from ``args.seed``, its
-    state_dict copied into each (fastrnn names its parameters exactly as torch.nn does)."""
+    state_dict copied into each (fastrnn names its parameters exactly as torch.nn does);
+    a "+bf16" model is then cast to bfloat16, weights and all."""
     torch.manual_seed(args.seed)
     first = RNNModel(C.make_layer(C.TORCH, args.cell, V, args.hidden, args.layers), V)
     init = {k: v.clone() for k, v in first.state_dict().items()}
     out = []
     for impl in impls:
-        m = RNNModel(C.make_layer(impl, args.cell, V, args.hidden, args.layers), V)
+        base, mode = split_impl(impl)
+        m = RNNModel(C.make_layer(base, args.cell, V, args.hidden, args.layers), V)
         m.load_state_dict(init)
-        out.append(m.to(device))
+        out.append(m.to(device, torch.bfloat16 if mode == "bf16" else torch.float32))
     return out
 
 
@@ -203,9 +220,10 @@ def parse_args(argv=None):
     p.add_argument("--device", default="auto", help="auto (cuda if present, else cpu), cpu, cuda, cuda:1, ...")
     p.add_argument("--backends", default="all",
                    help="comma list of fastrnn backends, 'torch' (torch.nn) and 'torch-native' (torch.nn with oneDNN off, CPU), "
-                        "each optionally with '+autocast' (run under torch.autocast: bf16 on CPU); 'all' = both torch "
-                        "baselines + every usable backend + torch.nn and each compiled backend under autocast; 'mixed' = torch and the fastest fastrnn backend, each in fp32 "
-                        "and under autocast")
+                        "each optionally with '+autocast' (run under torch.autocast: bf16 on CPU) or '+bf16' (the model "
+                        "cast to bfloat16, weights and all); 'all' = both torch baselines + every usable backend + "
+                        "torch.nn and each compiled backend under autocast (and, on CPU, as bf16 models); 'mixed' = "
+                        "torch and the fastest fastrnn backend, each in fp32 and under autocast")
     p.add_argument("--max-tokens", type=int, default=10000)
     p.add_argument("--random-iter", action="store_true", help="random-offset iterator, state reset every batch")
     p.add_argument("--seed", type=int, default=0)
@@ -228,15 +246,18 @@ def parse_args(argv=None):
 def choose_impls(spec: str, device: torch.device, cell: str) -> tuple[list[str], dict[str, str]]:
     usable, skipped = C.fastrnn_backends(device, cell)
     baselines = [C.TORCH] + ([C.TORCH_NATIVE] if device.type == "cpu" else [])
+    compiled = [i for i in [C.TORCH] + usable if i != "reference" and C.LAYERS not in i]
     if spec == "all":  # and torch.nn and each compiled fastrnn backend under autocast (mixed precision)
-        amp = [i + C.AUTOCAST for i in [C.TORCH] + usable if i != "reference" and C.LAYERS not in i]
-        return baselines + usable + amp, skipped
+        amp = [i + C.AUTOCAST for i in compiled]
+        # on CPU also the bf16 models (the GPU session keeps its time for the fp32 and autocast rows)
+        bf16 = [i + BF16 for i in compiled] if device.type == "cpu" else []
+        return baselines + usable + amp + bf16, skipped
     if spec == "mixed":  # fp32 and bf16 autocast, torch.nn and the fastest fastrnn backend of this device
         best = next((b for b in usable if C.LAYERS not in b and b != "reference"), None)
         return [i for i in (C.TORCH, C.TORCH + C.AUTOCAST, best, best and best + C.AUTOCAST) if i], skipped
     wanted = [s.strip() for s in spec.split(",") if s.strip()]
     for w in wanted:
-        if C.split_autocast(w)[0] not in baselines + usable:
+        if split_impl(w)[0] not in baselines + usable:
             why = skipped.get(w, "unknown backend")
             print(f"time_machine.py: backend {w!r} cannot run {cell} on {device}: {why}. "
                   f"Usable here: {', '.join(baselines + usable)}", file=sys.stderr)
@@ -245,10 +266,12 @@ def choose_impls(spec: str, device: torch.device, cell: str) -> tuple[list[str],
 
 
 def label(impl: str, device: torch.device) -> str:
-    impl, amp = C.split_autocast(impl)
-    if amp:
+    impl, mode = split_impl(impl)
+    if mode == "autocast":
         dt = "bf16" if device.type == "cpu" else "fp16"
         return f"{label(impl, device)} + autocast {dt}"
+    if mode == "bf16":
+        return f"{label(impl, device)}, bf16 model"
     if impl == C.TORCH:
         return "torch.nn (cuDNN)" if device.type == "cuda" and torch.backends.cudnn.is_available() else "torch.nn"
     if impl == C.TORCH_NATIVE:
@@ -285,7 +308,7 @@ def run(args) -> dict:
         k = epoch % len(impls)
         for impl in impls[k:] + impls[:k]:  # rotate who goes first: no model always runs on a cold cache
             p, s, n = train_epoch(models[impl], batches, opts[impl], device, args.random_iter,
-                                  C.split_autocast(impl)[1])
+                                  is_amp(impl))
             ppl[impl].append(p)
             train_secs[impl].append(s)
             train_tokens[impl].append(n)
@@ -295,11 +318,11 @@ def run(args) -> dict:
     fwd_secs = {i: [] for i in impls}
     fwd_tokens = {i: [] for i in impls}
     for impl in impls:  # one untimed pass each (lazy initialisation, autotuning)
-        forward_epoch(models[impl], epoch_batches()[:1], device, C.split_autocast(impl)[1])
+        forward_epoch(models[impl], epoch_batches()[:1], device, is_amp(impl))
     for r in range(args.fwd_rounds):
         batches = epoch_batches()
         for impl in impls[r % len(impls):] + impls[:r % len(impls)]:
-            s, n = forward_epoch(models[impl], batches, device, C.split_autocast(impl)[1])
+            s, n = forward_epoch(models[impl], batches, device, is_amp(impl))
             fwd_secs[impl].append(s)
             fwd_tokens[impl].append(n)
     wall = time.perf_counter() - t_start
@@ -327,10 +350,12 @@ def run(args) -> dict:
         })
     ref = next((r for r in results if r["backend"] == C.TORCH), None)
     amp_ref = next((r for r in results if r["backend"] == C.TORCH + C.AUTOCAST), None)
-    for r in results:  # autocast rows against torch.nn's own autocast
-        if amp_ref is not None and C.split_autocast(r["backend"])[1]:
-            r["train_ratio_to_torch_autocast"] = r["train_tokens_per_s"] / amp_ref["train_tokens_per_s"]
-            r["forward_ratio_to_torch_autocast"] = r["forward_tokens_per_s"] / amp_ref["forward_tokens_per_s"]
+    bf16_ref = next((r for r in results if r["backend"] == C.TORCH + BF16), None)
+    for r in results:  # autocast rows against torch.nn's own autocast, bf16 models against torch.nn's
+        for key, base in (("autocast", amp_ref), ("bf16", bf16_ref)):
+            if base is not None and split_impl(r["backend"])[1] == key:
+                r[f"train_ratio_to_torch_{key}"] = r["train_tokens_per_s"] / base["train_tokens_per_s"]
+                r[f"forward_ratio_to_torch_{key}"] = r["forward_tokens_per_s"] / base["forward_tokens_per_s"]
     for r in results:
         r["train_ratio_to_torch"] = r["train_tokens_per_s"] / ref["train_tokens_per_s"] if ref else None
         r["forward_ratio_to_torch"] = r["forward_tokens_per_s"] / ref["forward_tokens_per_s"] if ref else None
@@ -387,6 +412,10 @@ def format_table(report: dict) -> str:
            for r in report["results"] if "train_ratio_to_torch_autocast" in r and r["backend"] != C.TORCH + C.AUTOCAST]
     if amp:
         lines.append("vs torch.nn under the same autocast (train/forward): " + ", ".join(amp))
+    bf16 = [f"{r['label']} {r['train_ratio_to_torch_bf16']:.2f}x/{r['forward_ratio_to_torch_bf16']:.2f}x"
+            for r in report["results"] if "train_ratio_to_torch_bf16" in r and r["backend"] != C.TORCH + BF16]
+    if bf16:
+        lines.append("vs torch.nn's bf16 model (train/forward): " + ", ".join(bf16))
     paths = report["environment"].get("cpu_paths")
     if isinstance(paths, dict):
         lines.append("cpu backend paths: " + "; ".join(f"{d}: {v['path']}" for d, v in paths.items()) +

@@ -191,6 +191,24 @@ def git_commit() -> str | None:
     return (out.stdout.strip() or None) if out.returncode == 0 else None
 
 
+def git_changes() -> list[str] | None:
+    """Tracked files the checkout has changed since its commit (bench/results and
+    README.md aside: a benchmark writes those), None for an installed package;
+    recorded so a result is never credited to a commit whose code did not run."""
+    root = Path(__file__).resolve().parents[1]
+    if not (root / ".git").exists():
+        return None
+    try:
+        out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode != 0:
+        return None
+    paths = [line[3:] for line in out.stdout.splitlines() if len(line) > 3]
+    return [p for p in paths if not p.startswith("bench/results/") and p != "README.md"]
+
+
 def environment(device: torch.device) -> dict:
     """Versions and hardware, recorded with every benchmark result."""
     import fastrnn
@@ -205,6 +223,7 @@ def environment(device: torch.device) -> dict:
         "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
         "torch_threads": torch.get_num_threads(),
         "git_commit": git_commit(),
+        "git_changes": git_changes(),
     }
     try:
         import triton

@@ -46,11 +46,13 @@ SETTINGS = (
             "keeps the choice it was traced with"),
     Setting("FASTRNN_CPU_GEMM", "auto", ("auto", "own", "blas"),
             "the cpu backend's float32 per-step products: fastrnn's AVX-512 kernel (own), MKL/BLAS (blas), or "
-            "auto: own on AMD CPUs with AVX-512F, where MKL takes its slower AVX2 path, else blas"),
+            "auto: where the CPU has AVX-512F, whichever of the two measures faster here (timed once per process), "
+            "else blas"),
     Setting("FASTRNN_CPU_BF16", "auto", ("auto", "dot", "fp32"),
             "the cpu backend's per-step products on bfloat16 data (bf16 modules, CPU autocast): fastrnn's "
             "AVX512-BF16 kernel (dot: bf16 operands, float32 sums), or float32 products on the widened operands "
-            "(fp32: the FASTRNN_CPU_GEMM path); auto: dot where the CPU has AVX512-BF16, else fp32"),
+            "(fp32: the FASTRNN_CPU_GEMM path); auto: where the CPU has AVX512-BF16, whichever of the two measures "
+            "faster here (timed once per process), else fp32"),
     Setting("FASTRNN_CUDA_PERSISTENT", "0", ("0", "1"),
             "the cuda backend tries its persistent kernels (one cooperative launch per layer, W_hh on chip) "
             "before its per-step path (1)"),

@@ -90,22 +90,62 @@ def test_bf16dot_rounds_its_operands(ops):
 
 @pytest.mark.parametrize("env", ["auto", "own", "blas"])
 def test_route_is_chosen_and_reported(ops, monkeypatch, env):
-    """auto: 'own' exactly where the CPU has AVX-512F and is an AMD part; own and
-    blas as asked, own only where the CPU can (fastrnn.settings, FASTRNN_CPU_GEMM)."""
-    from fastrnn.backends.extension import CpuBackend
+    """auto: where the CPU has AVX-512F, whichever of own and blas measured faster
+    in this process (the incumbent own unless blas beat it by the margin), said
+    with the times; else blas.  own and blas as asked, own only where the CPU can
+    (fastrnn.settings, FASTRNN_CPU_GEMM)."""
+    from fastrnn.backends import extension as E
 
     info = open("/proc/cpuinfo").read()
     assert ("amd" in ops.cpu_features().split()) == ("AuthenticAMD" in info)
     assert ("avx512f" in ops.cpu_features().split()) == _has_avx512()
     monkeypatch.setenv("FASTRNN_CPU_GEMM", env)
-    path, why = CpuBackend().path(torch.float32)
-    want = {"blas": "blas", "own": "own" if _has_avx512() else "blas",
-            "auto": "own" if _has_avx512() and "AuthenticAMD" in info else "blas"}[env]
-    assert path == want and why
-    assert CpuBackend().path(torch.float64)[0] == "blas"
+    path, why = E.CpuBackend().path(torch.float32)
+    if env == "auto" and _has_avx512():
+        best, times = E.measured_path(torch.float32, ("own", "blas"))
+        assert set(times) == {"own", "blas"} and all(0 < t < 1 for t in times.values())
+        assert path == best == E.pick(times)
+        assert "measured" in why and f"own {times['own'] * 1e3:.2f} ms" in why
+    else:
+        want = {"blas": "blas", "own": "own" if _has_avx512() else "blas", "auto": "blas"}[env]
+        assert path == want and why
+    assert E.CpuBackend().path(torch.float64)[0] == "blas"
     monkeypatch.setenv("FASTRNN_CPU_GEMM", "fast")
     with pytest.raises(ValueError, match="FASTRNN_CPU_GEMM must be one of"):
-        CpuBackend().path(torch.float32)
+        E.CpuBackend().path(torch.float32)
+
+
+def test_pick_keeps_the_incumbent_within_the_margin():
+    """The measured choice: the fastest path, but the incumbent (first) unless
+    another beats it by more than the margin, so near-ties do not flip per run."""
+    from fastrnn.backends.extension import MARGIN, pick
+
+    assert pick({"own": 1.0, "blas": 2.0}) == "own"
+    assert pick({"own": 2.0, "blas": 1.0}) == "blas"
+    assert pick({"own": 1.0, "blas": 1.0 / (1 + MARGIN / 2)}) == "own"
+    assert pick({"own": 1.0, "blas": 1.0 / (1 + 2 * MARGIN)}) == "blas"
+    assert pick({"bf16dot": 1.0, "own": 0.5, "blas": 0.7}) == "own"
+    assert pick({"own": 1.0}) == "own"
+
+
+def test_measurement_is_kept_and_runs_real_tensors_under_fake_mode(ops, monkeypatch):
+    """measured_path times once per process (and thread count), then keeps its
+    answer; asked first while torch.compile traces (a fake mode active), it still
+    times real tensors."""
+    if not _has_avx512():
+        pytest.skip("one float32 path only: nothing to measure")
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from fastrnn.backends import extension as E
+
+    monkeypatch.setattr(E, "_measured", {})
+    calls = []
+    real = E.time_paths
+    monkeypatch.setattr(E, "time_paths", lambda *a, **k: calls.append(a) or real(*a, **k))
+    with FakeTensorMode():
+        best, times = E.measured_path(torch.float32, ("own", "blas"))
+    assert best in ("own", "blas") and all(0 < t < 1 for t in times.values())
+    assert E.measured_path(torch.float32, ("own", "blas")) == (best, times) and len(calls) == 1
 
 
 def test_bad_path_is_refused(ops):
@@ -120,17 +160,22 @@ def test_own_kernel_rejects_bad_shapes(ops):
 
 @pytest.mark.parametrize("env", ["auto", "dot", "fp32"])
 def test_bf16_route_is_chosen_and_reported(ops, monkeypatch, env):
-    """bfloat16 data: the bf16 kernel exactly where the CPU has AVX512-BF16 (auto and
-    dot), else the float32 path on the widened operands, said so (FASTRNN_CPU_BF16);
-    float16 data always the float32 path."""
-    from fastrnn.backends.extension import CpuBackend
+    """bfloat16 data: where the CPU has AVX512-BF16, the bf16 kernel when asked
+    (dot) or, auto, when it measured at least as fast as the float32 path (within
+    the margin), else the float32 path on the widened operands, said so
+    (FASTRNN_CPU_BF16); float16 data always the float32 path."""
+    from fastrnn.backends import extension as E
 
     assert ("avx512_bf16" in ops.cpu_features().split()) == _has_bf16dot()
     monkeypatch.setenv("FASTRNN_CPU_BF16", env)
-    be = CpuBackend()
+    be = E.CpuBackend()
     path, why = be.path(torch.bfloat16)
     fp32 = be.path(torch.float32)[0]
-    if env != "fp32" and _has_bf16dot():
+    if env == "auto" and _has_bf16dot():
+        best, times = E.measured_path(torch.bfloat16, ("bf16dot", fp32))
+        assert path == best == E.pick(times) and "measured" in why
+        assert f"bf16dot {times['bf16dot'] * 1e3:.2f} ms" in why
+    elif env == "dot" and _has_bf16dot():
         assert path == "bf16dot" and "AVX512-BF16" in why
     else:
         assert path == fp32 and why.startswith("bf16: ")

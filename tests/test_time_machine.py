@@ -42,3 +42,49 @@ def test_bad_arguments(argv, capsys):
     with pytest.raises(SystemExit) as e:
         tm.main(argv + ["--no-progress", "--no-plot"])
     assert e.value.code == 2
+
+
+@needs_text
+def test_mixed_precision_rows(tmp_path):
+    """The rows issue #14 asks of `make bench`: torch.nn and the cpu backend under
+    bf16 autocast and as bf16 models (weights and all), each with its perplexity
+    and its ratios to torch.nn's row of the same kind; a bf16 model stays bf16
+    and still learns."""
+    from fastrnn.backends.extension import CpuBackend
+
+    if not CpuBackend().available()[0]:
+        pytest.skip("the cpu backend is not built")
+    args = ["--epochs", "3", "--backends", "torch,torch+autocast,cpu+autocast,torch+bf16,cpu+bf16",
+            "--max-tokens", "3000", "--fwd-rounds", "2", "--data", str(SHARED), "--out", str(tmp_path),
+            "--no-progress", "--no-plot", "--hidden", "16"]
+    assert tm.main(args) == 0
+    rep = json.loads((tmp_path / "time_machine_lstm_cpu.json").read_text())
+    res = {r["backend"]: r for r in rep["results"]}
+    assert res["cpu+bf16"]["label"] == "fastrnn cpu, bf16 model"
+    assert res["cpu+autocast"]["label"] == "fastrnn cpu + autocast bf16"
+    for name in ("torch+bf16", "cpu+bf16", "cpu+autocast"):
+        r = res[name]
+        assert r["perplexity"][-1] < r["perplexity"][0] and 1.0 < r["final_perplexity"] < 40
+        assert r["train_ratio_to_torch"] > 0 and r["forward_ratio_to_torch"] > 0
+    assert res["cpu+bf16"]["train_ratio_to_torch_bf16"] > 0 and "train_ratio_to_torch_autocast" not in res["cpu+bf16"]
+    assert res["cpu+autocast"]["train_ratio_to_torch_autocast"] > 0 and "train_ratio_to_torch_bf16" not in res["cpu+autocast"]
+    assert "train_ratio_to_torch_bf16" not in res["torch"]
+
+
+def test_bf16_models_are_bf16(tmp_path):
+    """same_init_models: a "+bf16" model holds bfloat16 weights cast from the
+    shared fp32 initialisation, its state and logits bfloat16 too."""
+    import argparse
+
+    import torch
+
+    a = argparse.Namespace(seed=0, cell="lstm", hidden=8, layers=2)
+    fp32, bf16 = tm.same_init_models(["torch", "torch+bf16"], a, 5, torch.device("cpu"))
+    assert all(p.dtype == torch.bfloat16 for p in bf16.parameters())
+    for (n, p), (_, q) in zip(fp32.named_parameters(), bf16.named_parameters()):
+        assert torch.equal(p.to(torch.bfloat16), q), n
+    state = bf16.begin_state(3, torch.device("cpu"))
+    logits, _ = bf16(torch.randint(0, 5, (3, 4)), state)
+    assert state[0].dtype == logits.dtype == torch.bfloat16
+    assert tm.split_impl("cpu+bf16") == ("cpu", "bf16") and tm.split_impl("cpu+autocast") == ("cpu", "autocast")
+    assert tm.split_impl("torch") == ("torch", "fp32")

@@ -92,6 +92,84 @@ def _has_kernel(op: str, key: str) -> bool:
         return True
 
 
+# ------------------------------------------------- the cpu path, by measurement
+# The fastest per-step product differs between CPUs in ways a vendor name does not
+# say (MKL takes its AVX2 path on AMD parts; on Intel parts its AVX-512 packed
+# GEMM, fastrnn's kernel and, for bf16, the AVX512-BF16 kernel are each within
+# tens of percent of one another), so where a CPU can run several paths the cpu
+# backend times them once per process on the time-machine layer's shape and
+# keeps the fastest.  The first candidate is the incumbent: another replaces it
+# only when faster by MARGIN, so paths within this machine's noise of each other
+# do not flip between runs.  FASTRNN_CPU_GEMM / FASTRNN_CPU_BF16 force a path.
+MEASURE_SHAPE = {"T": 16, "N": 32, "H": 256}  # LSTM forward + backward, need_ws
+MEASURE_ROUNDS = 5
+MARGIN = 0.05
+_measured: dict = {}
+
+
+def pick(times: dict, margin: float = MARGIN) -> str:
+    """The candidate of ``times`` (path -> seconds, the incumbent first) to keep:
+    the fastest, unless it beats the incumbent by less than ``margin``."""
+    incumbent = next(iter(times))
+    best = min(times, key=times.get)
+    return best if times[best] * (1 + margin) < times[incumbent] else incumbent
+
+
+def _verdict(best: str, times: dict) -> str:
+    """Why ``best`` was kept, with the times (e.g. for fastrnn.backends())."""
+    s = MEASURE_SHAPE
+    said = (f"LSTM T {s['T']}, N {s['N']}, H {s['H']} forward + backward, best of {MEASURE_ROUNDS}: " +
+            ", ".join(f"{p} {t * 1e3:.2f} ms" for p, t in times.items()))
+    others = [p for p in times if p != best]
+    if min(times, key=times.get) == best:
+        return f"{best}: measured faster than {' and '.join(others)} here ({said})"
+    return f"{best}: kept, the others measured within {MARGIN:.0%} of it here ({said})"
+
+
+def time_paths(dtype: torch.dtype, candidates: tuple, rounds: int = MEASURE_ROUNDS) -> dict:
+    """path -> the fastest of ``rounds`` timings of fastrnn_ext::lstm_forward and
+    lstm_backward on data of ``dtype`` through that path (one untimed call each
+    first; the candidates alternate, so a slow moment hits them alike)."""
+    import time
+
+    from torch._subclasses.fake_tensor import unset_fake_temporarily
+
+    ops = torch.ops.fastrnn_ext
+    T, N, H = MEASURE_SHAPE["T"], MEASURE_SHAPE["N"], MEASURE_SHAPE["H"]
+    # real tensors even when asked while torch.compile traces (a fake mode is active)
+    with unset_fake_temporarily(), torch.no_grad():
+        g = torch.Generator().manual_seed(0)
+        def rand(*shape, scale=1.0):
+            return (torch.rand(*shape, generator=g) * 2 - 1).mul_(scale).to(dtype)
+        xg, w = rand(T, N, 4 * H), rand(4 * H, H, scale=H ** -0.5)
+        h0, c0 = rand(N, H), rand(N, H)
+        dy, dh, dc = rand(T, N, H), rand(N, H), rand(N, H)
+
+        def run(p):
+            _, _, _, ws = ops.lstm_forward(xg, w, None, h0, c0, None, True, p)
+            ops.lstm_backward(dy, dh, dc, w, None, c0, ws, None, p)
+
+        best = {p: float("inf") for p in candidates}
+        for r in range(rounds + 1):
+            for p in candidates[r % len(candidates):] + candidates[:r % len(candidates)]:
+                t0 = time.perf_counter()
+                run(p)
+                if r:
+                    best[p] = min(best[p], time.perf_counter() - t0)
+    return best
+
+
+def measured_path(dtype: torch.dtype, candidates: tuple) -> tuple[str, dict]:
+    """(the path to use, its measured times) for data of ``dtype`` among
+    ``candidates`` (the incumbent first): measured once per process and thread
+    count, kept after."""
+    key = (dtype, candidates, torch.get_num_threads())
+    if key not in _measured:
+        times = time_paths(dtype, candidates)
+        _measured[key] = (pick(times), times)
+    return _measured[key]
+
+
 class _Extension(Backend):
     """The per-layer functions are the extension's ops of the same name and
     schema (``fastrnn_ext::lstm_forward``, ...; csrc/ops.cpp), with the kernel
@@ -142,22 +220,28 @@ class CpuBackend(_Extension):
     def path(self, dtype: torch.dtype) -> tuple[str, str]:
         """How the per-step products run for data of ``dtype``: fastrnn's AVX-512
         float32 kernel ("own"), MKL/BLAS ("blas"), or for bfloat16 data fastrnn's
-        AVX512-BF16 kernel ("bf16dot": bf16 operands, float32 sums).  float16 data
-        and bfloat16 data on a CPU without AVX512-BF16 take the float32 path on
-        their widened operands; float64 always BLAS."""
+        AVX512-BF16 kernel ("bf16dot": bf16 operands, float32 sums).  Where the CPU
+        can run more than one, auto picks by measurement (:func:`measured_path`);
+        float16 data and bfloat16 data on a CPU without AVX512-BF16 take the
+        float32 path on their widened operands; float64 always BLAS."""
         if dtype == torch.float64:
             return "blas", "float64 products go through BLAS (the own kernels are float32 and bf16)"
         features = cpu_features()
         if dtype == torch.bfloat16:
             choice = settings.get("FASTRNN_CPU_BF16")
-            if choice != "fp32" and "avx512_bf16" in features:
-                return "bf16dot", ("bf16: AVX512-BF16 (vdpbf16ps: bf16 operands, float32 sums)" +
-                                   (" (FASTRNN_CPU_BF16=dot)" if choice == "dot" else ""))
             path, why = self._fp32_path(features)
             if choice == "fp32":
                 return path, f"bf16: float32 products (FASTRNN_CPU_BF16=fp32), {path}: {why}"
-            return path, (f"bf16: fallback, no bf16 instructions (AVX512-BF16): float32 products, {path}: {why}" +
-                          (" (FASTRNN_CPU_BF16=dot cannot apply)" if choice == "dot" else ""))
+            if "avx512_bf16" not in features:
+                return path, (f"bf16: fallback, no bf16 instructions (AVX512-BF16): float32 products, {path}: {why}" +
+                              (" (FASTRNN_CPU_BF16=dot cannot apply)" if choice == "dot" else ""))
+            dot = "bf16: AVX512-BF16 (vdpbf16ps: bf16 operands, float32 sums)"
+            if choice == "dot":
+                return "bf16dot", dot + " (FASTRNN_CPU_BF16=dot)"
+            best, times = measured_path(torch.bfloat16, ("bf16dot", path))
+            if best == "bf16dot":
+                return "bf16dot", f"{dot}, {_verdict(best, times)}"
+            return path, f"bf16: float32 products, {_verdict(best, times)}; {path}: {why}"
         path, why = self._fp32_path(features)
         if dtype == torch.float16:
             return path, f"fp16: float32 products (no float16 dot-product kernel), {path}: {why}"
@@ -165,7 +249,8 @@ class CpuBackend(_Extension):
 
     @staticmethod
     def _fp32_path(features) -> tuple[str, str]:
-        """The float32 products' path: FASTRNN_CPU_GEMM, else by CPU."""
+        """The float32 products' path: FASTRNN_CPU_GEMM, else by measurement where
+        the CPU has AVX-512F (the own kernel needs it), else BLAS."""
         choice = settings.get("FASTRNN_CPU_GEMM")
         if choice == "blas":
             return "blas", "FASTRNN_CPU_GEMM=blas"
@@ -173,9 +258,8 @@ class CpuBackend(_Extension):
             return "blas", "this CPU has no AVX-512F" + (" (FASTRNN_CPU_GEMM=own cannot apply)" if choice == "own" else "")
         if choice == "own":
             return "own", "FASTRNN_CPU_GEMM=own"
-        if "amd" in features:
-            return "own", "an AMD CPU with AVX-512F: MKL takes its AVX2 path there (~1.5x slower, measured)"
-        return "blas", "MKL's packed GEMM takes its AVX-512 path on this CPU"
+        best, times = measured_path(torch.float32, ("own", "blas"))
+        return best, _verdict(best, times)
 
     def _stack(self, name: str, *args):
         """Op ``name`` (e.g. ``lstm_stack_forward``) through the extension's kernel,
