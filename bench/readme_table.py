@@ -17,6 +17,13 @@ START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 
 
 
+
+def _ceiling(d: dict) -> list[str]:
+    """The time machine's measured-GEMM ceiling lines (bench/time_machine.py), if it has them."""
+    import time_machine
+
+    return time_machine.ceiling_lines(d)
+
 def _commit(env: dict) -> str:
     """`abcdef0123`, and whether the run's checkout had uncommitted changes."""
     c = f"`{str(env.get('git_commit'))[:10]}`"
@@ -48,6 +55,7 @@ def table() -> str:
                     for r in d["results"] if f"train_ratio_to_torch_{key}" in r and r["backend"] != f"torch+{key}"]
             if said:
                 lines += ["", f"{what}: " + "; ".join(said) + "."]
+        lines += [x for line in _ceiling(d) for x in ("", line)]
         paths = env.get("cpu_paths")
         if isinstance(paths, dict):
             lines.append("")

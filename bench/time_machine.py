@@ -45,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402  (needs the path above)
 
 import data as tmdata  # noqa: E402  (bench/data.py)
+import floors  # noqa: E402  (bench/floors.py: the step's FLOP count)
 
 DEFAULT_EPOCHS = 80  # ~1.5-2.5 min for torch.nn + reference + cpu on this 2-core CPU; perplexity 17.5 -> ~11
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -279,6 +280,37 @@ def label(impl: str, device: torch.device) -> str:
     return f"fastrnn {impl}"
 
 
+def cpu_ceiling(args, V: int, rounds: int = 15, before: dict | None = None) -> dict:
+    """This machine's measured GEMM rate at the step's largest product shape
+    (T*N x H x G*H: the recurrences' and projections' GEMMs over a sequence), and
+    the tokens/s a training step (forward only) could reach at it: the step's
+    FLOPs (bench/floors.py) at that rate, no other cost.  float32 through torch.mm
+    (MKL) and fastrnn's own AVX-512 kernel where the CPU has it; bfloat16 through
+    torch.mm (oneDNN); round-robin, the fastest of ``rounds`` (and of ``before``,
+    an earlier call's ``gemm_gflops``)."""
+    from fastrnn.backends.extension import CpuBackend, cpu_features
+
+    G = {"lstm": 4, "gru": 3, "rnn": 1}[args.cell]
+    M, K, N = args.batch * args.steps, args.hidden, G * args.hidden
+    g = torch.Generator().manual_seed(0)
+    a, w = torch.randn(M, K, generator=g), torch.randn(N, K, generator=g)
+    ab, wb = a.bfloat16(), w.bfloat16()
+    fns = {"float32 torch.mm": lambda: a @ w.t(), "bfloat16 torch.mm": lambda: ab @ wb.t()}
+    if CpuBackend().available()[0] and "avx512f" in cpu_features():
+        c = torch.empty(M, N)
+        fns["float32 fastrnn own"] = lambda: torch.ops.fastrnn_ext.cpu_step_gemm(a, w, True, 0.0, c, "own")
+    times = C.round_robin(fns, torch.device("cpu"), rounds)
+    gflops = {k: max(2.0 * M * K * N / min(v) / 1e9, (before or {}).get(k, 0.0)) for k, v in times.items()}
+    peak = {d: max(v for k, v in gflops.items() if k.startswith(d)) for d in ("float32", "bfloat16")}
+    tokens = args.batch * args.steps
+    out = {"gemm_shape": [M, K, N], "gemm_gflops": gflops, "peak_gflops": peak}
+    for mode, train in (("train", True), ("forward", False)):
+        f = floors.time_machine_count(args.cell, args.steps, args.batch, args.hidden, args.layers, V, train).flops
+        out[f"step_gflop_{mode}"] = f / 1e9
+        out[f"ceiling_{mode}_tokens_per_s"] = {d: tokens * r * 1e9 / f for d, r in peak.items()}
+    return out
+
+
 def run(args) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -289,6 +321,7 @@ def run(args) -> dict:
         args.batch, args.steps, args.random_iter, args.max_tokens, path=args.data, seed=args.seed
     )
     V = len(vocab)
+    ceiling = cpu_ceiling(args, V) if device.type == "cpu" else None
 
     models, opts = {}, {}
     for impl, m in zip(impls, same_init_models(impls, args, V, device)):
@@ -326,7 +359,8 @@ def run(args) -> dict:
             fwd_secs[impl].append(s)
             fwd_tokens[impl].append(n)
     wall = time.perf_counter() - t_start
-
+    if ceiling is not None:  # measured again after the run: the faster of the two stands per GEMM
+        ceiling = cpu_ceiling(args, V, before=ceiling["gemm_gflops"])
     results = []
     for impl in impls:
         tr = [n / s for n, s in zip(train_tokens[impl], train_secs[impl])]
@@ -364,6 +398,10 @@ def run(args) -> dict:
             a / b for a, b in zip(ref["train_epoch_seconds"], r["train_epoch_seconds"])) if ref else None
         r["forward_ratio_to_torch_paired_median"] = statistics.median(
             a / b for a, b in zip(ref["forward_round_seconds"], r["forward_round_seconds"])) if ref else None
+        if ceiling is not None:  # of the measured-GEMM ceiling in the row's precision
+            d = "float32" if split_impl(r["backend"])[1] == "fp32" else "bfloat16"
+            for mode in ("train", "forward"):
+                r[f"{mode}_fraction_of_ceiling"] = r[f"{mode}_tokens_per_s"] / ceiling[f"ceiling_{mode}_tokens_per_s"][d]
         r["max_abs_perplexity_diff_to_torch"] = (
             max(abs(a - b) for a, b in zip(r["perplexity"], ref["perplexity"])) if ref else None
         )
@@ -381,12 +419,29 @@ def run(args) -> dict:
         "wall_seconds": wall,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "results": results,
+        "cpu_ceiling": ceiling,
         "triton_tuning": C.triton_tuning(),
     }
 
 
 def _ratio(x):
     return "-" if x is None else f"{x:.2f}x"
+
+
+def ceiling_lines(report: dict) -> list[str]:
+    """What the measured GEMM rate allows (cpu_ceiling), and each row's share of it."""
+    c = report.get("cpu_ceiling")
+    if not c:
+        return []
+    M, K, N = c["gemm_shape"]
+    rates = ", ".join(f"{k} {v:.0f}" for k, v in c["gemm_gflops"].items())
+    ceil = lambda mode: ", ".join(f"{d} {v:,.0f}" for d, v in c[f"ceiling_{mode}_tokens_per_s"].items())  # noqa: E731
+    share = ", ".join(f"{r['label']} {r['train_fraction_of_ceiling']:.0%}/{r['forward_fraction_of_ceiling']:.0%}"
+                      for r in report["results"] if "train_fraction_of_ceiling" in r)
+    return [f"measured GEMM rate at {M}x{K}x{N} (GFLOP/s, best of the runs before and after): {rates}; "
+            f"a step is {c['step_gflop_train']:.2f} GFLOP training, {c['step_gflop_forward']:.2f} forward, so at that "
+            f"rate and no other cost: train {ceil('train')} tok/s, forward {ceil('forward')} tok/s",
+            f"share of that ceiling in the row's precision (train/forward): {share}"]
 
 
 def format_table(report: dict) -> str:
@@ -416,6 +471,7 @@ def format_table(report: dict) -> str:
             for r in report["results"] if "train_ratio_to_torch_bf16" in r and r["backend"] != C.TORCH + BF16]
     if bf16:
         lines.append("vs torch.nn's bf16 model (train/forward): " + ", ".join(bf16))
+    lines += ceiling_lines(report)
     paths = report["environment"].get("cpu_paths")
     if isinstance(paths, dict):
         lines.append("cpu backend paths: " + "; ".join(f"{d}: {v['path']}" for d, v in paths.items()) +

@@ -69,6 +69,19 @@ def test_mixed_precision_rows(tmp_path):
     assert res["cpu+bf16"]["train_ratio_to_torch_bf16"] > 0 and "train_ratio_to_torch_autocast" not in res["cpu+bf16"]
     assert res["cpu+autocast"]["train_ratio_to_torch_autocast"] > 0 and "train_ratio_to_torch_bf16" not in res["cpu+autocast"]
     assert "train_ratio_to_torch_bf16" not in res["torch"]
+    # the measured GEMM ceiling: rates, the step's FLOPs, and each row's share of it in its precision
+    c = rep["cpu_ceiling"]
+    assert c["gemm_shape"] == [35 * 32, 16, 4 * 16] and all(v > 0 for v in c["gemm_gflops"].values())
+    assert c["peak_gflops"]["bfloat16"] == c["gemm_gflops"]["bfloat16 torch.mm"]
+    for mode in ("train", "forward"):
+        for d, rate in c["peak_gflops"].items():
+            assert c[f"ceiling_{mode}_tokens_per_s"][d] == pytest.approx(35 * 32 * rate / c[f"step_gflop_{mode}"])
+        for name, r in res.items():
+            d = "float32" if name == "torch" else "bfloat16"
+            assert r[f"{mode}_fraction_of_ceiling"] == pytest.approx(
+                r[f"{mode}_tokens_per_s"] / c[f"ceiling_{mode}_tokens_per_s"][d])
+    text = "\n".join(tm.ceiling_lines(rep))
+    assert "measured GEMM rate at 1120x16x64" in text and "fastrnn cpu, bf16 model" in text
 
 
 def test_bf16_models_are_bf16(tmp_path):
