@@ -280,6 +280,14 @@ def label(impl: str, device: torch.device) -> str:
     return f"fastrnn {impl}"
 
 
+def row_precision(impl: str, cell: str) -> str:
+    """The precision a CPU row's products run in: bfloat16 for bf16 models, and
+    under autocast for the LSTM only (torch.nn's GRU and RNN are on none of CPU
+    autocast's lists, so they run, and fastrnn's with them, in float32)."""
+    mode = split_impl(impl)[1]
+    return "bfloat16" if mode == "bf16" or (mode == "autocast" and cell == "lstm") else "float32"
+
+
 def cpu_ceiling(args, V: int, rounds: int = 15, before: dict | None = None) -> dict:
     """This machine's measured GEMM rate at the step's largest product shape
     (T*N x H x G*H: the recurrences' and projections' GEMMs over a sequence), and
@@ -399,7 +407,7 @@ def run(args) -> dict:
         r["forward_ratio_to_torch_paired_median"] = statistics.median(
             a / b for a, b in zip(ref["forward_round_seconds"], r["forward_round_seconds"])) if ref else None
         if ceiling is not None:  # of the measured-GEMM ceiling in the row's precision
-            d = "float32" if split_impl(r["backend"])[1] == "fp32" else "bfloat16"
+            d = row_precision(r["backend"], args.cell)
             for mode in ("train", "forward"):
                 r[f"{mode}_fraction_of_ceiling"] = r[f"{mode}_tokens_per_s"] / ceiling[f"ceiling_{mode}_tokens_per_s"][d]
         r["max_abs_perplexity_diff_to_torch"] = (

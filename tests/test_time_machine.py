@@ -82,6 +82,8 @@ def test_mixed_precision_rows(tmp_path):
                 r[f"{mode}_tokens_per_s"] / c[f"ceiling_{mode}_tokens_per_s"][d])
     text = "\n".join(tm.ceiling_lines(rep))
     assert "measured GEMM rate at 1120x16x64" in text and "fastrnn cpu, bf16 model" in text
+    assert tm.row_precision("cpu+autocast", "lstm") == "bfloat16" and tm.row_precision("cpu+autocast", "gru") == "float32"
+    assert tm.row_precision("cpu+bf16", "gru") == "bfloat16" and tm.row_precision("torch", "lstm") == "float32"
 
 
 def test_bf16_models_are_bf16(tmp_path):
