@@ -122,8 +122,8 @@ def _verdict(best: str, times: dict) -> str:
             ", ".join(f"{p} {t * 1e3:.2f} ms" for p, t in times.items()))
     others = [p for p in times if p != best]
     if min(times, key=times.get) == best:
-        return f"{best}: measured faster than {' and '.join(others)} here ({said})"
-    return f"{best}: kept, the others measured within {MARGIN:.0%} of it here ({said})"
+        return f"measured faster than {' and '.join(others)} here ({said})"
+    return f"kept: {' and '.join(others)} measured within {MARGIN:.0%} of it here ({said})"
 
 
 def time_paths(dtype: torch.dtype, candidates: tuple, rounds: int = MEASURE_ROUNDS) -> dict:
@@ -241,7 +241,7 @@ class CpuBackend(_Extension):
             best, times = measured_path(torch.bfloat16, ("bf16dot", path))
             if best == "bf16dot":
                 return "bf16dot", f"{dot}, {_verdict(best, times)}"
-            return path, f"bf16: float32 products, {_verdict(best, times)}; {path}: {why}"
+            return path, f"bf16: float32 products ({path}), {_verdict(best, times)}; {path}: {why}"
         path, why = self._fp32_path(features)
         if dtype == torch.float16:
             return path, f"fp16: float32 products (no float16 dot-product kernel), {path}: {why}"
