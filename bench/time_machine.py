@@ -280,12 +280,15 @@ def label(impl: str, device: torch.device) -> str:
     return f"fastrnn {impl}"
 
 
-def row_precision(impl: str, cell: str) -> str:
-    """The precision a CPU row's products run in: bfloat16 for bf16 models, and
-    under autocast for the LSTM only (torch.nn's GRU and RNN are on none of CPU
-    autocast's lists, so they run, and fastrnn's with them, in float32)."""
-    mode = split_impl(impl)[1]
-    return "bfloat16" if mode == "bf16" or (mode == "autocast" and cell == "lstm") else "float32"
+def row_precision(model: RNNModel, impl: str, device: torch.device) -> str:
+    """The dtype the row's recurrent layer returns, under the row's autocast: a
+    probe, since CPU autocast treats the cells differently (the LSTM and the RNNs
+    on its lists run in bf16; the GRU follows its initial state's dtype, float32
+    here: tests/test_autocast.py)."""
+    x = torch.randn(2, 1, model.vocab_size, device=device).to(model.linear.weight.dtype)
+    with torch.no_grad(), C.autocast(device, is_amp(impl)):
+        y, _ = model.rnn(x)
+    return str(y.dtype).replace("torch.", "")
 
 
 def cpu_ceiling(args, V: int, rounds: int = 15, before: dict | None = None) -> dict:
@@ -293,8 +296,9 @@ def cpu_ceiling(args, V: int, rounds: int = 15, before: dict | None = None) -> d
     (T*N x H x G*H: the recurrences' and projections' GEMMs over a sequence), and
     the tokens/s a training step (forward only) could reach at it: the step's
     FLOPs (bench/floors.py) at that rate, no other cost.  float32 through torch.mm
-    (MKL) and fastrnn's own AVX-512 kernel where the CPU has it; bfloat16 through
-    torch.mm (oneDNN); round-robin, the fastest of ``rounds`` (and of ``before``,
+    (MKL), oneDNN's linear and fastrnn's own AVX-512 kernel, bfloat16 through
+    torch.mm and oneDNN's linear (oneDNN both) and fastrnn's AVX512-BF16 kernel,
+    each where this torch and CPU have it; the best is the ceiling; round-robin, the fastest of ``rounds`` (and of ``before``,
     an earlier call's ``gemm_gflops``)."""
     from fastrnn.backends.extension import CpuBackend, cpu_features
 
@@ -304,9 +308,19 @@ def cpu_ceiling(args, V: int, rounds: int = 15, before: dict | None = None) -> d
     a, w = torch.randn(M, K, generator=g), torch.randn(N, K, generator=g)
     ab, wb = a.bfloat16(), w.bfloat16()
     fns = {"float32 torch.mm": lambda: a @ w.t(), "bfloat16 torch.mm": lambda: ab @ wb.t()}
-    if CpuBackend().available()[0] and "avx512f" in cpu_features():
+    try:  # oneDNN's own linear, where this torch has it (faster than MKL's sgemm on some CPUs)
+        torch.ops.mkldnn._linear_pointwise(a, w, None, "none", [], "")
+        fns["float32 oneDNN linear"] = lambda: torch.ops.mkldnn._linear_pointwise(a, w, None, "none", [], "")
+        fns["bfloat16 oneDNN linear"] = lambda: torch.ops.mkldnn._linear_pointwise(ab, wb, None, "none", [], "")
+    except (AttributeError, RuntimeError):
+        pass
+    # fastrnn's own kernels through their test op (which packs W and copies C per call, so a lower bound)
+    if CpuBackend().available()[0]:
         c = torch.empty(M, N)
-        fns["float32 fastrnn own"] = lambda: torch.ops.fastrnn_ext.cpu_step_gemm(a, w, True, 0.0, c, "own")
+        if "avx512f" in cpu_features():
+            fns["float32 fastrnn own"] = lambda: torch.ops.fastrnn_ext.cpu_step_gemm(a, w, True, 0.0, c, "own")
+        if "avx512_bf16" in cpu_features():
+            fns["bfloat16 fastrnn bf16dot"] = lambda: torch.ops.fastrnn_ext.cpu_step_gemm(a, w, True, 0.0, c, "bf16dot")
     times = C.round_robin(fns, torch.device("cpu"), rounds)
     gflops = {k: max(2.0 * M * K * N / min(v) / 1e9, (before or {}).get(k, 0.0)) for k, v in times.items()}
     peak = {d: max(v for k, v in gflops.items() if k.startswith(d)) for d in ("float32", "bfloat16")}
@@ -407,7 +421,7 @@ def run(args) -> dict:
         r["forward_ratio_to_torch_paired_median"] = statistics.median(
             a / b for a, b in zip(ref["forward_round_seconds"], r["forward_round_seconds"])) if ref else None
         if ceiling is not None:  # of the measured-GEMM ceiling in the row's precision
-            d = row_precision(r["backend"], args.cell)
+            d = row_precision(models[r["backend"]], r["backend"], device)
             for mode in ("train", "forward"):
                 r[f"{mode}_fraction_of_ceiling"] = r[f"{mode}_tokens_per_s"] / ceiling[f"ceiling_{mode}_tokens_per_s"][d]
         r["max_abs_perplexity_diff_to_torch"] = (

@@ -192,14 +192,14 @@ def git_commit() -> str | None:
 
 
 def git_changes() -> list[str] | None:
-    """Tracked files the checkout has changed since its commit (bench/results and
+    """Files the checkout has changed or added since its commit (bench/results and
     README.md aside: a benchmark writes those), None for an installed package;
     recorded so a result is never credited to a commit whose code did not run."""
     root = Path(__file__).resolve().parents[1]
     if not (root / ".git").exists():
         return None
     try:
-        out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+        out = subprocess.run(["git", "status", "--porcelain"], cwd=root,
                              capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return None

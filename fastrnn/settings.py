@@ -46,13 +46,13 @@ SETTINGS = (
             "keeps the choice it was traced with"),
     Setting("FASTRNN_CPU_GEMM", "auto", ("auto", "own", "blas"),
             "the cpu backend's float32 per-step products: fastrnn's AVX-512 kernel (own), MKL/BLAS (blas), or "
-            "auto: where the CPU has AVX-512F, whichever of the two measures faster here (timed once per process), "
-            "else blas"),
+            "auto: where the CPU has AVX-512F, whichever of the two measures faster here (timed once per process; "
+            "own unless blas is more than 5% faster), else blas"),
     Setting("FASTRNN_CPU_BF16", "auto", ("auto", "dot", "fp32"),
             "the cpu backend's per-step products on bfloat16 data (bf16 modules, CPU autocast): fastrnn's "
             "AVX512-BF16 kernel (dot: bf16 operands, float32 sums), or float32 products on the widened operands "
             "(fp32: the FASTRNN_CPU_GEMM path); auto: where the CPU has AVX512-BF16, whichever of the two measures "
-            "faster here (timed once per process), else fp32"),
+            "faster here (timed once per process; dot unless fp32 is more than 5% faster), else fp32"),
     Setting("FASTRNN_CUDA_PERSISTENT", "0", ("0", "1"),
             "the cuda backend tries its persistent kernels (one cooperative launch per layer, W_hh on chip) "
             "before its per-step path (1)"),

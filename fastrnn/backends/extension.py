@@ -8,6 +8,7 @@ broken build makes the backends report themselves unavailable with the reason.
 from __future__ import annotations
 
 import functools
+import threading
 
 import torch
 
@@ -104,7 +105,8 @@ def _has_kernel(op: str, key: str) -> bool:
 MEASURE_SHAPE = {"T": 16, "N": 32, "H": 256}  # LSTM forward + backward, need_ws
 MEASURE_ROUNDS = 5
 MARGIN = 0.05
-_measured: dict = {}
+_measured: dict = {}  # (dtype, candidates, threads) -> (path, times, error or None)
+_measure_lock = threading.Lock()
 
 
 def pick(times: dict, margin: float = MARGIN) -> str:
@@ -115,8 +117,10 @@ def pick(times: dict, margin: float = MARGIN) -> str:
     return best if times[best] * (1 + margin) < times[incumbent] else incumbent
 
 
-def _verdict(best: str, times: dict) -> str:
+def _verdict(best: str, times: dict, error: str | None = None) -> str:
     """Why ``best`` was kept, with the times (e.g. for fastrnn.backends())."""
+    if error is not None:
+        return f"not measured ({error}): the default"
     s = MEASURE_SHAPE
     said = (f"LSTM T {s['T']}, N {s['N']}, H {s['H']} forward + backward, best of {MEASURE_ROUNDS}: " +
             ", ".join(f"{p} {t * 1e3:.2f} ms" for p, t in times.items()))
@@ -133,11 +137,13 @@ def time_paths(dtype: torch.dtype, candidates: tuple, rounds: int = MEASURE_ROUN
     import time
 
     from torch._subclasses.fake_tensor import unset_fake_temporarily
+    from torch.utils._python_dispatch import _disable_current_modes
 
     ops = torch.ops.fastrnn_ext
     T, N, H = MEASURE_SHAPE["T"], MEASURE_SHAPE["N"], MEASURE_SHAPE["H"]
-    # real tensors even when asked while torch.compile traces (a fake mode is active)
-    with unset_fake_temporarily(), torch.no_grad():
+    # real, untraced tensors even when asked while torch.compile or make_fx traces
+    # (a fake, proxy or functional mode is active)
+    with _disable_current_modes(), unset_fake_temporarily(), torch.no_grad():
         g = torch.Generator().manual_seed(0)
         def rand(*shape, scale=1.0):
             return (torch.rand(*shape, generator=g) * 2 - 1).mul_(scale).to(dtype)
@@ -159,15 +165,20 @@ def time_paths(dtype: torch.dtype, candidates: tuple, rounds: int = MEASURE_ROUN
     return best
 
 
-def measured_path(dtype: torch.dtype, candidates: tuple) -> tuple[str, dict]:
-    """(the path to use, its measured times) for data of ``dtype`` among
-    ``candidates`` (the incumbent first): measured once per process and thread
-    count, kept after."""
+def measured_path(dtype: torch.dtype, candidates: tuple) -> tuple[str, dict, str | None]:
+    """(the path to use, its measured times, why not measured or None) for data
+    of ``dtype`` among ``candidates`` (the incumbent first): measured once per
+    process and thread count, kept after.  A measurement that fails leaves the
+    incumbent, with the error said: choosing a path must never break a call."""
     key = (dtype, candidates, torch.get_num_threads())
-    if key not in _measured:
-        times = time_paths(dtype, candidates)
-        _measured[key] = (pick(times), times)
-    return _measured[key]
+    with _measure_lock:  # two threads asking first would time each other
+        if key not in _measured:
+            try:
+                times = time_paths(dtype, candidates)
+                _measured[key] = (pick(times), times, None)
+            except Exception as e:  # noqa: BLE001
+                _measured[key] = (candidates[0], {}, f"{type(e).__name__}: {e}")
+        return _measured[key]
 
 
 class _Extension(Backend):
@@ -218,6 +229,17 @@ class CpuBackend(_Extension):
         return _has_kernel(f"{cell}_stack_forward", "CPU") and (dtype is None or dtype in self._STACK_DTYPES)
 
     def path(self, dtype: torch.dtype) -> tuple[str, str]:
+        """:meth:`choose_path`, kept per dtype, settings and thread count: asked
+        on every op call (a Cell module's step is ~10 us at small sizes)."""
+        key = (dtype, settings.get("FASTRNN_CPU_GEMM"), settings.get("FASTRNN_CPU_BF16"), torch.get_num_threads())
+        got = self._paths.get(key)
+        if got is None:
+            got = self._paths[key] = self.choose_path(dtype)
+        return got
+
+    _paths: dict = {}  # shared by every instance: the choice is the process's
+
+    def choose_path(self, dtype: torch.dtype) -> tuple[str, str]:
         """How the per-step products run for data of ``dtype``: fastrnn's AVX-512
         float32 kernel ("own"), MKL/BLAS ("blas"), or for bfloat16 data fastrnn's
         AVX512-BF16 kernel ("bf16dot": bf16 operands, float32 sums).  Where the CPU
@@ -238,9 +260,9 @@ class CpuBackend(_Extension):
             dot = "bf16: AVX512-BF16 (vdpbf16ps: bf16 operands, float32 sums)"
             if choice == "dot":
                 return "bf16dot", dot + " (FASTRNN_CPU_BF16=dot)"
-            best, times = measured_path(torch.bfloat16, ("bf16dot", path))
+            best, times, error = measured_path(torch.bfloat16, ("bf16dot", path))
             if best == "bf16dot":
-                return "bf16dot", f"{dot}, {_verdict(best, times)}"
+                return "bf16dot", f"{dot}, {_verdict(best, times, error)}"
             return path, f"bf16: float32 products ({path}), {_verdict(best, times)}; {path}: {why}"
         path, why = self._fp32_path(features)
         if dtype == torch.float16:
@@ -258,8 +280,8 @@ class CpuBackend(_Extension):
             return "blas", "this CPU has no AVX-512F" + (" (FASTRNN_CPU_GEMM=own cannot apply)" if choice == "own" else "")
         if choice == "own":
             return "own", "FASTRNN_CPU_GEMM=own"
-        best, times = measured_path(torch.float32, ("own", "blas"))
-        return best, _verdict(best, times)
+        best, times, error = measured_path(torch.float32, ("own", "blas"))
+        return best, _verdict(best, times, error)
 
     def _stack(self, name: str, *args):
         """Op ``name`` (e.g. ``lstm_stack_forward``) through the extension's kernel,
