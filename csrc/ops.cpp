@@ -8,6 +8,7 @@
 #define Py_LIMITED_API 0x03090000
 #endif
 #include <Python.h>
+#include <torch/csrc/autograd/autograd_not_implemented_fallback.h>
 #include <torch/library.h>
 
 TORCH_LIBRARY(fastrnn_ext, m) {
@@ -49,6 +50,18 @@ TORCH_LIBRARY(fastrnn_ext, m) {
   m.def("cell_backward(str mode, Tensor dh, Tensor? dc, Tensor x, Tensor h, Tensor? c, "
         "Tensor w_ih, Tensor w_hh, Tensor ws, bool bias, bool[3] mask, str path) -> "
         "(Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+}
+
+// The kernels record no graph: fastrnn::* (fastrnn/_ops.py) and fastrnn_ext::cell
+// call them below autograd.  Called directly on tensors that require grad, their
+// outputs get a node that raises when differentiated, never PyTorch's warn-only
+// fallback, which leaves out their share of a gradient: a silent wrong number.
+TORCH_LIBRARY_IMPL(fastrnn_ext, Autograd, m) {
+  for (const char* op : {"lstm_forward", "lstm_backward", "gru_forward", "gru_backward", "rnn_forward",
+                         "rnn_backward", "lstm_stack_forward", "lstm_stack_backward", "gru_stack_forward",
+                         "gru_stack_backward", "rnn_stack_forward", "rnn_stack_backward", "cell_forward",
+                         "cell_backward", "cpu_step_gemm"})
+    m.impl(op, torch::autograd::autogradNotImplementedFallback());
 }
 
 extern "C" {

@@ -307,13 +307,28 @@ def _rnn_stack_backward(ctx, dy, dh_n):
 _register_autograd("rnn_stack_forward", _rnn_stack_backward, ("w_ih", "w_hh", "h0"))
 
 
-# ---------------------------------------------------------------- torch.func
+# ------------------------------------------------------- the backward ops
+# The backward ops record no graph: their autograd refuses, so that a graph
+# through one of them is an error, never PyTorch's not-implemented fallback (which
+# only warns, and drops their share of a second derivative).  The formulas above
+# never differentiate them.
 def _no_double_backward(ctx, *grads):
-    raise RuntimeError("fastrnn: the recurrences' backward ops cannot be differentiated (no double backward)")
+    raise RuntimeError(
+        "fastrnn: a backward op of the recurrences (fastrnn::*_backward) was differentiated; these ops "
+        "compute first-order gradients only, so fastrnn's layers cannot be differentiated twice"
+    )
 
 
 def _no_setup(ctx, inputs, output) -> None:
     pass
+
+
+for _name in SCHEMAS:
+    if _name.endswith("_backward"):
+        torch.library.register_autograd(f"{_LIB}::{_name}", _no_double_backward, setup_context=_no_setup)
+
+
+# ---------------------------------------------------------------- torch.func
 
 
 @functools.lru_cache(maxsize=None)
