@@ -5,7 +5,9 @@
 // torch.compile traces those two ops with their fake implementations
 // (fastrnn/backends/extension.py).  Without autograd (inference mode) the op
 // runs cell_forward without a workspace.
+#include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/csrc/autograd/autograd.h>
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
 
@@ -61,18 +63,19 @@ struct CellFunction : public torch::autograd::Function<CellFunction> {
     ctx->saved_data["bias"] = defined(b_ih);
     // the edges' order: x, h, [c], w_ih, w_hh, [b_ih, b_hh] (the defined ones)
     ctx->saved_data["first_param"] = static_cast<int64_t>(defined(c) ? 3 : 2);
-    ctx->save_for_backward({x, h, defined(c) ? *c : Tensor(), w_ih, w_hh, rnn ? hn : ws});
+    // the biases only for a backward that is itself differentiated (recorded_backward)
+    ctx->save_for_backward({x, h, defined(c) ? *c : Tensor(), w_ih, w_hh, rnn ? hn : ws,
+                            defined(b_ih) ? *b_ih : Tensor(), defined(b_hh) ? *b_hh : Tensor()});
     return {hn, cn};
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    TORCH_CHECK(!at::GradMode::is_enabled(),
-                "fastrnn: the cells' backward cannot be differentiated (no double backward)");
     const std::string mode = ctx->saved_data["mode"].toStringRef();
     const std::string path = ctx->saved_data["path"].toStringRef();
     const bool bias = ctx->saved_data["bias"].toBool();
     const int64_t p = ctx->saved_data["first_param"].toInt();
     const auto s = ctx->get_saved_variables();
+    if (at::GradMode::is_enabled()) return recorded_backward(ctx, mode, bias, p, s, grads);
     const Tensor &x = s[0], &h = s[1], &c = s[2], &w_ih = s[3], &w_hh = s[4], &ws = s[5];
     const bool lstm = mode == "LSTM";
     const bool need_x = ctx->needs_input_grad(0);
@@ -96,6 +99,68 @@ struct CellFunction : public torch::autograd::Function<CellFunction> {
             need_params ? dw_hh : none,
             bias && need_params ? db_ih : none,
             bias && need_params ? db_hh : none};
+  }
+
+  // The backward when it is being recorded (create_graph=True: a gradient
+  // penalty, meta-learning): the step recomputed from its saved inputs with ATen's
+  // differentiable operations (in float32 for half types, as the kernels compute)
+  // and differentiated by a nested autograd call that records its own graph, so
+  // the gradients it returns can be differentiated again, to any order.  A step
+  // is two small products, so recomputing costs about what the first-order step
+  // does; the kernels' backward (cell_backward) records nothing.
+  static variable_list recorded_backward(AutogradContext* ctx, const std::string& mode, bool bias, int64_t p,
+                                         const variable_list& s, const variable_list& grads) {
+    const bool lstm = mode == "LSTM";
+    // The nested call differentiates with respect to aliases of the saved inputs:
+    // with the inputs themselves it would also follow paths between them (an LSTM
+    // state c computed from h would give h's gradient c's share a second time).
+    variable_list a(s.size());
+    for (size_t k = 0; k < s.size(); ++k) a[k] = s[k].defined() ? s[k].view_as(s[k]) : Tensor();
+    const bool half = s[0].scalar_type() == at::kHalf || s[0].scalar_type() == at::kBFloat16;
+    auto up = [half](const Tensor& t) { return half && t.defined() ? t.to(at::kFloat) : t; };
+    const Tensor x = up(a[0]), h = up(a[1]), c = up(a[2]), w_ih = up(a[3]), w_hh = up(a[4]);
+    const OptT b_ih = bias ? OptT(up(a[6])) : OptT(), b_hh = bias ? OptT(up(a[7])) : OptT();
+    const Tensor gx = at::linear(x, w_ih, b_ih), gh = at::linear(h, w_hh, b_hh);
+    variable_list outs;
+    if (lstm) {
+      const auto g = (gx + gh).chunk(4, 1);
+      const Tensor c2 = at::sigmoid(g[1]) * c + at::sigmoid(g[0]) * at::tanh(g[2]);
+      outs = {at::sigmoid(g[3]) * at::tanh(c2), c2};
+    } else if (mode == "GRU") {
+      const auto a = gx.chunk(3, 1), b = gh.chunk(3, 1);
+      const Tensor r = at::sigmoid(a[0] + b[0]), z = at::sigmoid(a[1] + b[1]);
+      const Tensor n = at::tanh(a[2] + r * b[2]);
+      outs = {n + z * (h - n)};
+    } else {
+      const Tensor pre = gx + gh;
+      outs = {mode == "RNN_RELU" ? at::relu(pre) : at::tanh(pre)};
+    }
+    // the edges' order: x, h, [c], w_ih, w_hh, [b_ih, b_hh]; each with its
+    // saved index and its forward argument (mode, path, need_ws, x, h, c, w_ih,
+    // w_hh, b_ih, b_hh)
+    int saved_of[7], arg_of[7], n_edges = 0;
+    auto edge = [&](int saved, int arg) { saved_of[n_edges] = saved, arg_of[n_edges++] = arg; };
+    edge(0, 3), edge(1, 4);
+    if (p == 3) edge(2, 5);
+    edge(3, 6), edge(4, 7);
+    if (bias) edge(6, 8), edge(7, 9);
+    variable_list inputs;
+    std::vector<int> args;
+    for (int k = 0; k < n_edges; ++k) {
+      if (!ctx->needs_input_grad(k)) continue;
+      inputs.push_back(a[saved_of[k]]);
+      args.push_back(arg_of[k]);
+    }
+    variable_list go;
+    for (size_t k = 0; k < outs.size(); ++k)
+      go.push_back(grads[k].defined() ? grads[k].to(outs[k].scalar_type()) : at::zeros_like(outs[k]));
+    const variable_list got = inputs.empty() ? variable_list{}
+                                             : torch::autograd::grad(outs, inputs, go, /*retain_graph=*/true,
+                                                                     /*create_graph=*/true, /*allow_unused=*/true);
+    variable_list out(10);
+    for (size_t j = 0; j < args.size(); ++j)
+      out[args[j]] = got[j].defined() ? got[j].to(inputs[j].scalar_type()) : at::zeros_like(inputs[j]);
+    return out;
   }
 };
 

@@ -29,7 +29,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from . import _backend
+from . import _backend, _vjp
 from .backends import SCHEMAS, arg_names
 from .backends.reference import acc_dtype, prev_steps
 
@@ -136,6 +136,8 @@ def _(dy, dh_n, dc_n, w_hh, w_hr, c0, ws, lengths, backend):
 
 def _lstm_backward(ctx, dy, dh_n, dc_n, dws):
     w_hh, w_hr, h0, c0, lengths, y, ws = _saved(ctx, "lstm_forward")
+    if _vjp.wanted(dws):
+        return _vjp.lstm(ctx.needs_input_grad, dy, dh_n, dc_n, dws, w_hh, w_hr, h0, c0, y, ws, lengths) + (None,) * 3
     dxg, dh0, dc0, dhr = call(
         lstm_backward, _grad(dy, y), _grad(dh_n, h0), _grad(dc_n, c0), w_hh, w_hr, c0, ws, lengths, ctx.backend
     )
@@ -169,6 +171,8 @@ def _(dy, dh_n, w_hh, h0, y, ws, lengths, backend):
 
 def _gru_backward(ctx, dy, dh_n, dws):
     w_hh, h0, lengths, y, ws = _saved(ctx, "gru_forward")
+    if _vjp.wanted(dws):
+        return _vjp.gru(ctx.needs_input_grad, dy, dh_n, dws, w_hh, h0, y, ws, lengths) + (None,) * 3
     dxg, dgh, dh0 = call(gru_backward, _grad(dy, y), _grad(dh_n, h0), w_hh, h0, y, ws, lengths, ctx.backend)
     need = ctx.needs_input_grad
     dw_hh = _gemm_tn(dgh, prev_steps(h0, y), w_hh.dtype) if need[1] else None
@@ -192,6 +196,8 @@ def _(dy, dh_n, w_hh, y, lengths, relu, backend):
 
 def _rnn_backward(ctx, dy, dh_n):
     w_hh, h0, lengths, y = _saved(ctx, "rnn_forward")
+    if _vjp.wanted():
+        return _vjp.rnn(ctx.needs_input_grad, dy, dh_n, w_hh, h0, y, lengths, ctx.relu) + (None,) * 4
     dxg, dh0 = call(rnn_backward, _grad(dy, y), _grad(dh_n, h0), w_hh, y, lengths, ctx.relu, ctx.backend)
     dw_hh = _gemm_tn(dxg, prev_steps(h0, y), w_hh.dtype) if ctx.needs_input_grad[1] else None
     return dxg, dw_hh, dh0, None, None, None, None
@@ -243,6 +249,8 @@ def _(dy, dh_n, dc_n, w_ih, w_hh, c0, ws, backend):
 
 def _lstm_stack_backward(ctx, dy, dh_n, dc_n, dws):
     w_ih, w_hh, h0, c0, y, ws = _saved(ctx, "lstm_stack_forward")
+    if _vjp.wanted(dws):
+        return _vjp.lstm_stack(ctx.needs_input_grad, dy, dh_n, dc_n, dws, w_ih, w_hh, h0, c0, y, ws) + (None,) * 2
     dxg, dh0, dc0 = call(
         lstm_stack_backward, _grad(dy, y), _grad(dh_n, h0), _grad(dc_n, c0), w_ih, w_hh, c0, ws, ctx.backend
     )
@@ -271,6 +279,8 @@ def _(dy, dh_n, w_ih, w_hh, h0, y, ws, backend):
 
 def _gru_stack_backward(ctx, dy, dh_n, dws):
     w_ih, w_hh, h0, y, ws = _saved(ctx, "gru_stack_forward")
+    if _vjp.wanted(dws):
+        return _vjp.gru_stack(ctx.needs_input_grad, dy, dh_n, dws, w_ih, w_hh, h0, y, ws) + (None,) * 2
     dxg, dgh, dh0 = call(gru_stack_backward, _grad(dy, y), _grad(dh_n, h0), w_ih, w_hh, h0, y, ws, ctx.backend)
     need = ctx.needs_input_grad
     dw_ih = _bgemm_tn(dxg[1:], y[:-1], w_ih.dtype) if need[1] else None
@@ -296,6 +306,8 @@ def _(dy, dh_n, w_ih, w_hh, y, relu, backend):
 
 def _rnn_stack_backward(ctx, dy, dh_n):
     w_ih, w_hh, h0, y = _saved(ctx, "rnn_stack_forward")
+    if _vjp.wanted():
+        return _vjp.rnn_stack(ctx.needs_input_grad, dy, dh_n, w_ih, w_hh, h0, y, ctx.relu) + (None,) * 3
     dxg, dh0 = call(rnn_stack_backward, _grad(dy, y), _grad(dh_n, h0), w_ih, w_hh, y, ctx.relu, ctx.backend)
     need = ctx.needs_input_grad
     dw_ih = _bgemm_tn(dxg[1:], y[:-1], w_ih.dtype) if need[1] else None
@@ -311,11 +323,13 @@ _register_autograd("rnn_stack_forward", _rnn_stack_backward, ("w_ih", "w_hh", "h
 # The backward ops record no graph: their autograd refuses, so that a graph
 # through one of them is an error, never PyTorch's not-implemented fallback (which
 # only warns, and drops their share of a second derivative).  The formulas above
-# never differentiate them.
+# never differentiate them: when a backward is recorded (create_graph=True) they
+# take fastrnn._vjp's differentiable recurrences instead.
 def _no_double_backward(ctx, *grads):
     raise RuntimeError(
         "fastrnn: a backward op of the recurrences (fastrnn::*_backward) was differentiated; these ops "
-        "compute first-order gradients only, so fastrnn's layers cannot be differentiated twice"
+        "compute first-order gradients only. Second derivatives of fastrnn's layers are computed by "
+        "their autograd formulas (fastrnn._vjp) when create_graph=True; call the layers, not these ops"
     )
 
 

@@ -264,10 +264,10 @@ def test_empty_sizes(name, backend):
         testing.assert_close([f"t{k}" for k in range(len(got))], got, want, reduction=16, scale=1.0)
 
 
-def test_torch_func_and_no_double_backward():
+def test_torch_func():
     """torch.func.grad over a cell gives torch.nn's gradients (under a transform the
-    step runs the recurrence op, whose autograd functorch accepts); asking for a
-    second derivative is a clear error, not a silently detached gradient."""
+    step runs the recurrence op, whose autograd functorch accepts).  Second
+    derivatives: tests/test_double_backward.py."""
     ref, fast = _pair("LSTMCell", 3, 4, dtype=torch.float64)
     x = torch.randn(2, 3, dtype=torch.float64)
 
@@ -277,11 +277,6 @@ def test_torch_func_and_no_double_backward():
     got = torch.func.grad(f)({k: v.detach() for k, v in fast.named_parameters()}, fast)
     want = torch.func.grad(f)({k: v.detach() for k, v in ref.named_parameters()}, ref)
     testing.assert_close(list(want), [got[k] for k in want], [want[k] for k in want], reduction=16, scale=1.0)
-    if "cpu" in BACKENDS:
-        xx = x.clone().requires_grad_()
-        h, _ = fastrnn.LSTMCell(3, 4, dtype=torch.float64, backend="cpu")(xx)
-        with pytest.raises(RuntimeError, match="no double backward"):
-            torch.autograd.grad(h.sum(), xx, create_graph=True)
 
 
 def test_convert_swaps_cells():
