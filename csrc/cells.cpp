@@ -7,6 +7,7 @@
 // runs cell_forward without a workspace.
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
 #include <torch/csrc/autograd/autograd.h>
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
@@ -57,6 +58,7 @@ struct CellFunction : public torch::autograd::Function<CellFunction> {
     at::AutoDispatchBelowADInplaceOrView below;
     auto [hn, cn, ws] = call_forward(mode, x, h, c, w_ih, w_hh, b_ih, b_hh, need_ws, path);
     const bool lstm = mode == "LSTM", rnn = mode.rfind("RNN", 0) == 0;
+    TORCH_CHECK(defined(b_ih) == defined(b_hh), "fastrnn: a cell step takes both biases or neither");
     if (!lstm) ctx->mark_non_differentiable({cn});
     ctx->saved_data["mode"] = mode;
     ctx->saved_data["path"] = path;
@@ -111,6 +113,8 @@ struct CellFunction : public torch::autograd::Function<CellFunction> {
   static variable_list recorded_backward(AutogradContext* ctx, const std::string& mode, bool bias, int64_t p,
                                          const variable_list& s, const variable_list& grads) {
     const bool lstm = mode == "LSTM";
+    // exact, as the kernels: no autocast for a backward recorded inside its region
+    c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
     // The nested call differentiates with respect to aliases of the saved inputs:
     // with the inputs themselves it would also follow paths between them (an LSTM
     // state c computed from h would give h's gradient c's share a second time).

@@ -32,12 +32,24 @@ workspace and ``y`` are the forward's, so no forward is recomputed.
 """
 from __future__ import annotations
 
+import functools
 from typing import Optional, Sequence
 
 import torch
 from torch import Tensor
 
 from .backends.reference import acc_dtype, active_steps, prev_steps
+
+
+def _exact(fn):
+    """Run ``fn`` with autocast off: a backward recorded inside an autocast region
+    would otherwise run its products in the autocast dtype (the kernels' backward,
+    like the forward, ignores autocast: it computes in the data's precision)."""
+    @functools.wraps(fn)
+    def run(*args, **kw):
+        with torch.autocast("cpu", enabled=False), torch.autocast("cuda", enabled=False):
+            return fn(*args, **kw)
+    return run
 
 
 def wanted(*extra: Optional[Tensor]) -> bool:
@@ -66,9 +78,11 @@ def _out(x: Optional[Tensor], like: Tensor) -> Optional[Tensor]:
 
 
 # ---------------------------------------------------------------------- LSTM
-def lstm(need: Sequence[bool], dy, dh_n, dc_n, dws, w_hh, w_hr, h0, c0, y, ws, lengths):
+@_exact
+def lstm(need: Sequence[bool], dy, dh_n, dc_n, dws, w_hh, w_hr, h0, c0, y, ws, lengths, acc=False):
     """The vjp of ``lstm_forward``: (dxg, dw_hh, dw_hr, dh0, dc0), None where
-    ``need`` (xg, w_hh, w_hr, h0, c0) is False."""
+    ``need`` (xg, w_hh, w_hr, h0, c0) is False; dxg in the accumulation dtype with
+    ``acc`` (a stack's layer, whose dxg feeds the layer below)."""
     T, N, R = y.shape
     H = c0.shape[1]
     A = ws.dtype
@@ -81,7 +95,7 @@ def lstm(need: Sequence[bool], dy, dh_n, dc_n, dws, w_hh, w_hr, h0, c0, y, ws, l
     whr = None if w_hr is None else w_hr.to(A)
     dy = _sel(m, _in(dy, y, A), 0)
     if dws is not None:
-        dws = dws.to(A).view(T, N, 5, H)
+        dws = dws.to(A).reshape(T, N, 5, H)
         d_i, d_f, d_g, d_o = (_sel(m, d, 0) for d in dws[:, :, :4].unbind(2))
         d_c = dws[:, :, 4]
     dh = _in(dh_n, h0, A)
@@ -104,14 +118,15 @@ def lstm(need: Sequence[bool], dy, dh_n, dc_n, dws, w_hh, w_hr, h0, c0, y, ws, l
     dxg = torch.stack(dxg)
     dw_hh = _tn(dxg, prev_steps(h0.to(A), y.to(A))) if need[1] else None
     dw_hr = _tn(torch.stack(dhr), o * tc) if whr is not None and need[2] else None
-    return (_out(dxg, y) if need[0] else None, _out(dw_hh, w_hh), _out(dw_hr, w_hh),
+    return (_out(dxg, ws if acc else y) if need[0] else None, _out(dw_hh, w_hh), _out(dw_hr, w_hh),
             _out(dh, h0) if need[3] else None, _out(dc, c0) if need[4] else None)
 
 
 # ----------------------------------------------------------------------- GRU
-def gru(need: Sequence[bool], dy, dh_n, dws, w_hh, h0, y, ws, lengths):
+@_exact
+def gru(need: Sequence[bool], dy, dh_n, dws, w_hh, h0, y, ws, lengths, acc=False):
     """The vjp of ``gru_forward``: (dxg, dw_hh, db_hh, dh0), None where ``need``
-    (xg, w_hh, b_hh, h0) is False."""
+    (xg, w_hh, b_hh, h0) is False; ``acc`` as for :func:`lstm`."""
     T, N, H = y.shape
     A = ws.dtype
     m = None if lengths is None else active_steps(T, lengths)
@@ -121,7 +136,7 @@ def gru(need: Sequence[bool], dy, dh_n, dws, w_hh, h0, y, ws, lengths):
     whh = w_hh.to(A)
     dy = _sel(m, _in(dy, y, A), 0)
     if dws is not None:
-        d_r, d_z, d_n, d_hn = (_sel(m, d, 0) for d in dws.to(A).view(T, N, 4, H).unbind(2))
+        d_r, d_z, d_n, d_hn = (_sel(m, d, 0) for d in dws.to(A).reshape(T, N, 4, H).unbind(2))
     dh = _in(dh_n, h0, A)
     dxg, dgh = [None] * T, [None] * T
     for t in range(T - 1, -1, -1):
@@ -142,14 +157,15 @@ def gru(need: Sequence[bool], dy, dh_n, dws, w_hh, h0, y, ws, lengths):
     dxg, dgh = torch.stack(dxg), torch.stack(dgh)
     dw_hh = _tn(dgh, h_prev) if need[1] else None
     db_hh = dgh.sum((0, 1)) if need[2] else None
-    return (_out(dxg, y) if need[0] else None, _out(dw_hh, w_hh), _out(db_hh, w_hh),
+    return (_out(dxg, ws if acc else y) if need[0] else None, _out(dw_hh, w_hh), _out(db_hh, w_hh),
             _out(dh, h0) if need[3] else None)
 
 
 # ----------------------------------------------------------------------- RNN
-def rnn(need: Sequence[bool], dy, dh_n, w_hh, h0, y, lengths, relu: bool):
+@_exact
+def rnn(need: Sequence[bool], dy, dh_n, w_hh, h0, y, lengths, relu: bool, acc=False):
     """The vjp of ``rnn_forward``: (dxg, dw_hh, dh0), None where ``need``
-    (xg, w_hh, h0) is False.  The RNN saves no workspace: y is the output of its
+    (xg, w_hh, h0) is False; ``acc`` as for :func:`lstm`.  The RNN saves no workspace: y is the output of its
     nonlinearity, so y alone carries the graph (ReLU's derivative is a constant)."""
     T, N, H = y.shape
     A = acc_dtype(y.dtype)
@@ -167,7 +183,7 @@ def rnn(need: Sequence[bool], dy, dh_n, w_hh, h0, y, lengths, relu: bool):
         dh = _sel(mt, dxg[t] @ whh, dh_t)
     dxg = torch.stack(dxg)
     dw_hh = _tn(dxg, prev_steps(h0.to(A), yA)) if need[1] else None
-    return _out(dxg, y) if need[0] else None, _out(dw_hh, w_hh), _out(dh, h0) if need[2] else None
+    return (dxg if acc else _out(dxg, y)) if need[0] else None, _out(dw_hh, w_hh), _out(dh, h0) if need[2] else None
 
 
 # ------------------------------------------------------------- fused stacks
@@ -185,19 +201,20 @@ def _stack(need, L, layer, dy, w_ih, y):
     for l in range(L - 1, -1, -1):
         per[l] = layer(l, dy_l)
         if l > 0:
-            dx = per[l][0].to(A)
+            dx = per[l][0]
             dw_ih[l - 1] = _tn(dx, y[l - 1].to(A))
             db[l - 1] = dx.sum((0, 1))
             dy_l = dy[l - 1] + dx @ w_ih[l - 1].to(A)
     dw_ih = torch.stack(dw_ih).to(w_ih.dtype) if need[1] else None
     db = torch.stack(db).to(w_ih.dtype) if need[2] else None
-    return per[0][0], dw_ih, db, per
+    return per[0][0].to(y.dtype), dw_ih, db, per
 
 
 def _each(per, k: int, on: bool) -> Optional[Tensor]:
     return torch.stack([p[k] for p in per]) if on else None
 
 
+@_exact
 def lstm_stack(need, dy, dh_n, dc_n, dws, w_ih, w_hh, h0, c0, y, ws):
     """The vjp of ``lstm_stack_forward``: (dxg0, dw_ih, db, dw_hh, dh0, dc0)."""
     L = y.shape[0]
@@ -205,12 +222,13 @@ def lstm_stack(need, dy, dh_n, dc_n, dws, w_ih, w_hh, h0, c0, y, ws):
 
     def layer(l, dy_l):
         return lstm(sub, dy_l, None if dh_n is None else dh_n[l], None if dc_n is None else dc_n[l],
-                    None if dws is None else dws[l], w_hh[l], None, h0[l], c0[l], y[l], ws[l], None)
+                    None if dws is None else dws[l], w_hh[l], None, h0[l], c0[l], y[l], ws[l], None, acc=True)
 
     dxg0, dw_ih, db, per = _stack(need, L, layer, dy, w_ih, y)
     return dxg0, dw_ih, db, _each(per, 1, need[3]), _each(per, 3, need[4]), _each(per, 4, need[5])
 
 
+@_exact
 def gru_stack(need, dy, dh_n, dws, w_ih, w_hh, h0, y, ws):
     """The vjp of ``gru_stack_forward``: (dxg0, dw_ih, db_ih, dw_hh, db_hh, dh0)."""
     L = y.shape[0]
@@ -218,19 +236,20 @@ def gru_stack(need, dy, dh_n, dws, w_ih, w_hh, h0, y, ws):
 
     def layer(l, dy_l):
         return gru(sub, dy_l, None if dh_n is None else dh_n[l], None if dws is None else dws[l],
-                   w_hh[l], h0[l], y[l], ws[l], None)
+                   w_hh[l], h0[l], y[l], ws[l], None, acc=True)
 
     dxg0, dw_ih, db_ih, per = _stack(need, L, layer, dy, w_ih, y)
     return dxg0, dw_ih, db_ih, _each(per, 1, need[3]), _each(per, 2, need[4]), _each(per, 3, need[5])
 
 
+@_exact
 def rnn_stack(need, dy, dh_n, w_ih, w_hh, h0, y, relu: bool):
     """The vjp of ``rnn_stack_forward``: (dxg0, dw_ih, db, dw_hh, dh0)."""
     L = y.shape[0]
     sub = (True, need[3], need[4])
 
     def layer(l, dy_l):
-        return rnn(sub, dy_l, None if dh_n is None else dh_n[l], w_hh[l], h0[l], y[l], None, relu)
+        return rnn(sub, dy_l, None if dh_n is None else dh_n[l], w_hh[l], h0[l], y[l], None, relu, acc=True)
 
     dxg0, dw_ih, db, per = _stack(need, L, layer, dy, w_ih, y)
     return dxg0, dw_ih, db, _each(per, 1, need[3]), _each(per, 2, need[4])
