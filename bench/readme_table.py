@@ -56,6 +56,9 @@ def table() -> str:
             if said:
                 lines += ["", f"{what}: " + "; ".join(said) + "."]
         lines += [x for line in _ceiling(d) for x in ("", line)]
+        rows_out = {k: v for k, v in d.get("skipped_backends", {}).items() if "cannot run here" in v}
+        if rows_out:  # rows this CPU refused (bench/time_machine.py probe_rows)
+            lines += ["", "Not run on this CPU: " + "; ".join(rows_out.values()) + "."]
         paths = env.get("cpu_paths")
         if isinstance(paths, dict):
             lines.append("")

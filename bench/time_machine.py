@@ -28,6 +28,7 @@ of the paired ratio to torch.nn (both timed in the same round).
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import os
@@ -291,6 +292,23 @@ def row_precision(model: RNNModel, impl: str, device: torch.device) -> str:
     return str(y.dtype).replace("torch.", "")
 
 
+def probe_rows(models: dict, impls: list, args, device: torch.device, batches: list) -> dict[str, str]:
+    """The rows this machine cannot run, each with why: one training step and one
+    forward of a copy of each model on one batch.  A RuntimeError (torch.nn's LSTM
+    under CPU autocast on a CPU without AVX-512, where oneDNN has no bfloat16 LSTM
+    primitive) skips that row, so the run finishes and says what it left out."""
+    refused = {}
+    for impl in impls:
+        m = copy.deepcopy(models[impl])
+        try:
+            train_epoch(m, batches, torch.optim.SGD(m.parameters(), lr=args.lr), device, args.random_iter,
+                        is_amp(impl))
+            forward_epoch(m, batches, device, is_amp(impl))
+        except RuntimeError as e:
+            refused[impl] = f"{label(impl, device)} cannot run here: {str(e).splitlines()[0]}"
+    return refused
+
+
 def cpu_ceiling(args, V: int, rounds: int = 15, before: dict | None = None) -> dict:
     """This machine's measured GEMM rate at the step's largest product shape
     (T*N x H x G*H: the recurrences' and projections' GEMMs over a sequence), and
@@ -307,13 +325,20 @@ def cpu_ceiling(args, V: int, rounds: int = 15, before: dict | None = None) -> d
     g = torch.Generator().manual_seed(0)
     a, w = torch.randn(M, K, generator=g), torch.randn(N, K, generator=g)
     ab, wb = a.bfloat16(), w.bfloat16()
-    fns = {"float32 torch.mm": lambda: a @ w.t(), "bfloat16 torch.mm": lambda: ab @ wb.t()}
-    try:  # oneDNN's own linear, where this torch has it (faster than MKL's sgemm on some CPUs)
-        torch.ops.mkldnn._linear_pointwise(a, w, None, "none", [], "")
-        fns["float32 oneDNN linear"] = lambda: torch.ops.mkldnn._linear_pointwise(a, w, None, "none", [], "")
-        fns["bfloat16 oneDNN linear"] = lambda: torch.ops.mkldnn._linear_pointwise(ab, wb, None, "none", [], "")
-    except (AttributeError, RuntimeError):
-        pass
+    candidates = {"float32 torch.mm": lambda: a @ w.t(), "bfloat16 torch.mm": lambda: ab @ wb.t()}
+    # oneDNN's own linear, where this torch and CPU have it (faster than MKL's sgemm on
+    # some CPUs; no bfloat16 primitive without AVX-512)
+    linear = getattr(getattr(torch.ops, "mkldnn", None), "_linear_pointwise", None)
+    if linear is not None:
+        candidates["float32 oneDNN linear"] = lambda: linear(a, w, None, "none", [], "")
+        candidates["bfloat16 oneDNN linear"] = lambda: linear(ab, wb, None, "none", [], "")
+    fns, skipped = {}, {}
+    for name, fn in candidates.items():  # each probed once: what this CPU refuses is skipped, said why
+        try:
+            fn()
+            fns[name] = fn
+        except RuntimeError as e:
+            skipped[name] = str(e).splitlines()[0]
     # fastrnn's own kernels through their test op (which packs W and copies C per call, so a lower bound)
     if CpuBackend().available()[0]:
         c = torch.empty(M, N)
@@ -323,9 +348,10 @@ def cpu_ceiling(args, V: int, rounds: int = 15, before: dict | None = None) -> d
             fns["bfloat16 fastrnn bf16dot"] = lambda: torch.ops.fastrnn_ext.cpu_step_gemm(a, w, True, 0.0, c, "bf16dot")
     times = C.round_robin(fns, torch.device("cpu"), rounds)
     gflops = {k: max(2.0 * M * K * N / min(v) / 1e9, (before or {}).get(k, 0.0)) for k, v in times.items()}
-    peak = {d: max(v for k, v in gflops.items() if k.startswith(d)) for d in ("float32", "bfloat16")}
+    peak = {d: max(v for k, v in gflops.items() if k.startswith(d))
+            for d in ("float32", "bfloat16") if any(k.startswith(d) for k in gflops)}
     tokens = args.batch * args.steps
-    out = {"gemm_shape": [M, K, N], "gemm_gflops": gflops, "peak_gflops": peak}
+    out = {"gemm_shape": [M, K, N], "gemm_gflops": gflops, "peak_gflops": peak, "skipped": skipped}
     for mode, train in (("train", True), ("forward", False)):
         f = floors.time_machine_count(args.cell, args.steps, args.batch, args.hidden, args.layers, V, train).flops
         out[f"step_gflop_{mode}"] = f / 1e9
@@ -352,6 +378,10 @@ def run(args) -> dict:
 
     def epoch_batches():
         return [(x.to(device), y.to(device)) for x, y in loader]
+
+    refused = probe_rows(models, impls, args, device, epoch_batches()[:1])
+    impls = [i for i in impls if i not in refused]
+    skipped = {**skipped, **refused}
 
     ppl = {i: [] for i in impls}
     train_secs = {i: [] for i in impls}
@@ -423,7 +453,9 @@ def run(args) -> dict:
         if ceiling is not None:  # of the measured-GEMM ceiling in the row's precision
             d = row_precision(models[r["backend"]], r["backend"], device)
             for mode in ("train", "forward"):
-                r[f"{mode}_fraction_of_ceiling"] = r[f"{mode}_tokens_per_s"] / ceiling[f"ceiling_{mode}_tokens_per_s"][d]
+                top = ceiling[f"ceiling_{mode}_tokens_per_s"].get(d)
+                if top:
+                    r[f"{mode}_fraction_of_ceiling"] = r[f"{mode}_tokens_per_s"] / top
         r["max_abs_perplexity_diff_to_torch"] = (
             max(abs(a - b) for a, b in zip(r["perplexity"], ref["perplexity"])) if ref else None
         )
@@ -463,7 +495,8 @@ def ceiling_lines(report: dict) -> list[str]:
     return [f"measured GEMM rate at {M}x{K}x{N} (GFLOP/s, best of the runs before and after): {rates}; "
             f"a step is {c['step_gflop_train']:.2f} GFLOP training, {c['step_gflop_forward']:.2f} forward, so at that "
             f"rate and no other cost: train {ceil('train')} tok/s, forward {ceil('forward')} tok/s",
-            f"share of that ceiling in the row's precision (train/forward): {share}"]
+            f"share of that ceiling in the row's precision (train/forward): {share}"] + [
+            f"GEMM not measured on this CPU: {k} ({why})" for k, why in c.get("skipped", {}).items()]
 
 
 def format_table(report: dict) -> str:

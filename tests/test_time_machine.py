@@ -60,6 +60,13 @@ def test_mixed_precision_rows(tmp_path):
     assert tm.main(args) == 0
     rep = json.loads((tmp_path / "time_machine_lstm_cpu.json").read_text())
     res = {r["backend"]: r for r in rep["results"]}
+    # torch.nn's LSTM under CPU autocast has no oneDNN primitive without AVX-512: that
+    # row is then skipped with the reason, and the others run (tests below)
+    refused = rep["skipped_backends"].get("torch+autocast")
+    if refused is not None:
+        assert "primitive" in refused and "torch+autocast" not in res
+    assert set(res) == {"torch", "torch+autocast", "cpu+autocast", "torch+bf16", "cpu+bf16"} - {
+        "torch+autocast" if refused else ""}
     assert res["cpu+bf16"]["label"] == "fastrnn cpu, bf16 model"
     assert res["cpu+autocast"]["label"] == "fastrnn cpu + autocast bf16"
     for name in ("torch+bf16", "cpu+bf16", "cpu+autocast"):
@@ -67,7 +74,9 @@ def test_mixed_precision_rows(tmp_path):
         assert r["perplexity"][-1] < r["perplexity"][0] and 1.0 < r["final_perplexity"] < 40
         assert r["train_ratio_to_torch"] > 0 and r["forward_ratio_to_torch"] > 0
     assert res["cpu+bf16"]["train_ratio_to_torch_bf16"] > 0 and "train_ratio_to_torch_autocast" not in res["cpu+bf16"]
-    assert res["cpu+autocast"]["train_ratio_to_torch_autocast"] > 0 and "train_ratio_to_torch_bf16" not in res["cpu+autocast"]
+    assert ("train_ratio_to_torch_autocast" not in res["cpu+autocast"] if refused
+            else res["cpu+autocast"]["train_ratio_to_torch_autocast"] > 0)
+    assert "train_ratio_to_torch_bf16" not in res["cpu+autocast"]
     assert "train_ratio_to_torch_bf16" not in res["torch"]
     # the measured GEMM ceiling: rates, the step's FLOPs, and each row's share of it in its precision
     c = rep["cpu_ceiling"]
@@ -91,8 +100,13 @@ def test_mixed_precision_rows(tmp_path):
     for cell, amp in (("lstm", "bfloat16"), ("gru", "float32"), ("rnn", "bfloat16")):  # torch.nn's autocast dtypes
         a = argparse.Namespace(seed=0, cell=cell, hidden=8, layers=1)
         impls = ["torch", "torch+autocast", "cpu+autocast", "cpu+bf16"]
-        got = [tm.row_precision(m, i, cpu) for m, i in zip(tm.same_init_models(impls, a, 5, cpu), impls)]
-        assert got == ["float32", amp, amp, "bfloat16"], cell
+        for m, impl, want in zip(tm.same_init_models(impls, a, 5, cpu), impls, ["float32", amp, amp, "bfloat16"]):
+            try:
+                got = tm.row_precision(m, impl, cpu)
+            except RuntimeError as e:  # the row the run above skipped, for the same reason
+                assert refused and impl == "torch+autocast" and cell == "lstm" and "primitive" in str(e), (cell, e)
+                continue
+            assert got == want, (cell, impl)
 
 
 def test_bf16_models_are_bf16(tmp_path):
@@ -112,3 +126,53 @@ def test_bf16_models_are_bf16(tmp_path):
     assert state[0].dtype == logits.dtype == torch.bfloat16
     assert tm.split_impl("cpu+bf16") == ("cpu", "bf16") and tm.split_impl("cpu+autocast") == ("cpu", "autocast")
     assert tm.split_impl("torch") == ("torch", "fp32")
+
+
+@needs_text
+def test_make_bench_finishes_on_an_avx2_cpu(tmp_path):
+    """An AVX2-only CPU, as oneDNN sees it (ONEDNN_MAX_CPU_ISA=AVX2, set before torch
+    is imported: a fresh process): torch.nn's autocast LSTM and oneDNN's bfloat16
+    linear refuse to run there; the time machine skips that row and that GEMM,
+    saying why in the JSON and the table, and runs every other row."""
+    import os
+    import subprocess
+
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    cmd = [sys.executable, str(REPO / "bench" / "time_machine.py"), "--epochs", "1", "--backends",
+           "torch,torch+autocast,reference+autocast", "--max-tokens", "2000", "--fwd-rounds", "1", "--data",
+           str(SHARED), "--out", str(tmp_path), "--no-progress", "--no-plot", "--hidden", "16"]
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    rep = json.loads((tmp_path / "time_machine_lstm_cpu.json").read_text())
+    assert [r["backend"] for r in rep["results"]] == ["torch", "reference+autocast"]
+    assert "primitive" in rep["skipped_backends"]["torch+autocast"]
+    assert "skipped torch+autocast: torch.nn + autocast bf16 cannot run here" in p.stdout
+    c = rep["cpu_ceiling"]
+    assert "bfloat16 oneDNN linear" in c["skipped"] and "bfloat16 oneDNN linear" not in c["gemm_gflops"]
+    assert "GEMM not measured on this CPU: bfloat16 oneDNN linear" in p.stdout
+    assert c["peak_gflops"]["bfloat16"] > 0 and rep["results"][1]["train_fraction_of_ceiling"] > 0
+
+
+def test_probe_rows_skips_what_raises():
+    """probe_rows: a row whose step raises is refused with its label and message;
+    the others are not, and the models themselves are left untouched."""
+    import argparse
+
+    import torch
+
+    class Refuses(torch.nn.Module):
+        hidden_size, num_layers = 8, 1
+
+        def forward(self, x, state=None):
+            raise RuntimeError("could not create a primitive descriptor for the LSTM forward\nmore")
+
+    cpu = torch.device("cpu")
+    a = argparse.Namespace(seed=0, cell="lstm", hidden=8, layers=1, lr=1.0, random_iter=False)
+    models = dict(zip(["torch", "reference"], tm.same_init_models(["torch", "reference"], a, 5, cpu)))
+    models["torch+autocast"] = tm.RNNModel(Refuses(), 5)
+    before = {k: v.clone() for k, v in models["torch"].state_dict().items()}
+    x = torch.randint(0, 5, (2, 3))
+    refused = tm.probe_rows(models, list(models), a, cpu, [(x, x)])
+    assert refused == {"torch+autocast": "torch.nn + autocast bf16 cannot run here: could not create a "
+                                         "primitive descriptor for the LSTM forward"}
+    assert all(torch.equal(v, models["torch"].state_dict()[k]) for k, v in before.items())
