@@ -1,10 +1,11 @@
 #!/usr/bin/env python
-"""Write the README's "Measured" table from bench/results/time_machine_*.json.
+"""Write the measurement tables from the benchmarks' JSON in bench/results/.
 
-    python bench/readme_table.py            # rewrites the block between the README markers
+    python bench/readme_table.py   # rewrites the blocks between the markers of
+                                   # docs/measurements.md (every table) and README.md (the headline)
 
 Only numbers that the benchmark scripts wrote are shown, each row with its
-device, versions and commit, so the README never carries a hand-typed figure.
+device, versions and commit, so neither page carries a hand-typed figure.
 """
 from __future__ import annotations
 
@@ -13,9 +14,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-START, END = "<!-- bench:start -->", "<!-- bench:end -->"
-
-
+START, END = "<!-- bench:start -->", "<!-- bench:end -->"  # docs/measurements.md
+HEAD_START, HEAD_END = "<!-- headline:start -->", "<!-- headline:end -->"  # README.md
 
 
 def _ceiling(d: dict) -> list[str]:
@@ -24,30 +24,51 @@ def _ceiling(d: dict) -> list[str]:
 
     return time_machine.ceiling_lines(d)
 
+
 def _commit(env: dict) -> str:
     """`abcdef0123`, and whether the run's checkout had uncommitted changes."""
     c = f"`{str(env.get('git_commit'))[:10]}`"
     return c + (" with uncommitted changes" if env.get("git_changes") else "")
+
+
+def time_machine_table(path: Path, d: dict) -> list[str]:
+    """A time-machine JSON's title line and its table of rows."""
+    env, cfg = d["environment"], d["config"]
+    lines = [
+        f"**{cfg['cell'].upper()} {cfg['layers']}x{cfg['hidden']}, batch {cfg['batch']}, {cfg['steps']} steps, "
+        f"{cfg['epochs']} epochs** on {env['device_name']} (torch {env['torch']}, commit "
+        f"{_commit(env)}), from `{path.relative_to(ROOT)}`:",
+        "",
+        "| backend | device | final perplexity | train tok/s | vs torch.nn | same-epoch ratio (median) | forward tok/s | vs torch.nn |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in d["results"]:
+        lines.append(
+            f"| {r['label']} | {r['device']} | {r['final_perplexity']:.2f} | {r['train_tokens_per_s']:,.0f} | "
+            f"{r['train_ratio_to_torch']:.2f}x | {r.get('train_ratio_to_torch_paired_median', 1.0):.2f}x | "
+            f"{r['forward_tokens_per_s']:,.0f} | {r['forward_ratio_to_torch']:.2f}x |"
+        )
+    return lines
+
+
+def headline() -> str:
+    """The README's one table: the time-machine LSTM on each device measured, with its chart."""
+    lines = []
+    for path in sorted((ROOT / "bench" / "results").glob("time_machine_lstm_*.json")):
+        d = json.loads(path.read_text())
+        lines += time_machine_table(path, d) + [""]
+        png = path.with_suffix(".png")
+        if png.exists():
+            lines += [f"![perplexity per epoch and tokens/s]({_rel(png)})", ""]
+    return "\n".join(lines).rstrip() if lines else "No results yet: run `make bench`."
+
 
 def table() -> str:
     lines = []
     for path in sorted((ROOT / "bench" / "results").glob("time_machine_*.json")):
         d = json.loads(path.read_text())
         env, cfg = d["environment"], d["config"]
-        lines.append(
-            f"**{cfg['cell'].upper()} {cfg['layers']}x{cfg['hidden']}, batch {cfg['batch']}, {cfg['steps']} steps, "
-            f"{cfg['epochs']} epochs** on {env['device_name']} (torch {env['torch']}, commit "
-            f"{_commit(env)}), from `{path.relative_to(ROOT)}`:"
-        )
-        lines.append("")
-        lines.append("| backend | device | final perplexity | train tok/s | vs torch.nn | same-epoch ratio (median) | forward tok/s | vs torch.nn |")
-        lines.append("| --- | --- | --- | --- | --- | --- | --- | --- |")
-        for r in d["results"]:
-            lines.append(
-                f"| {r['label']} | {r['device']} | {r['final_perplexity']:.2f} | {r['train_tokens_per_s']:,.0f} | "
-                f"{r['train_ratio_to_torch']:.2f}x | {r.get('train_ratio_to_torch_paired_median', 1.0):.2f}x | "
-                f"{r['forward_tokens_per_s']:,.0f} | {r['forward_ratio_to_torch']:.2f}x |"
-            )
+        lines += time_machine_table(path, d)
         for key, what in (("autocast", "Against torch.nn under the same autocast"),
                           ("bf16", "bf16 models (weights and all) against torch.nn's bf16 model")):
             said = [f"{r['label']} {r[f'train_ratio_to_torch_{key}']:.2f}x train / "
@@ -241,17 +262,26 @@ def bench_cmd_table(path: Path) -> list[str]:
     return out
 
 
+def _write_between(path: Path, start: str, end: str, body: str) -> bool:
+    text = path.read_text()
+    if start not in text or end not in text:
+        print(f"{path.relative_to(ROOT)} lacks the {start} / {end} markers", file=sys.stderr)
+        return False
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    path.write_text(f"{head}{start}\n{body}\n{end}{tail}")
+    return True
+
+
 def main() -> int:
-    readme = ROOT / "README.md"
-    text = readme.read_text()
-    if START not in text or END not in text:
-        print(f"README.md lacks the {START} / {END} markers", file=sys.stderr)
-        return 1
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
-    readme.write_text(f"{head}{START}\n{table()}\n{END}{tail}")
-    print(table())
-    return 0
+    """Every table into docs/measurements.md (its links one folder up), the
+    headline table into the README."""
+    full = table()
+    ok = _write_between(ROOT / "docs" / "measurements.md", START, END,
+                        full.replace("](bench/results/", "](../bench/results/"))
+    ok = _write_between(ROOT / "README.md", HEAD_START, HEAD_END, headline()) and ok
+    print(full)
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

@@ -193,7 +193,7 @@ def git_commit() -> str | None:
 
 def git_changes() -> list[str] | None:
     """Files the checkout has changed or added since its commit (bench/results and
-    README.md aside: a benchmark writes those), None for an installed package;
+    README.md and docs/measurements.md aside: a benchmark writes those), None for an installed package;
     recorded so a result is never credited to a commit whose code did not run."""
     root = Path(__file__).resolve().parents[1]
     if not (root / ".git").exists():
@@ -206,7 +206,7 @@ def git_changes() -> list[str] | None:
     if out.returncode != 0:
         return None
     paths = [line[3:] for line in out.stdout.splitlines() if len(line) > 3]
-    return [p for p in paths if not p.startswith("bench/results/") and p != "README.md"]
+    return [p for p in paths if not p.startswith("bench/results/") and p not in ("README.md", "docs/measurements.md")]
 
 
 def environment(device: torch.device) -> dict:

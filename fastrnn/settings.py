@@ -5,7 +5,7 @@ them (a test or a user may change one between calls); the C++ extension reads
 none: the kernel path it takes comes in as an op argument (``path``) chosen here.
 Build, benchmark and test settings are read by ``setup.py``, ``bench/`` and
 ``tests/`` themselves, but are declared here too, so ``SETTINGS`` (and the
-README table made from it, :func:`markdown_table`) is the one list of them; a
+docs/backends.md table made from it, :func:`markdown_table`) is the one list of them; a
 test holds every ``FASTRNN_`` name in the tree to it.
 
 Which path a module takes for an input, and why: :func:`fastrnn.explain`.
@@ -129,7 +129,7 @@ def flag(name: str) -> bool:
 
 
 def markdown_table() -> str:
-    """The README's settings table."""
+    """The settings table of docs/backends.md."""
     rows = ["| setting | read by | default | values | what it does |", "| --- | --- | --- | --- | --- |"]
     for s in SETTINGS:
         values = " / ".join(f"`{c}`" for c in s.choices if c) if s.choices else ""

@@ -1,5 +1,5 @@
 """The switchboard (fastrnn/settings.py): every FASTRNN_* setting declared once,
-read by the library only through it, documented by the README table made from
+read by the library only through it, documented by the docs/backends.md table made from
 it; and ``explain``, which says which backend, stack route and kernel path a
 module takes for an input, and why."""
 import os
@@ -46,12 +46,12 @@ def test_the_library_reads_settings_only_through_the_switchboard():
             assert "getenv" not in open(os.path.join(ROOT, f)).read(), f"{f}: C++ options come as op arguments"
 
 
-def test_readme_table_is_the_declared_one():
-    readme = open(os.path.join(ROOT, "README.md")).read()
+def test_settings_table_is_the_declared_one():
+    readme = open(os.path.join(ROOT, "docs", "backends.md")).read()
     m = re.search(r"<!-- settings:start -->\n(.*?)\n<!-- settings:end -->", readme, re.S)
-    assert m, "README.md has no settings table between its markers"
+    assert m, "docs/backends.md has no settings table between its markers"
     assert m.group(1).strip() == settings.markdown_table().strip(), \
-        "README's settings table is stale: paste fastrnn.settings.markdown_table()"
+        "docs/backends.md's settings table is stale: paste fastrnn.settings.markdown_table()"
 
 
 def test_bad_values_are_refused(monkeypatch):
