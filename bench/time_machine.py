@@ -314,11 +314,11 @@ def cpu_ceiling(args, V: int, rounds: int = 15, before: dict | None = None) -> d
     (T*N x H x G*H: the recurrences' and projections' GEMMs over a sequence), and
     the tokens/s a training step (forward only) could reach at it: the step's
     FLOPs (bench/floors.py) at that rate, no other cost.  float32 through torch.mm
-    (MKL), oneDNN's linear and fastrnn's own AVX-512 kernel, bfloat16 through
+    (MKL), oneDNN's linear and fastrnn's own kernel (AVX-512 or AVX2), bfloat16 through
     torch.mm and oneDNN's linear (oneDNN both) and fastrnn's AVX512-BF16 kernel,
     each where this torch and CPU have it; the best is the ceiling; round-robin, the fastest of ``rounds`` (and of ``before``,
     an earlier call's ``gemm_gflops``)."""
-    from fastrnn.backends.extension import CpuBackend, cpu_features
+    from fastrnn.backends.extension import CpuBackend, own_path, path_features
 
     G = {"lstm": 4, "gru": 3, "rnn": 1}[args.cell]
     M, K, N = args.batch * args.steps, args.hidden, G * args.hidden
@@ -340,11 +340,12 @@ def cpu_ceiling(args, V: int, rounds: int = 15, before: dict | None = None) -> d
         except RuntimeError as e:
             skipped[name] = str(e).splitlines()[0]
     # fastrnn's own kernels through their test op (which packs W and copies C per call, so a lower bound)
-    if CpuBackend().available()[0]:
+    if CpuBackend().available()[0]:  # the kernels the cpu backend may take here (FASTRNN_CPU_ISA's cap too)
         c = torch.empty(M, N)
-        if "avx512f" in cpu_features():
-            fns["float32 fastrnn own"] = lambda: torch.ops.fastrnn_ext.cpu_step_gemm(a, w, True, 0.0, c, "own")
-        if "avx512_bf16" in cpu_features():
+        own = own_path(path_features())
+        if own is not None:
+            fns[f"float32 fastrnn {own}"] = lambda: torch.ops.fastrnn_ext.cpu_step_gemm(a, w, True, 0.0, c, own)
+        if "avx512_bf16" in path_features():
             fns["bfloat16 fastrnn bf16dot"] = lambda: torch.ops.fastrnn_ext.cpu_step_gemm(a, w, True, 0.0, c, "bf16dot")
     times = C.round_robin(fns, torch.device("cpu"), rounds)
     gflops = {k: max(2.0 * M * K * N / min(v) / 1e9, (before or {}).get(k, 0.0)) for k, v in times.items()}

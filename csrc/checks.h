@@ -13,7 +13,7 @@ namespace fastrnn {
 // CPU: how the per-step products run (the op's path argument, chosen in
 // Python: fastrnn/settings.py): MKL/BLAS, fastrnn's AVX-512 float32 kernel, or
 // fastrnn's AVX512-BF16 kernel (bf16 operands, float32 sums; bf16 storage only).
-enum class CpuGemm : int { kBlas, kOwn, kBf16Dot };
+enum class CpuGemm : int { kBlas, kOwn, kOwnAvx2, kBf16Dot };
 
 struct Dims {
   int64_t T, N, H, R;

@@ -236,11 +236,17 @@ def environment(device: torch.device) -> dict:
         # the CPU's ISA features that fastrnn's kernels choose from, and the path the
         # cpu backend takes for each dtype (with why)
         try:
+            from fastrnn import settings
             from fastrnn.backends.extension import CpuBackend, cpu_features
 
             be = CpuBackend()
             if be.available()[0]:
                 env["cpu_features"] = sorted(cpu_features())
+                # the class the paths were capped at, and torch's own caps, when set
+                caps = {"FASTRNN_CPU_ISA": settings.get("FASTRNN_CPU_ISA")}
+                caps.update({k: os.environ.get(k) for k in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY",
+                                                            "MKL_ENABLE_INSTRUCTIONS")})
+                env["isa_caps"] = {k: v for k, v in caps.items() if v}
                 env["cpu_paths"] = {str(d).replace("torch.", ""): dict(zip(("path", "why"), be.path(d)))
                                     for d in (torch.float32, torch.bfloat16, torch.float16)}
         except Exception as e:  # noqa: BLE001  (a record, never a failure)

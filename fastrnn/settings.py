@@ -44,10 +44,16 @@ SETTINGS = (
             "multi-layer stacks through the `*_stack_*` ops: never (0), always (1, composing per-layer calls where "
             "a backend has no native stack), or where the backend fuses stacks natively (unset); a compiled graph "
             "keeps the choice it was traced with"),
+    Setting("FASTRNN_CPU_ISA", "", ("", "baseline", "avx2", "avx512", "avx512_bf16", "amx"),
+            "caps the instruction-set class of the cpu backend's product paths, to run and time a smaller CPU's "
+            "paths on a bigger one: baseline (BLAS only), avx2 (the own kernel's AVX2 + FMA version), avx512, "
+            "avx512_bf16, amx; unset: what the CPU has. The gate passes' vector clones are picked by the loader "
+            "and not capped; pair it with ONEDNN_MAX_CPU_ISA and MKL_ENABLE_INSTRUCTIONS for torch's own paths"),
     Setting("FASTRNN_CPU_GEMM", "auto", ("auto", "own", "blas"),
-            "the cpu backend's float32 per-step products: fastrnn's AVX-512 kernel (own), MKL/BLAS (blas), or "
-            "auto: where the CPU has AVX-512F, whichever of the two measures faster here (timed once per process; "
-            "own unless blas is more than 5% faster), else blas"),
+            "the cpu backend's float32 per-step products: fastrnn's own kernel (own: AVX-512, or its AVX2 + FMA "
+            "version on a CPU without AVX-512F; an error on a CPU with neither), MKL/BLAS (blas), or auto: where "
+            "the CPU runs the own kernel, whichever of the two measures faster here (timed once per process; own "
+            "unless blas is more than 5% faster), else blas"),
     Setting("FASTRNN_CPU_BF16", "auto", ("auto", "dot", "fp32"),
             "the cpu backend's per-step products on bfloat16 data (bf16 modules, CPU autocast): fastrnn's "
             "AVX512-BF16 kernel (dot: bf16 operands, float32 sums), or float32 products on the widened operands "

@@ -25,17 +25,21 @@ def backends_on(device_type: str) -> list[str]:
     return names
 
 
-def cpu_paths() -> list[tuple[str, str, str]]:
-    """Every step-product path of the cpu backend this CPU can run, as (id,
-    FASTRNN_CPU_GEMM, FASTRNN_CPU_BF16): BLAS and the own AVX-512 kernel for
+def cpu_paths() -> list[tuple[str, dict, str]]:
+    """Every step-product path of the cpu backend this CPU can run, as (id, the
+    settings that select it, its float32 path): BLAS, the own AVX-512 kernel and
+    its AVX2 + FMA version (FASTRNN_CPU_ISA=avx2 on a CPU that has AVX-512) for
     float32 (and for the half types on their float32 fallback), and the
     AVX512-BF16 kernel for bfloat16."""
     flags = set(" ".join(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split())
-    paths = [("blas", "blas", "fp32")]
+    paths = [("blas", {"FASTRNN_CPU_GEMM": "blas", "FASTRNN_CPU_BF16": "fp32"}, "blas")]
+    if {"avx2", "fma"} <= flags:
+        paths.append(("own_avx2", {"FASTRNN_CPU_GEMM": "own", "FASTRNN_CPU_BF16": "fp32", "FASTRNN_CPU_ISA": "avx2"},
+                      "own_avx2"))
     if "avx512f" in flags:
-        paths.append(("own", "own", "fp32"))
+        paths.append(("own", {"FASTRNN_CPU_GEMM": "own", "FASTRNN_CPU_BF16": "fp32"}, "own"))
     if {"avx512f", "avx512bw", "avx512vl", "avx512_bf16"} <= flags:
-        paths.append(("bf16dot", "own", "dot"))
+        paths.append(("bf16dot", {"FASTRNN_CPU_GEMM": "own", "FASTRNN_CPU_BF16": "dot"}, "own"))
     return paths
 
 

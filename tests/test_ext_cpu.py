@@ -27,18 +27,18 @@ def be(request, monkeypatch):
     kernel for bfloat16 cases only: for other dtypes it is the 'own' path again)."""
     from fastrnn.backends.extension import CpuBackend
 
-    name, gemm, bf16 = request.param
+    name, env, f32 = request.param
     dtype = getattr(request.node, "callspec", None) and request.node.callspec.params.get("dtype")
     if name == "bf16dot" and dtype is not None and dtype != torch.bfloat16:
         pytest.skip("the bf16 kernel runs bfloat16 data only (this dtype's path is 'own')")
-    monkeypatch.setenv("FASTRNN_CPU_GEMM", gemm)
-    monkeypatch.setenv("FASTRNN_CPU_BF16", bf16)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
     b = CpuBackend()
     ok, why = b.available()
     if not ok:
         pytest.skip(why)
-    assert b.path(torch.float32)[0] == gemm
-    assert b.path(torch.bfloat16)[0] == ("bf16dot" if bf16 == "dot" else gemm)
+    assert b.path(torch.float32)[0] == f32
+    assert b.path(torch.bfloat16)[0] == ("bf16dot" if name == "bf16dot" else f32)
     return b
 
 

@@ -39,6 +39,11 @@ def _has_avx512() -> bool:
     return "avx512f" in _flags()
 
 
+def _has_avx2() -> bool:
+    flags = set(" ".join(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split())
+    return {"avx2", "fma"} <= flags
+
+
 def _has_bf16dot() -> bool:
     return {"avx512f", "avx512bw", "avx512vl", "avx512_bf16"} <= _flags()
 
@@ -57,13 +62,15 @@ def _check(got, a, b, tb, beta, c):
     assert (err <= bound + 1e-30).all(), f"max excess {(err - bound).max().item():.3e}"
 
 
-@pytest.mark.parametrize("impl", ["own", "blas", "bf16dot", "strided"])
+@pytest.mark.parametrize("impl", ["own", "own_avx2", "blas", "bf16dot", "strided"])
 @pytest.mark.parametrize("tb", [False, True], ids=["B", "BT"])
 @pytest.mark.parametrize("beta", [0.0, 1.0, 0.5])
 @pytest.mark.parametrize("m,n,k", SHAPES)
 def test_step_gemm(ops, impl, tb, beta, m, n, k):
     if impl in ("own", "strided") and not _has_avx512():
         pytest.skip("this CPU has no AVX-512F")
+    if impl == "own_avx2" and not _has_avx2():
+        pytest.skip("this CPU has no AVX2 + FMA")
     if impl == "bf16dot" and not _has_bf16dot():
         pytest.skip("this CPU has no AVX512-BF16")
     a = torch.randn(m, k)
@@ -109,12 +116,54 @@ def test_route_is_chosen_and_reported(ops, monkeypatch, env):
         assert best == "own" or times["blas"] * (1 + E.MARGIN) < times["own"]
         assert "measured" in why and f"own {times['own'] * 1e3:.2f} ms" in why
     else:
-        want = {"blas": "blas", "own": "own" if _has_avx512() else "blas", "auto": "blas"}[env]
+        own = "own" if _has_avx512() else "own_avx2"
+        want = {"blas": "blas", "own": own, "auto": own}[env]
+        if env == "auto":
+            best, times, error = E.measured_path(torch.float32, (own, "blas"))
+            want = best
         assert path == want and why
     assert E.CpuBackend().path(torch.float64)[0] == "blas"
     monkeypatch.setenv("FASTRNN_CPU_GEMM", "fast")
     with pytest.raises(ValueError, match="FASTRNN_CPU_GEMM must be one of"):
         E.CpuBackend().path(torch.float32)
+
+
+@pytest.mark.parametrize("isa", ["baseline", "avx2", "avx512", "avx512_bf16"])
+def test_isa_cap(ops, monkeypatch, isa):
+    """FASTRNN_CPU_ISA caps the paths at a smaller CPU's class: the own kernel's
+    AVX2 version under avx2, BLAS alone under baseline, bf16's float32 fallback
+    below avx512_bf16; a path forced beyond the cap (or the CPU) is an error naming
+    the setting and the instructions, never an illegal instruction."""
+    from fastrnn.backends import extension as E
+
+    have = ops.cpu_features().split()
+    monkeypatch.setenv("FASTRNN_CPU_ISA", isa)
+    if any(f not in have for f in E.ISA_CLASSES[isa]):
+        pytest.skip(f"this CPU is below {isa}")
+    monkeypatch.setenv("FASTRNN_CPU_GEMM", "own")
+    if isa == "baseline":
+        with pytest.raises(RuntimeError, match="FASTRNN_CPU_GEMM=own needs AVX-512F, or AVX2 and FMA.*"
+                                               r"\(FASTRNN_CPU_ISA=baseline\)"):
+            E.CpuBackend().path(torch.float32)
+        assert {r["name"]: r for r in fastrnn_backends()}["cpu"]["path"] == "refused"
+        monkeypatch.setenv("FASTRNN_CPU_GEMM", "auto")
+        assert E.CpuBackend().path(torch.float32)[0] == "blas"
+    else:
+        want = "own_avx2" if isa == "avx2" else "own"
+        path, why = E.CpuBackend().path(torch.float32)
+        assert path == want and f"(FASTRNN_CPU_ISA={isa})" in why
+    monkeypatch.setenv("FASTRNN_CPU_GEMM", "auto")
+    monkeypatch.setenv("FASTRNN_CPU_BF16", "dot")
+    if isa in ("baseline", "avx2", "avx512"):
+        with pytest.raises(RuntimeError, match="FASTRNN_CPU_BF16=dot needs AVX512-BF16"):
+            E.CpuBackend().path(torch.bfloat16)
+    else:
+        assert E.CpuBackend().path(torch.bfloat16)[0] == "bf16dot"
+
+
+def fastrnn_backends():
+    import fastrnn
+    return fastrnn.backends()
 
 
 def test_pick_keeps_the_incumbent_within_the_margin():

@@ -1,4 +1,4 @@
-// fastrnn's own fp32 GEMM for the per-step recurrent products, AVX-512.
+// fastrnn's own fp32 GEMM for the per-step recurrent products, AVX-512 (and AVX2 + FMA).
 //
 // Why: the per-step product of a recurrence is small and repeated (e.g. 16 rows
 // x 256 x 1024 per thread, 35 times per layer), and on AMD processors MKL takes
@@ -107,6 +107,75 @@ FR_AVX512 void panels(int64_t m, int64_t n, int64_t k, const float* a, int64_t l
     for (int64_t r = 0; r < m; r += kMR) {
       const int mr = static_cast<int>(std::min<int64_t>(kMR, m - r));
       kTiles[mr](k, a + r * lda, lda, pp, beta, c + r * ldc + p * kNR, ldc, nc);
+    }
+  }
+}
+
+// The AVX2 + FMA kernel: the same packed panels, each taken as two halves of 16
+// columns (a half's rows are whole cache lines, so a half panel stays in L1 for
+// every row tile) through a register tile of up to kMR2 rows x 16 columns:
+// kMR2 * 2 accumulators of 8 floats, 2 panel loads and a broadcast, 15 of the 16
+// ymm registers.  Sums in k order with one FMA per term, as the AVX-512 kernel.
+#define FR_AVX2 __attribute__((target("avx2,fma")))
+constexpr int kMR2 = 6;
+
+// The column mask of an 8-float vector holding n valid columns (n may be <= 0 or > 8).
+FR_AVX2 inline __m256i lane_mask(int n) {
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+template <int MR>
+FR_AVX2 void tile_avx2(int64_t k, const float* __restrict a, int64_t lda, const float* __restrict p,
+                       float beta, float* __restrict c, int64_t ldc, int nc) {
+  __m256 lo[MR], hi[MR];
+#pragma GCC unroll 6
+  for (int r = 0; r < MR; ++r) {
+    lo[r] = _mm256_setzero_ps();
+    hi[r] = _mm256_setzero_ps();
+  }
+  const float* ar[MR];
+#pragma GCC unroll 6
+  for (int r = 0; r < MR; ++r) ar[r] = a + r * lda;
+  for (int64_t kk = 0; kk < k; ++kk) {
+    const __m256 b0 = _mm256_load_ps(p + kk * kNR);
+    const __m256 b1 = _mm256_load_ps(p + kk * kNR + 8);
+#pragma GCC unroll 6
+    for (int r = 0; r < MR; ++r) {
+      const __m256 av = _mm256_broadcast_ss(ar[r] + kk);
+      lo[r] = _mm256_fmadd_ps(av, b0, lo[r]);
+      hi[r] = _mm256_fmadd_ps(av, b1, hi[r]);
+    }
+  }
+  const __m256i m0 = lane_mask(nc), m1 = lane_mask(nc - 8);
+  const __m256 vb = _mm256_set1_ps(beta);
+#pragma GCC unroll 6
+  for (int r = 0; r < MR; ++r) {
+    float* cr = c + r * ldc;
+    __m256 x0 = lo[r], x1 = hi[r];
+    if (beta != 0.0f) {
+      x0 = _mm256_fmadd_ps(vb, _mm256_maskload_ps(cr, m0), x0);
+      x1 = _mm256_fmadd_ps(vb, _mm256_maskload_ps(cr + 8, m1), x1);
+    }
+    _mm256_maskstore_ps(cr, m0, x0);
+    _mm256_maskstore_ps(cr + 8, m1, x1);
+  }
+}
+
+constexpr TileFn kTilesAvx2[kMR2 + 1] = {nullptr, tile_avx2<1>, tile_avx2<2>, tile_avx2<3>,
+                                         tile_avx2<4>, tile_avx2<5>, tile_avx2<6>};
+
+FR_AVX2 void panels_avx2(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
+                         const float* packed, float beta, float* c, int64_t ldc, int64_t p0,
+                         int64_t p1) {
+  for (int64_t p = p0; p < p1; ++p) {
+    const float* pp = packed + p * k * kNR;
+    const int nc = static_cast<int>(std::min<int64_t>(kNR, n - p * kNR));
+    for (int half = 0; half * 16 < nc; ++half) {
+      const int nh = std::min(16, nc - 16 * half);
+      for (int64_t r = 0; r < m; r += kMR2) {
+        const int mr = static_cast<int>(std::min<int64_t>(kMR2, m - r));
+        kTilesAvx2[mr](k, a + r * lda, lda, pp + 16 * half, beta, c + r * ldc + p * kNR + 16 * half, ldc, nh);
+      }
     }
   }
 }
@@ -299,6 +368,15 @@ bool has_avx512f() {
 #endif
 }
 
+bool has_avx2_fma() {
+#if FR_HAVE_X86
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#else
+  return false;
+#endif
+}
+
 bool has_avx512bf16() {
 #if FR_HAVE_X86
   static const bool has = [] {  // asked per step (rows_to_bf16, packed_gemm_bf16): probed once
@@ -318,7 +396,11 @@ CpuGemm gemm_path(c10::string_view path, at::ScalarType storage) {
     TORCH_CHECK(has_avx512f(), "fastrnn: the 'own' cpu path needs AVX-512F, which this CPU lacks");
     return CpuGemm::kOwn;
   }
-  TORCH_CHECK(path == "bf16dot", "fastrnn: the cpu path is 'own', 'blas' or 'bf16dot', not '",
+  if (path == "own_avx2") {
+    TORCH_CHECK(has_avx2_fma(), "fastrnn: the 'own_avx2' cpu path needs AVX2 and FMA, which this CPU lacks");
+    return CpuGemm::kOwnAvx2;
+  }
+  TORCH_CHECK(path == "bf16dot", "fastrnn: the cpu path is 'own', 'own_avx2', 'blas' or 'bf16dot', not '",
               std::string(path), "'");
   TORCH_CHECK(has_avx512bf16(), "fastrnn: the 'bf16dot' cpu path needs AVX512-BF16, which this CPU lacks");
   TORCH_CHECK(storage == at::kBFloat16, "fastrnn: the 'bf16dot' cpu path rounds its operands to bfloat16, "
@@ -357,13 +439,16 @@ void pack_b(const float* b, int64_t ldb, bool tb, int64_t k, int64_t n, float* d
 }
 
 void packed_gemm(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
-                 const float* packed, float beta, float* c, int64_t ldc) {
+                 const float* packed, float beta, float* c, int64_t ldc, bool avx2) {
 #if FR_HAVE_X86
   over_panels(m, n, k, beta, c, ldc, int64_t(1) << 17, [&](int64_t p0, int64_t p1) {
-    panels(m, n, k, a, lda, packed, beta, c, ldc, p0, p1);
+    if (avx2)
+      panels_avx2(m, n, k, a, lda, packed, beta, c, ldc, p0, p1);
+    else
+      panels(m, n, k, a, lda, packed, beta, c, ldc, p0, p1);
   });
 #else
-  (void)m, (void)n, (void)k, (void)a, (void)lda, (void)packed, (void)beta, (void)c, (void)ldc;
+  (void)m, (void)n, (void)k, (void)a, (void)lda, (void)packed, (void)beta, (void)c, (void)ldc, (void)avx2;
   TORCH_CHECK(false, "fastrnn: the AVX-512 step GEMM is not built for this architecture");
 #endif
 }
@@ -479,11 +564,11 @@ void packed_gemm_bf16(int64_t m, int64_t n, int64_t k, const uint16_t* a, int64_
 // ------------------------------------------------------------------ test op
 // fastrnn_ext::cpu_step_gemm(a, b, tb, beta, c, impl) -> a @ op(b) + beta c
 // through StepMatrix with the path impl ("own": this file's float32 kernel, an
-// error on a CPU without AVX-512F; "blas"; "bf16dot": the bf16 kernel, a and b
+// error on a CPU without AVX-512F; "own_avx2": its AVX2 + FMA version; "blas"; "bf16dot": the bf16 kernel, a and b
 // rounded to bf16; "strided": the unpacked kernel, as the cells call it), for
 // the tests; and cpu_features() -> what
-// the switchboard decides the CPU path from ("amd", "intel", "avx512f",
-// "avx512_bf16", "amx_bf16").
+// the switchboard decides the CPU path from ("amd", "intel", "avx2", "fma",
+// "avx512f", "avx512_bf16", "amx_bf16").
 #include <torch/library.h>
 
 #include "common.h"
@@ -529,6 +614,7 @@ std::string cpu_features_op() {
   if (__builtin_cpu_is("amd")) f += "amd ";
   if (__builtin_cpu_is("intel")) f += "intel ";
 #endif
+  if (has_avx2_fma()) f += "avx2 fma ";
   if (has_avx512f()) f += "avx512f ";
   if (has_avx512bf16()) f += "avx512_bf16 ";
 #if FR_HAVE_X86

@@ -18,11 +18,15 @@ constexpr int64_t kNR = 32;  // columns of a packed panel
 // Whether this CPU can run the kernel (AVX-512F).
 bool has_avx512f();
 
+// Whether this CPU can run the AVX2 version of the kernel (AVX2 and FMA).
+bool has_avx2_fma();
+
 // Whether this CPU can run the bf16 kernel (AVX512-BF16: vdpbf16ps).
 bool has_avx512bf16();
 
 // The op's path argument as StepMatrix's choice: "own" (the float32 kernel; an
-// error on a CPU without AVX-512F), "blas", or "bf16dot" (the AVX512-BF16
+// error on a CPU without AVX-512F), "own_avx2" (its AVX2 + FMA version; an error
+// on a CPU without them), "blas", or "bf16dot" (the AVX512-BF16
 // kernel; an error on a CPU without it, or for any storage dtype but bfloat16,
 // since it rounds its operands to bf16).
 CpuGemm gemm_path(c10::string_view path, at::ScalarType storage);
@@ -34,10 +38,11 @@ int64_t packed_floats(int64_t k, int64_t n);
 // must be 64-byte aligned and hold packed_floats(k, n) floats.
 void pack_b(const float* b, int64_t ldb, bool tb, int64_t k, int64_t n, float* dst);
 
-// C (m x n) = A (m x k) @ op(B) + beta C, op(B) as packed by pack_b.  C is not
-// read when beta == 0.  Splits across threads only outside a parallel region.
+// C (m x n) = A (m x k) @ op(B) + beta C, op(B) as packed by pack_b, through the
+// AVX-512 kernel or, with avx2, its AVX2 + FMA version.  C is not read when
+// beta == 0.  Splits across threads only outside a parallel region.
 void packed_gemm(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
-                 const float* packed, float beta, float* c, int64_t ldc);
+                 const float* packed, float beta, float* c, int64_t ldc, bool avx2 = false);
 
 // The unpacked kernel (the Cell modules' products): C (m x n) = sum over the
 // terms of A_t (m x k_t) @ B_t (k_t x n) + bias + beta C, where A_t's element

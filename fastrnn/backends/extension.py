@@ -82,8 +82,36 @@ def _register_cell_fakes() -> None:
 
 @functools.lru_cache(maxsize=None)
 def cpu_features() -> frozenset:
-    """What the extension reports of this CPU ("amd", "intel", "avx512f", "avx512_bf16", "amx_bf16")."""
+    """What the extension reports of this CPU ("amd", "intel", "avx2", "fma",
+    "avx512f", "avx512_bf16", "amx_bf16")."""
     return frozenset(torch.ops.fastrnn_ext.cpu_features().split())
+
+
+#: FASTRNN_CPU_ISA -> the instruction-set features its class keeps
+ISA_CLASSES = {"baseline": (), "avx2": ("avx2", "fma"), "avx512": ("avx2", "fma", "avx512f"),
+               "avx512_bf16": ("avx2", "fma", "avx512f", "avx512_bf16"),
+               "amx": ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16")}
+
+
+def path_features() -> frozenset:
+    """The CPU's features as the path choice sees them: capped at FASTRNN_CPU_ISA's
+    class when it is set (the vendor names are kept)."""
+    features = cpu_features()
+    cap = settings.get("FASTRNN_CPU_ISA")
+    if not cap:
+        return features
+    isa = {f for c in ISA_CLASSES.values() for f in c}
+    return frozenset(f for f in features if f not in isa or f in ISA_CLASSES[cap])
+
+
+def own_path(features) -> str | None:
+    """The own float32 kernel this CPU runs: "own" (AVX-512F), "own_avx2" (AVX2 +
+    FMA), or None."""
+    if "avx512f" in features:
+        return "own"
+    if {"avx2", "fma"} <= features:
+        return "own_avx2"
+    return None
 
 
 def _has_kernel(op: str, key: str) -> bool:
@@ -181,6 +209,11 @@ def measured_path(dtype: torch.dtype, candidates: tuple) -> tuple[str, dict, str
         return _measured[key]
 
 
+def _capped() -> str:
+    cap = settings.get("FASTRNN_CPU_ISA")
+    return f" (FASTRNN_CPU_ISA={cap})" if cap else ""
+
+
 class _Extension(Backend):
     """The per-layer functions are the extension's ops of the same name and
     schema (``fastrnn_ext::lstm_forward``, ...; csrc/ops.cpp), with the kernel
@@ -231,7 +264,8 @@ class CpuBackend(_Extension):
     def path(self, dtype: torch.dtype) -> tuple[str, str]:
         """:meth:`choose_path`, kept per dtype, settings and thread count: asked
         on every op call (a Cell module's step is ~10 us at small sizes)."""
-        key = (dtype, settings.get("FASTRNN_CPU_GEMM"), settings.get("FASTRNN_CPU_BF16"), torch.get_num_threads())
+        key = (dtype, settings.get("FASTRNN_CPU_GEMM"), settings.get("FASTRNN_CPU_BF16"),
+               settings.get("FASTRNN_CPU_ISA"), torch.get_num_threads())
         got = self._paths.get(key)
         if got is None:
             got = self._paths[key] = self.choose_path(dtype)
@@ -248,15 +282,17 @@ class CpuBackend(_Extension):
         float32 path on their widened operands; float64 always BLAS."""
         if dtype == torch.float64:
             return "blas", "float64 products go through BLAS (the own kernels are float32 and bf16)"
-        features = cpu_features()
+        features = path_features()
         if dtype == torch.bfloat16:
             choice = settings.get("FASTRNN_CPU_BF16")
             path, why = self._fp32_path(features)
             if choice == "fp32":
                 return path, f"bf16: float32 products (FASTRNN_CPU_BF16=fp32), {path}: {why}"
             if "avx512_bf16" not in features:
-                return path, (f"bf16: fallback, no bf16 instructions (AVX512-BF16): float32 products, {path}: {why}" +
-                              (" (FASTRNN_CPU_BF16=dot cannot apply)" if choice == "dot" else ""))
+                if choice == "dot":
+                    raise RuntimeError("fastrnn: FASTRNN_CPU_BF16=dot needs AVX512-BF16, which this CPU lacks"
+                                       + _capped())
+                return path, f"bf16: fallback, no bf16 instructions (AVX512-BF16): float32 products, {path}: {why}"
             dot = "bf16: AVX512-BF16 (vdpbf16ps: bf16 operands, float32 sums)"
             if choice == "dot":
                 return "bf16dot", dot + " (FASTRNN_CPU_BF16=dot)"
@@ -272,16 +308,22 @@ class CpuBackend(_Extension):
     @staticmethod
     def _fp32_path(features) -> tuple[str, str]:
         """The float32 products' path: FASTRNN_CPU_GEMM, else by measurement where
-        the CPU has AVX-512F (the own kernel needs it), else BLAS."""
+        the CPU runs an own kernel (AVX-512F, or AVX2 + FMA), else BLAS."""
         choice = settings.get("FASTRNN_CPU_GEMM")
         if choice == "blas":
             return "blas", "FASTRNN_CPU_GEMM=blas"
-        if "avx512f" not in features:
-            return "blas", "this CPU has no AVX-512F" + (" (FASTRNN_CPU_GEMM=own cannot apply)" if choice == "own" else "")
+        own = own_path(features)
+        if own is None:
+            if choice == "own":
+                raise RuntimeError("fastrnn: FASTRNN_CPU_GEMM=own needs AVX-512F, or AVX2 and FMA, which this CPU "
+                                   "lacks" + _capped())
+            return "blas", "this CPU has neither AVX-512F nor AVX2 + FMA" + _capped()
+        isa = "AVX-512" if own == "own" else "AVX2 + FMA" + ("" if "avx512f" in cpu_features() else
+                                                            " (no AVX-512F)")
         if choice == "own":
-            return "own", "FASTRNN_CPU_GEMM=own"
-        best, times, error = measured_path(torch.float32, ("own", "blas"))
-        return best, _verdict(best, times, error)
+            return own, f"FASTRNN_CPU_GEMM=own: the {isa} kernel{_capped()}"
+        best, times, error = measured_path(torch.float32, (own, "blas"))
+        return best, _verdict(best, times, error) + _capped()
 
     def _stack(self, name: str, *args):
         """Op ``name`` (e.g. ``lstm_stack_forward``) through the extension's kernel,
