@@ -29,7 +29,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from . import _backend, _vjp
+from . import _backend, _vjp, functional
 from .backends import SCHEMAS, arg_names
 from .backends.reference import acc_dtype, prev_steps
 
@@ -76,10 +76,19 @@ def _grad(g: Optional[Tensor], like: Tensor) -> Tensor:
     return torch.zeros_like(like) if g is None else g.contiguous()
 
 
+def _products(t: Tensor) -> torch.dtype:
+    """The dtype a weight-gradient GEMM of ``t`` runs in: float32 for bfloat16 on
+    a CPU without bf16 instructions (fastrnn.functional.widen_bf16), else t's."""
+    if t.dtype == torch.bfloat16 and t.device.type == "cpu" and functional.widen_bf16():
+        return torch.float32
+    return t.dtype
+
+
 def _gemm_tn(a: Tensor, b: Tensor, dtype) -> Tensor:
     """sum over (T, N) of a[t, n, :]^T b[t, n, :] -> (a.size(-1), b.size(-1))."""
-    a2 = a.flatten(0, -2)  # not reshape(-1, X): ambiguous when X is 0 (a cell of hidden_size 0)
-    b2 = b.flatten(0, -2).to(a2.dtype)
+    P = _products(a)
+    a2 = a.flatten(0, -2).to(P)  # not reshape(-1, X): ambiguous when X is 0 (a cell of hidden_size 0)
+    b2 = b.flatten(0, -2).to(P)
     return (a2.t() @ b2).to(dtype)
 
 
@@ -213,9 +222,9 @@ _register_autograd("rnn_forward", _rnn_backward, ("w_hh", "h0", "lengths"))
 # batched GEMMs over (T, N).
 def _bgemm_tn(a: Tensor, b: Tensor, dtype) -> Tensor:
     """(L, T, N, X), (L, T, N, Y) -> (L, X, Y): sum over (T, N) of a^T b per layer."""
-    L = a.shape[0]
-    a2 = a.flatten(1, -2)
-    b2 = b.flatten(1, -2).to(a2.dtype)
+    P = _products(a)
+    a2 = a.flatten(1, -2).to(P)
+    b2 = b.flatten(1, -2).to(P)
     return torch.bmm(a2.transpose(1, 2), b2).to(dtype)
 
 

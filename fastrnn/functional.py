@@ -45,6 +45,29 @@ def bias_sum(b_ih: Optional[Tensor], b_hh: Optional[Tensor]) -> Optional[Tensor]
     return None if b_ih is None else _BiasSum.apply(b_ih, b_hh)
 
 
+@torch.compiler.assume_constant_result
+def widen_bf16() -> bool:
+    """Whether bfloat16 products on this CPU should run on float32 operands: where
+    it has no bf16 dot-product instructions (AVX512-BF16, AMX; under the
+    FASTRNN_CPU_ISA cap too), torch's bf16 GEMM runs ~10x slower than its float32
+    one (17 against 160 GFLOP/s on an AVX2-only AMD EPYC), while widening its
+    bf16 operands makes the same products with float32 sums (a constant to
+    torch.compile, as the backend's choice is)."""
+    from .backends.extension import bf16_hardware
+    return not bf16_hardware()
+
+
+def project(x: Tensor, w: Tensor, b: Optional[Tensor]) -> Tensor:
+    """x @ w^T + b, the input projection of a layer over all its steps (one GEMM):
+    bfloat16 data on a CPU without bf16 instructions multiplies its operands
+    widened to float32 (:func:`widen_bf16`) and rounds the result to bfloat16, as
+    a bf16 GEMM with float32 sums would, at the float32 GEMM's speed; the backward
+    of the casts keeps the gradients' dtypes."""
+    if x.dtype == torch.bfloat16 and x.device.type == "cpu" and widen_bf16():
+        return F.linear(x.float(), w.float(), None if b is None else b.float()).to(torch.bfloat16)
+    return F.linear(x, w, b)
+
+
 def reverse_padded(x: Tensor, lengths: Optional[Tensor]) -> Tensor:
     """Reverse (T, N, ...) in time, each batch row within its first lengths[b] steps."""
     if lengths is None:
@@ -60,9 +83,9 @@ def _direction(mode, x, w, h0, c0, lengths, reverse, need_ws, backend):
     """One layer, one direction.  x: (T, N, I) -> y (T, N, R), h_n, c_n."""
     w_ih, w_hh, b_ih, b_hh, w_hr = w
     if mode == "GRU":
-        xg = F.linear(x, w_ih, b_ih)  # b_hh enters the n gate inside the recurrence
+        xg = project(x, w_ih, b_ih)  # b_hh enters the n gate inside the recurrence
     else:
-        xg = F.linear(x, w_ih, bias_sum(b_ih, b_hh))
+        xg = project(x, w_ih, bias_sum(b_ih, b_hh))
     if reverse:
         xg = reverse_padded(xg, lengths)
     xg = xg.contiguous()
@@ -144,12 +167,12 @@ def _fused_stack(mode, x, hx, cx, weights, need_ws, backend):
     hx = hx.contiguous()
     c_n = None
     if mode == "GRU":
-        xg0 = F.linear(x, w_ih0, b_ih0).contiguous()
+        xg0 = project(x, w_ih0, b_ih0).contiguous()
         b_ih = torch.stack([w[2] for w in weights[1:]]) if has_bias else None
         b_hh = torch.stack([w[3] for w in weights]) if has_bias else None
         y, h_n, _ = _ops.call(_ops.gru_stack_forward, xg0, w_ih, b_ih, w_hh, b_hh, hx, need_ws, backend)
     else:
-        xg0 = F.linear(x, w_ih0, bias_sum(b_ih0, b_hh0)).contiguous()
+        xg0 = project(x, w_ih0, bias_sum(b_ih0, b_hh0)).contiguous()
         b = torch.stack([bias_sum(w[2], w[3]) for w in weights[1:]]) if has_bias else None
         if mode == "LSTM":
             y, h_n, c_n, _ = _ops.call(_ops.lstm_stack_forward, xg0, w_ih, b, w_hh, hx, cx.contiguous(), need_ws, backend)

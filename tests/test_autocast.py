@@ -155,3 +155,27 @@ def test_gru_under_cpu_autocast():
     assert testing.error(b, truth) > 1e-4  # torch.nn lost bfloat16 digits
     v = testing.judge("output", a, truth, b.double(), factor=2.0, reduction=5 * 2 * 28)
     assert v.ok and v.err < testing.error(b, truth) / 10, str(v)
+
+
+@pytest.mark.skipif("cpu" not in backends_on("cpu"), reason="the cpu backend is not built")
+@pytest.mark.parametrize("mode", ["LSTM", "RNN_TANH"])
+def test_autocast_on_a_cpu_without_bf16_instructions(mode, monkeypatch):
+    """FASTRNN_CPU_ISA=avx2 (a CPU without AVX512-BF16 or AMX, as the paths see it):
+    the input projections and weight gradients multiply bf16 operands widened to
+    float32 (torch's bf16 GEMM there runs ~10x slower than its float32 one), and
+    the results still match torch.nn's under autocast as above."""
+    import torch.nn.functional as F
+
+    from fastrnn import _ops, functional
+
+    monkeypatch.setenv("FASTRNN_CPU_ISA", "avx2")
+    assert functional.widen_bf16()
+    x, w, b = torch.randn(7, 5).bfloat16(), torch.randn(6, 5).bfloat16(), torch.randn(6).bfloat16()
+    assert torch.equal(functional.project(x, w, b), F.linear(x.float(), w.float(), b.float()).bfloat16())
+    assert _ops._products(x) == torch.float32
+    test_autocast_like_torch_nn(mode, "cpu", torch.bfloat16)
+    monkeypatch.setenv("FASTRNN_CPU_ISA", "avx512_bf16")
+    from fastrnn.backends.extension import cpu_features
+    if "avx512_bf16" in cpu_features():  # a bf16 GEMM is fast here: left to torch
+        assert not functional.widen_bf16() and _ops._products(x) == torch.bfloat16
+        assert torch.equal(functional.project(x, w, b), F.linear(x, w, b))

@@ -104,6 +104,15 @@ def path_features() -> frozenset:
     return frozenset(f for f in features if f not in isa or f in ISA_CLASSES[cap])
 
 
+def bf16_hardware() -> bool:
+    """Whether this CPU (as FASTRNN_CPU_ISA caps it) has bf16 dot-product
+    instructions (AVX512-BF16 or AMX-BF16); True where the extension cannot say
+    (torch's own bf16 GEMM is then left alone)."""
+    if _load() is not None:
+        return True
+    return bool({"avx512_bf16", "amx_bf16"} & path_features())
+
+
 def own_path(features) -> str | None:
     """The own float32 kernel this CPU runs: "own" (AVX-512F), "own_avx2" (AVX2 +
     FMA), or None."""
