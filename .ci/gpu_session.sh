@@ -90,8 +90,8 @@ if [ "$PART" = 1 ]; then
   say "2. GPU correctness against cuDNN (each test <= 60 s: a spinning barrier must not eat the lease)"
   run 150 "${PYT[@]}" -x --maxfail=20 tests/test_cuda_modules.py tests/test_ext_cuda.py \
     tests/triton/test_triton_stack.py tests/triton/test_triton_launch.py tests/test_whole_loop.py
-  say "2c. second derivatives on the GPU backends (cuDNN refuses them): tests/test_double_backward.py -m cuda"
-  run 30 "${PYT[@]}" -m cuda tests/test_double_backward.py
+  say "2c. beyond cuDNN on the GPU backends: second derivatives, eval-mode backward, T 70,000 (-m cuda)"
+  run 40 "${PYT[@]}" -m cuda tests/test_double_backward.py tests/test_beyond.py
   say "2a. python -m fastrnn check --device cuda --quick: the user's correctness command against cuDNN"
   run 60 $PY -m fastrnn check --device cuda --quick --json "$OUT/check_cuda.json"
   say "2b. Triton autotuning candidates for the time-machine LSTM"

@@ -147,12 +147,13 @@ def path(name: str, dtype: torch.dtype) -> tuple[str, str]:
     return "pytorch", "PyTorch ops step by step"
 
 
-def _said_path(name: str, dtype: torch.dtype) -> tuple[str, str]:
+def said_path(name: str, dtype: torch.dtype) -> tuple[str, str]:
     """:func:`path`, or ("refused", why) where a setting forces a path this CPU
-    cannot run (a call would raise the same error)."""
+    cannot run, or holds a value it does not accept (a call would raise the same
+    error): for the reports (backends(), explain(), the benchmarks' records)."""
     try:
         return path(name, dtype)
-    except RuntimeError as e:
+    except (RuntimeError, ValueError) as e:
         return "refused", str(e)
 
 
@@ -167,9 +168,9 @@ def backends() -> list[dict]:
         row = {"name": name, "available": bool(ok), "reason": "" if ok else why,
                "devices": tuple(getattr(b, "device_types", ()))}
         if ok:
-            row["path"], row["path_reason"] = _said_path(name, torch.float32)
+            row["path"], row["path_reason"] = said_path(name, torch.float32)
             # and per dtype it runs (e.g. the cpu backend's bf16 kernel, or its fallback, and why)
-            row["paths"] = {str(d).replace("torch.", ""): dict(zip(("path", "reason"), _said_path(name, d)))
+            row["paths"] = {str(d).replace("torch.", ""): dict(zip(("path", "reason"), said_path(name, d)))
                             for d in getattr(b, "dtypes", ())}
         rows.append(row)
     return rows

@@ -29,8 +29,9 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from . import _backend, _vjp, functional
+from . import _backend, _vjp
 from .backends import SCHEMAS, arg_names
+from .backends.extension import widen_bf16
 from .backends.reference import acc_dtype, prev_steps
 
 _LIB = "fastrnn"
@@ -78,8 +79,8 @@ def _grad(g: Optional[Tensor], like: Tensor) -> Tensor:
 
 def _products(t: Tensor) -> torch.dtype:
     """The dtype a weight-gradient GEMM of ``t`` runs in: float32 for bfloat16 on
-    a CPU without bf16 instructions (fastrnn.functional.widen_bf16), else t's."""
-    if t.dtype == torch.bfloat16 and t.device.type == "cpu" and functional.widen_bf16():
+    a CPU without bf16 instructions (fastrnn.backends.extension.widen_bf16), else t's."""
+    if t.dtype == torch.bfloat16 and t.device.type == "cpu" and widen_bf16():
         return torch.float32
     return t.dtype
 

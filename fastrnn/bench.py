@@ -237,6 +237,7 @@ def environment(device: torch.device) -> dict:
         # cpu backend takes for each dtype (with why)
         try:
             from fastrnn import settings
+            from fastrnn._backend import said_path
             from fastrnn.backends.extension import CpuBackend, cpu_features
 
             be = CpuBackend()
@@ -247,7 +248,7 @@ def environment(device: torch.device) -> dict:
                 caps.update({k: os.environ.get(k) for k in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY",
                                                             "MKL_ENABLE_INSTRUCTIONS")})
                 env["isa_caps"] = {k: v for k, v in caps.items() if v}
-                env["cpu_paths"] = {str(d).replace("torch.", ""): dict(zip(("path", "why"), be.path(d)))
+                env["cpu_paths"] = {str(d).replace("torch.", ""): dict(zip(("path", "why"), said_path("cpu", d)))
                                     for d in (torch.float32, torch.bfloat16, torch.float16)}
         except Exception as e:  # noqa: BLE001  (a record, never a failure)
             env["cpu_paths"] = f"unavailable: {type(e).__name__}: {e}"

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import _backend, _ops
+from .backends.extension import widen_bf16
 
 
 class _BiasSum(torch.autograd.Function):
@@ -45,24 +46,13 @@ def bias_sum(b_ih: Optional[Tensor], b_hh: Optional[Tensor]) -> Optional[Tensor]
     return None if b_ih is None else _BiasSum.apply(b_ih, b_hh)
 
 
-@torch.compiler.assume_constant_result
-def widen_bf16() -> bool:
-    """Whether bfloat16 products on this CPU should run on float32 operands: where
-    it has no bf16 dot-product instructions (AVX512-BF16, AMX; under the
-    FASTRNN_CPU_ISA cap too), torch's bf16 GEMM runs ~10x slower than its float32
-    one (17 against 160 GFLOP/s on an AVX2-only AMD EPYC), while widening its
-    bf16 operands makes the same products with float32 sums (a constant to
-    torch.compile, as the backend's choice is)."""
-    from .backends.extension import bf16_hardware
-    return not bf16_hardware()
-
-
 def project(x: Tensor, w: Tensor, b: Optional[Tensor]) -> Tensor:
     """x @ w^T + b, the input projection of a layer over all its steps (one GEMM):
     bfloat16 data on a CPU without bf16 instructions multiplies its operands
     widened to float32 (:func:`widen_bf16`) and rounds the result to bfloat16, as
     a bf16 GEMM with float32 sums would, at the float32 GEMM's speed; the backward
-    of the casts keeps the gradients' dtypes."""
+    of the casts keeps the gradients' dtypes (autograd saves the float32 copies of
+    x and w: twice the bf16 operands' memory until the backward)."""
     if x.dtype == torch.bfloat16 and x.device.type == "cpu" and widen_bf16():
         return F.linear(x.float(), w.float(), None if b is None else b.float()).to(torch.bfloat16)
     return F.linear(x, w, b)

@@ -369,7 +369,7 @@ class RNNBase(nn.Module):
             stack, stack_why = "per-layer", ("FASTRNN_FUSED_STACK=0" if settings.get("FASTRNN_FUSED_STACK") else
                                              f"backend {name!r} fuses {cell} stacks in other dtypes than {dtype}"
                                              if b.fused_stack(cell) else f"backend {name!r} has no native {cell} stack")
-        path, path_why = _backend.path(name, dtype)
+        path, path_why = _backend.said_path(name, dtype)
         return {"backend": name, "backend_reason": why, "passed_over": [{"backend": n, "reason": w} for n, w in passed],
                 "stack": stack, "stack_reason": stack_why, "path": path, "path_reason": path_why,
                 "dtype": str(dtype).replace("torch.", ""), "device": device_type}

@@ -47,16 +47,20 @@ SETTINGS = (
     Setting("FASTRNN_CPU_ISA", "", ("", "baseline", "avx2", "avx512", "avx512_bf16", "amx"),
             "caps the instruction-set class of the cpu backend's product paths, to run and time a smaller CPU's "
             "paths on a bigger one: baseline (BLAS only), avx2 (the own kernel's AVX2 + FMA version), avx512, "
-            "avx512_bf16, amx; unset: what the CPU has. The gate passes' vector clones are picked by the loader "
-            "and not capped; pair it with ONEDNN_MAX_CPU_ISA and MKL_ENABLE_INSTRUCTIONS for torch's own paths"),
+            "avx512_bf16, amx; unset: what the CPU has. Below avx512_bf16 the layers' bf16 products run on float32 "
+            "operands. The gate passes' vector clones are picked by the loader and not capped; pair it with "
+            "ONEDNN_MAX_CPU_ISA and MKL_ENABLE_INSTRUCTIONS for torch's own paths; a compiled graph keeps the "
+            "choice it was traced with"),
     Setting("FASTRNN_CPU_GEMM", "auto", ("auto", "own", "blas"),
             "the cpu backend's float32 per-step products: fastrnn's own kernel (own: AVX-512, or its AVX2 + FMA "
-            "version on a CPU without AVX-512F; an error on a CPU with neither), MKL/BLAS (blas), or auto: where "
+            "version on a CPU without AVX-512F or under FASTRNN_CPU_ISA=avx2; an error naming the instructions on "
+            "a CPU, or under a cap, with neither), MKL/BLAS (blas), or auto: where "
             "the CPU runs the own kernel, whichever of the two measures faster here (timed once per process; own "
             "unless blas is more than 5% faster), else blas"),
     Setting("FASTRNN_CPU_BF16", "auto", ("auto", "dot", "fp32"),
             "the cpu backend's per-step products on bfloat16 data (bf16 modules, CPU autocast): fastrnn's "
-            "AVX512-BF16 kernel (dot: bf16 operands, float32 sums), or float32 products on the widened operands "
+            "AVX512-BF16 kernel (dot: bf16 operands, float32 sums; an error on a CPU, or under FASTRNN_CPU_ISA, "
+            "without AVX512-BF16), or float32 products on the widened operands "
             "(fp32: the FASTRNN_CPU_GEMM path); auto: where the CPU has AVX512-BF16, whichever of the two measures "
             "faster here (timed once per process; dot unless fp32 is more than 5% faster), else fp32"),
     Setting("FASTRNN_CUDA_PERSISTENT", "0", ("0", "1"),

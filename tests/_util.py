@@ -30,7 +30,8 @@ def cpu_paths() -> list[tuple[str, dict, str]]:
     settings that select it, its float32 path): BLAS, the own AVX-512 kernel and
     its AVX2 + FMA version (FASTRNN_CPU_ISA=avx2 on a CPU that has AVX-512) for
     float32 (and for the half types on their float32 fallback), and the
-    AVX512-BF16 kernel for bfloat16."""
+    AVX512-BF16 kernel for bfloat16.  (The Cell modules' op takes BLAS products
+    on own_avx2: csrc/cpu/cells.cpp.)"""
     flags = set(" ".join(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split())
     paths = [("blas", {"FASTRNN_CPU_GEMM": "blas", "FASTRNN_CPU_BF16": "fp32"}, "blas")]
     if {"avx2", "fma"} <= flags:

@@ -26,6 +26,17 @@ def test_readme_is_short_and_links_the_docs():
         assert needed in text
 
 
+def test_beyond_table_names_existing_tests():
+    """Every row of the README's "Beyond torch.nn" table names a test file that exists."""
+    text = _read("README.md")
+    table = text.split("## Beyond torch.nn")[1].split("\n## ")[0]
+    rows = [l for l in table.splitlines() if l.startswith("| ") and not l.startswith("| what") and "---" not in l]
+    assert len(rows) >= 6
+    for row in rows:
+        tests = re.findall(r"`(tests/[^`]+\.py)`", row)
+        assert tests and all(os.path.exists(os.path.join(ROOT, t)) for t in tests), row
+
+
 @pytest.mark.parametrize("page", PAGES)
 def test_relative_links_resolve(page):
     folder = os.path.dirname(os.path.join(ROOT, page))

@@ -80,7 +80,7 @@ def test_explain_says_what_runs_and_why(monkeypatch):
     assert e["backend"] == ("cpu" if cpu_ok else "reference") and e["backend_reason"].startswith("auto")
     assert e["dtype"] == "float32" and e["device"] == "cpu"
     if cpu_ok:
-        assert e["stack"] == "stack" and e["path"] in ("own", "blas") and e["path_reason"]
+        assert e["stack"] == "stack" and e["path"] in ("own", "own_avx2", "blas") and e["path_reason"]
         assert (e["path"], e["path_reason"]) == fastrnn._backend.get("cpu").path(torch.float32)
     e = fastrnn.LSTM(4, 8, num_layers=2, bidirectional=True).explain(x)
     assert e["stack"] == "per-layer" and "bidirectional" in e["stack_reason"]
@@ -122,4 +122,4 @@ def test_backends_name_their_path():
     rows = {r["name"]: r for r in fastrnn.backends()}
     assert rows["reference"]["path"] == "pytorch"
     if rows["cpu"]["available"]:
-        assert rows["cpu"]["path"] in ("own", "blas") and rows["cpu"]["path_reason"]
+        assert rows["cpu"]["path"] in ("own", "own_avx2", "blas") and rows["cpu"]["path_reason"]

@@ -82,6 +82,22 @@ def test_step_gemm(ops, impl, tb, beta, m, n, k):
     _check(got, a, b, tb, beta, c)
 
 
+@pytest.mark.parametrize("tb", [False, True], ids=["B", "BT"])
+@pytest.mark.parametrize("m,n,k", SHAPES + [(5, 40, 0)])
+def test_own_avx2_equals_own(ops, tb, m, n, k):
+    """The AVX2 + FMA version sums in the same order as the AVX-512 kernel: the
+    same bits (csrc/NOTES.md), k = 0 (C = beta C) included."""
+    if not (_has_avx512() and _has_avx2()):
+        pytest.skip("needs AVX-512F and AVX2 + FMA")
+    a = torch.randn(m, k)
+    b = torch.randn(n, k) if tb else torch.randn(k, n)
+    c = torch.randn(m, n)
+    own = ops.cpu_step_gemm(a, b, tb, 0.5, c, "own")
+    assert torch.equal(own, ops.cpu_step_gemm(a, b, tb, 0.5, c, "own_avx2"))
+    if k == 0:
+        assert torch.equal(own, 0.5 * c)
+
+
 def test_bf16dot_rounds_its_operands(ops):
     """bf16dot is the product of the bf16-rounded operands, not of the float32 ones:
     the two differ by far more than the float32 bound (so the test above, which
@@ -107,20 +123,21 @@ def test_route_is_chosen_and_reported(ops, monkeypatch, env):
     assert ("amd" in ops.cpu_features().split()) == ("AuthenticAMD" in info)
     assert ("avx512f" in ops.cpu_features().split()) == _has_avx512()
     monkeypatch.setenv("FASTRNN_CPU_GEMM", env)
+    own = E.own_path(E.path_features())  # the own kernel this CPU (under FASTRNN_CPU_ISA's cap) runs
+    if env == "own" and own is None:
+        with pytest.raises(RuntimeError, match="FASTRNN_CPU_GEMM=own needs"):
+            E.CpuBackend().path(torch.float32)
+        return
     path, why = E.CpuBackend().path(torch.float32)
-    if env == "auto" and _has_avx512():
-        best, times, error = E.measured_path(torch.float32, ("own", "blas"))
-        assert error is None and set(times) == {"own", "blas"} and all(0 < t < 0.5 for t in times.values())
+    if env == "auto" and own is not None:
+        best, times, error = E.measured_path(torch.float32, (own, "blas"))
+        assert error is None and set(times) == {own, "blas"} and all(0 < t < 0.5 for t in times.values())
         # the kept path is within the margin of the fastest, and the incumbent unless beaten by more
         assert path == best and times[best] <= min(times.values()) * (1 + E.MARGIN)
-        assert best == "own" or times["blas"] * (1 + E.MARGIN) < times["own"]
-        assert "measured" in why and f"own {times['own'] * 1e3:.2f} ms" in why
+        assert best == own or times["blas"] * (1 + E.MARGIN) < times[own]
+        assert "measured" in why and f"{own} {times[own] * 1e3:.2f} ms" in why
     else:
-        own = "own" if _has_avx512() else "own_avx2"
-        want = {"blas": "blas", "own": own, "auto": own}[env]
-        if env == "auto":
-            best, times, error = E.measured_path(torch.float32, (own, "blas"))
-            want = best
+        want = {"blas": "blas", "own": own, "auto": "blas"}[env]
         assert path == want and why
     assert E.CpuBackend().path(torch.float64)[0] == "blas"
     monkeypatch.setenv("FASTRNN_CPU_GEMM", "fast")
@@ -216,6 +233,8 @@ def test_a_failed_measurement_keeps_the_default_and_says_why(monkeypatch):
     incumbent (own for float32, bf16dot for bf16), with the error in the reason."""
     from fastrnn.backends import extension as E
 
+    monkeypatch.delenv("FASTRNN_CPU_ISA", raising=False)  # the CPU's own paths (the cap: test_isa_cap)
+
     def boom(*a, **k):
         raise RuntimeError("no timer here")
 
@@ -235,6 +254,7 @@ def test_bf16_route_is_chosen_and_reported(ops, monkeypatch, env):
     (dot) or, auto, when it measured at least as fast as the float32 path (within
     the margin), else the float32 path on the widened operands, said so
     (FASTRNN_CPU_BF16); float16 data always the float32 path."""
+    monkeypatch.delenv("FASTRNN_CPU_ISA", raising=False)  # the CPU's own paths (the cap: test_isa_cap)
     from fastrnn.backends import extension as E
 
     assert ("avx512_bf16" in ops.cpu_features().split()) == _has_bf16dot()

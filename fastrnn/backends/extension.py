@@ -113,6 +113,19 @@ def bf16_hardware() -> bool:
     return bool({"avx512_bf16", "amx_bf16"} & path_features())
 
 
+@torch.compiler.assume_constant_result
+def widen_bf16() -> bool:
+    """Whether bfloat16 products on this CPU should run on float32 operands: where
+    it has no bf16 dot-product instructions (AVX512-BF16, AMX; under the
+    FASTRNN_CPU_ISA cap too), torch's bf16 GEMM runs several times slower than
+    its float32 one (measured under the AVX2 caps on an AMD EPYC Zen 4: 30 against
+    193 GFLOP/s; issue #27 reports 17 against 160 on an AVX2-only EPYC), while
+    widening the bf16 operands makes the same products with float32 sums.  A
+    constant to torch.compile (a compiled graph keeps the choice it was traced
+    with), as the backend's choice is; False where the extension cannot say."""
+    return not bf16_hardware()
+
+
 def own_path(features) -> str | None:
     """The own float32 kernel this CPU runs: "own" (AVX-512F), "own_avx2" (AVX2 +
     FMA), or None."""
