@@ -242,7 +242,9 @@ def bench_cmd_table(path: Path) -> list[str]:
     env, cfg = d["environment"], d["config"]
     modes = [m for m in ("train", "forward") if cfg.get(m)]
     shape = (f"{cfg['cell'].upper()}" + ("" if cfg["cell"].endswith("cell") else f" {cfg['layers']} layer(s)")
-             + f", input {cfg['input']}, hidden {cfg['hidden']}, batch {cfg['batch']}, seq {cfg['seq']}, {cfg['dtype']}")
+             + (", streamed one step per call" if cfg.get("stream") else "")
+             + f", input {cfg['input']}, hidden {cfg['hidden']}, batch {cfg['batch']}, seq {cfg['seq']}, {cfg['dtype']}"
+             + (f", {cfg['threads']} thread(s)" if cfg.get("threads") else ""))
     out = [f"**{shape}** (`python -m fastrnn bench`) on {env['device_name']} (torch {env['torch']}, commit "
            f"{_commit(env)}), from `{_rel(path)}`:", "",
            "| implementation | " + " | ".join(f"{m} tok/s | vs torch.nn | same-round ratio (median)" for m in modes) + " |",

@@ -291,8 +291,15 @@ def _step_fn(impl: str, args, device: torch.device, train: bool):
     amp = split_autocast(impl)[1]
     params = list(m.parameters())
 
+    stream = getattr(args, "stream", False)
+
     def forward():
         with autocast(device, amp):
+            if stream:  # one frame per call, the state carried (a streaming recogniser, a vocoder)
+                state = None
+                for t in range(args.seq):
+                    y, state = m(x[t:t + 1], state)
+                return y
             if not is_cell:
                 return m(x)[0]
             state, outs = None, []
@@ -303,7 +310,7 @@ def _step_fn(impl: str, args, device: torch.device, train: bool):
 
     if not train:
         def call():
-            with torch.no_grad():
+            with torch.inference_mode() if stream else torch.no_grad():
                 forward()
         return call
     gy = None
@@ -396,6 +403,7 @@ def format_table(report: dict) -> str:
     w = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(head)]
     fmt = lambda cells: "  ".join(c.ljust(w[i]) if i == 0 else c.rjust(w[i]) for i, c in enumerate(cells))  # noqa: E731
     shape = (f"{cfg['cell'].upper()}" + ("" if cfg["cell"] in STEP_CELLS else f" {cfg['layers']} layer(s)")
+             + (", streamed one step per call" if cfg.get("stream") else "")
              + f", input {cfg['input']}, hidden {cfg['hidden']}, batch {cfg['batch']}, seq {cfg['seq']}, {cfg['dtype']}"
              + (", bidirectional" if cfg.get("bidirectional") else "") + (f", proj {cfg['proj']}" if cfg.get("proj") else ""))
     env = report["environment"]
@@ -445,6 +453,9 @@ def parser() -> argparse.ArgumentParser:
     what = p.add_mutually_exclusive_group()
     what.add_argument("--train", action="store_true", help="only forward + backward (default: both)")
     what.add_argument("--forward", action="store_true", help="only the no_grad forward (default: both)")
+    what.add_argument("--stream", action="store_true",
+                      help="streaming inference: --seq calls of one step each, the state carried, under "
+                           "torch.inference_mode (e.g. --stream --batch 1 --threads 1)")
     p.add_argument("--autocast", action="store_true", help="also run each implementation under torch.autocast")
     p.add_argument("--device", default="auto", help="auto (cuda if present, else cpu), cpu, cuda, cuda:1")
     p.add_argument("--backends", default="all",
@@ -465,7 +476,9 @@ def parse_args(argv=None):
     p = parser()
     args = p.parse_args(argv)
     args.argv = argv
-    if not (args.train or args.forward):
+    if args.stream:
+        args.forward = True  # a streaming call is a forward; train stays off
+    elif not (args.train or args.forward):
         args.train = args.forward = True
     if args.layers is None:
         args.layers = 1 if args.cell in STEP_CELLS else 2
@@ -479,6 +492,8 @@ def parse_args(argv=None):
             p.error(f"--{name} must not be negative, got {getattr(args, name)}")
     if args.threads is not None and args.threads < 1:
         p.error(f"--threads must be at least 1, got {args.threads}")
+    if args.stream and args.cell in STEP_CELLS:
+        p.error("--stream steps a layer one frame at a time; a Cell module always steps (--cell lstm|gru|rnn)")
     if args.cell in STEP_CELLS:
         if args.layers != 1:
             p.error(f"--cell {args.cell} is a single cell: --layers must be 1")

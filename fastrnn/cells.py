@@ -150,7 +150,8 @@ class RNNCellBase(nn.Module):
         # the biases too: a gradient of b_ih / b_hh alone still needs the backward
         need_ws = torch.is_grad_enabled() and any(t is not None and t.requires_grad
                                                   for t in (x, *states, w_ih, w_hh, b_ih, b_hh))
-        with torch.autocast(device_type, enabled=False) if device_type in ("cuda", "cpu") else nullcontext():
+        amp = device_type in ("cuda", "cpu") and torch.is_autocast_enabled(device_type)
+        with torch.autocast(device_type, enabled=False) if amp else nullcontext():
             if self.mode == "GRU":
                 xg = F.linear(x, w_ih, b_ih).unsqueeze(0).contiguous()
                 _, h, _ = _ops.call(_ops.gru_forward, xg, w_hh, b_hh, states[0].contiguous(), None, need_ws, backend)

@@ -46,6 +46,28 @@ def test_cell_modules_and_autocast(tmp_path):
     assert all("train_seconds" not in r and len(r["forward_seconds"]) == 3 for r in rep["rows"])
 
 
+def test_stream_steps_one_frame_per_call(tmp_path, capsys, monkeypatch):
+    """--stream: each timed call is --seq layer calls of T = 1, the state carried,
+    under inference_mode, forward only; the table says so."""
+    import fastrnn
+    seen = []
+    real = fastrnn.LSTM.forward
+
+    def spy(self, x, hx=None):
+        seen.append((x.shape[0], hx is not None, torch.is_inference_mode_enabled()))
+        return real(self, x, hx)
+
+    monkeypatch.setattr(fastrnn.LSTM, "forward", spy)
+    js = tmp_path / "st.json"
+    assert bench.main(TINY + ["--stream", "--backends", "torch,reference", "--json", str(js)]) == 0
+    rep = json.loads(js.read_text())
+    assert [r["impl"] for r in rep["rows"]] == ["torch", "reference"]
+    assert all("train_seconds" not in r and len(r["forward_seconds"]) == 3 for r in rep["rows"])
+    assert rep["tokens_per_call"] == 12 and seen and all(t == 1 and inf for t, _, inf in seen)
+    assert [h for _, h, _ in seen[:4]] == [False, True, True, True]  # a sequence of 4 frames, state carried
+    assert "streamed one step per call" in capsys.readouterr().out
+
+
 def test_what_cannot_run_is_skipped_with_the_reason(tmp_path, capsys):
     if torch.cuda.is_available():
         pytest.skip("a GPU is visible")
@@ -76,6 +98,7 @@ def test_round_robin_times_each_call_and_rotates():
     ["bench", "--hidden", "0"], ["bench", "--cell", "lstmcell", "--layers", "2"], ["bench", "--cell", "gru", "--proj", "2"],
     ["bench", "--proj", "300"], ["bench", "--dtype", "int8"], ["bench", "--backends", "foo"],
     ["bench", "--train", "--forward"], ["bench", "--device", "tpu"], ["bench", "--batch", "x"], ["bench", "--rounds", "0"],
+    ["bench", "--stream", "--train"], ["bench", "--stream", "--cell", "grucell"],
 ])
 def test_bad_arguments_are_a_usage_error(tmp_path, argv):
     env = dict(os.environ, PYTHONPATH=ROOT)

@@ -85,8 +85,13 @@ void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const T* a, int64_t
 
 // ``d`` with the op's path argument applied (see CpuGemm) for data of dtype
 // ``storage`` (the bf16 kernel takes bf16 storage only: it rounds its operands).
+// A call of one step (T == 1: streaming inference, a cell) multiplies by W once,
+// so nothing is packed (packing W_hh costs more than the one product it would
+// speed up): kDirect, the plain GEMM, whatever the path; its products run in
+// float32 on the widened operands for half types, as the float path's do.
 inline Dims with_path(Dims d, c10::string_view path, at::ScalarType storage) {
   d.gemm = gemm_path(path, storage);
+  if (d.T == 1) d.gemm = CpuGemm::kDirect;
   return d;
 }
 
@@ -114,6 +119,7 @@ class StepMatrix {
         avx2_ = g == CpuGemm::kOwnAvx2;
         return;
       }
+      if (g == CpuGemm::kDirect) return;  // one product: gemm() on B in place
       const bool fits = std::max({m, n, k, ldb}) < INT_MAX;
       if (cblas_sgemm_pack_get_size != nullptr && cblas_sgemm_pack != nullptr &&
           cblas_sgemm_compute != nullptr && fits && m > 0 && n > 0 && k > 0) {

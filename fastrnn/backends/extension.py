@@ -137,6 +137,13 @@ def own_path(features) -> str | None:
 
 
 def _has_kernel(op: str, key: str) -> bool:
+    """Whether the loaded extension registered ``op`` for dispatch key ``key``
+    (asked on every stack call: kept once the extension has loaded)."""
+    return _has_kernel_loaded(op, key) if _load() is None else False
+
+
+@functools.lru_cache(maxsize=None)
+def _has_kernel_loaded(op: str, key: str) -> bool:
     try:
         return torch._C._dispatch_has_kernel_for_dispatch_key(f"fastrnn_ext::{op}", key)
     except Exception:  # private API: if it ever goes, assume the build registered it
