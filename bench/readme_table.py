@@ -63,33 +63,50 @@ def headline() -> str:
     return "\n".join(lines).rstrip() if lines else "No results yet: run `make bench`."
 
 
+def time_machine_block(path: Path) -> list[str]:
+    """A time-machine JSON's whole block: its table, the ratio lines, the measured
+    ceiling, what this CPU refused, the kernel paths (and the ISA caps the run was
+    made under), the command, the chart and continuations, the tuning table."""
+    lines = []
+    d = json.loads(path.read_text())
+    env = d["environment"]
+    caps = env.get("isa_caps")
+    if caps:
+        lines += ["Run under these caps of the CPU's instruction set (a smaller CPU's paths on this one): "
+                  + ", ".join(f"`{k}={v}`" for k, v in caps.items()) + ".", ""]
+    lines += time_machine_table(path, d)
+    for key, what in (("autocast", "Against torch.nn under the same autocast"),
+                      ("bf16", "bf16 models (weights and all) against torch.nn's bf16 model")):
+        said = [f"{r['label']} {r[f'train_ratio_to_torch_{key}']:.2f}x train / "
+                f"{r[f'forward_ratio_to_torch_{key}']:.2f}x forward"
+                for r in d["results"] if f"train_ratio_to_torch_{key}" in r and r["backend"] != f"torch+{key}"]
+        if said:
+            lines += ["", f"{what}: " + "; ".join(said) + "."]
+    lines += [x for line in _ceiling(d) for x in ("", line)]
+    rows_out = {k: v for k, v in d.get("skipped_backends", {}).items() if "cannot run here" in v}
+    if rows_out:  # rows this CPU refused (bench/time_machine.py probe_rows)
+        lines += ["", "Not run on this CPU: " + "; ".join(rows_out.values()) + "."]
+    paths = env.get("cpu_paths")
+    if isinstance(paths, dict):
+        lines.append("")
+        lines.append("cpu backend kernel paths: " + "; ".join(f"{k}: `{v['path']}` ({v['why']})" for k, v in paths.items())
+                     + f". CPU features: {', '.join(env.get('cpu_features', []))}.")
+    lines.append("")
+    lines.append(f"Command: `{d['command']}`. {d['timing']}.")
+    lines.append("")
+    lines += d2l_extras(path, d)
+    lines += tuning_table(d.get("triton_tuning"))
+    return lines
+
+
 def table() -> str:
     lines = []
     for path in sorted((ROOT / "bench" / "results").glob("time_machine_*.json")):
-        d = json.loads(path.read_text())
-        env, cfg = d["environment"], d["config"]
-        lines += time_machine_table(path, d)
-        for key, what in (("autocast", "Against torch.nn under the same autocast"),
-                          ("bf16", "bf16 models (weights and all) against torch.nn's bf16 model")):
-            said = [f"{r['label']} {r[f'train_ratio_to_torch_{key}']:.2f}x train / "
-                    f"{r[f'forward_ratio_to_torch_{key}']:.2f}x forward"
-                    for r in d["results"] if f"train_ratio_to_torch_{key}" in r and r["backend"] != f"torch+{key}"]
-            if said:
-                lines += ["", f"{what}: " + "; ".join(said) + "."]
-        lines += [x for line in _ceiling(d) for x in ("", line)]
-        rows_out = {k: v for k, v in d.get("skipped_backends", {}).items() if "cannot run here" in v}
-        if rows_out:  # rows this CPU refused (bench/time_machine.py probe_rows)
-            lines += ["", "Not run on this CPU: " + "; ".join(rows_out.values()) + "."]
-        paths = env.get("cpu_paths")
-        if isinstance(paths, dict):
-            lines.append("")
-            lines.append("cpu backend kernel paths: " + "; ".join(f"{k}: `{v['path']}` ({v['why']})" for k, v in paths.items())
-                         + f". CPU features: {', '.join(env.get('cpu_features', []))}.")
-        lines.append("")
-        lines.append(f"Command: `{d['command']}`. {d['timing']}.")
-        lines.append("")
-        lines += d2l_extras(path, d)
-        lines += tuning_table(d.get("triton_tuning"))
+        lines += time_machine_block(path)
+    for path in sorted((ROOT / "bench" / "results" / "avx2_caps").glob("time_machine_*.json")):
+        lines += ["**An AVX2-only CPU's paths** (`bench/results/avx2_caps/`: oneDNN, ATen, MKL and fastrnn "
+                  "capped at AVX2 on this machine; the gate passes' clones are not capped):", ""]
+        lines += time_machine_block(path)
     for path in sorted((ROOT / "bench" / "results" / "d2l_500").glob("time_machine_*.json")):
         lines += d2l_run(path)
     for path in sorted((ROOT / "bench" / "results").glob("whole_loop_*.json")):

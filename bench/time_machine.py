@@ -316,8 +316,9 @@ def cpu_ceiling(args, V: int, rounds: int = 15, before: dict | None = None) -> d
     FLOPs (bench/floors.py) at that rate, no other cost.  float32 through torch.mm
     (MKL), oneDNN's linear and fastrnn's own kernel (AVX-512 or AVX2), bfloat16 through
     torch.mm and oneDNN's linear (oneDNN both) and fastrnn's AVX512-BF16 kernel,
-    each where this torch and CPU have it; the best is the ceiling; round-robin, the fastest of ``rounds`` (and of ``before``,
-    an earlier call's ``gemm_gflops``)."""
+    each where this torch and CPU have it; the best is the ceiling (bfloat16's at
+    least float32's: its operands can be widened); round-robin, the fastest of
+    ``rounds`` (and of ``before``, an earlier call's ``gemm_gflops``)."""
     from fastrnn.backends.extension import CpuBackend, own_path, path_features
 
     G = {"lstm": 4, "gru": 3, "rnn": 1}[args.cell]
@@ -351,6 +352,10 @@ def cpu_ceiling(args, V: int, rounds: int = 15, before: dict | None = None) -> d
     gflops = {k: max(2.0 * M * K * N / min(v) / 1e9, (before or {}).get(k, 0.0)) for k, v in times.items()}
     peak = {d: max(v for k, v in gflops.items() if k.startswith(d))
             for d in ("float32", "bfloat16") if any(k.startswith(d) for k in gflops)}
+    # bfloat16 data can always be multiplied on widened float32 operands (what fastrnn
+    # does on a CPU without bf16 instructions): its ceiling is the faster of the two
+    if "float32" in peak:
+        peak["bfloat16"] = max(peak.get("bfloat16", 0.0), peak["float32"])
     tokens = args.batch * args.steps
     out = {"gemm_shape": [M, K, N], "gemm_gflops": gflops, "peak_gflops": peak, "skipped": skipped}
     for mode, train in (("train", True), ("forward", False)):

@@ -81,8 +81,8 @@ def test_mixed_precision_rows(tmp_path):
     # the measured GEMM ceiling: rates, the step's FLOPs, and each row's share of it in its precision
     c = rep["cpu_ceiling"]
     assert c["gemm_shape"] == [35 * 32, 16, 4 * 16] and all(v > 0 for v in c["gemm_gflops"].values())
-    for d in ("float32", "bfloat16"):
-        assert c["peak_gflops"][d] == max(v for k, v in c["gemm_gflops"].items() if k.startswith(d))
+    assert c["peak_gflops"]["float32"] == max(v for k, v in c["gemm_gflops"].items() if k.startswith("float32"))
+    assert c["peak_gflops"]["bfloat16"] == max(v for k, v in c["gemm_gflops"].items())  # widened, if faster
     for mode in ("train", "forward"):
         for d, rate in c["peak_gflops"].items():
             assert c[f"ceiling_{mode}_tokens_per_s"][d] == pytest.approx(35 * 32 * rate / c[f"step_gflop_{mode}"])
