@@ -385,7 +385,11 @@ def run(args) -> dict:
     def epoch_batches():
         return [(x.to(device), y.to(device)) for x, y in loader]
 
-    refused = probe_rows(models, impls, args, device, epoch_batches()[:1])
+    # the probe's batch is drawn apart: taking one from the loader would advance its
+    # generator and shift every epoch's random offset
+    g = torch.Generator().manual_seed(args.seed)
+    tokens = torch.randint(V, (args.batch, args.steps + 1), generator=g)
+    refused = probe_rows(models, impls, args, device, [(tokens[:, :-1].to(device), tokens[:, 1:].to(device))])
     impls = [i for i in impls if i not in refused]
     skipped = {**skipped, **refused}
 
