@@ -350,9 +350,14 @@ def test_recorded_backward_ignores_autocast(name, backend):
     operations, which follow autocast as every PyTorch backward does, as does a
     module's input projection; hence the op is called directly, the loss elementwise.)"""
     leaves, call = _op_args(name, backend)
+    _recorded_grads_ignore_autocast(lambda: call(leaves)[0], leaves)
 
+
+def _recorded_grads_ignore_autocast(forward, leaves):
+    """The gradients of forward().sin().sum() recorded (create_graph=True) inside a
+    CPU bf16 autocast region equal those recorded outside, all float32."""
     def run(amp):
-        y = call(leaves)[0]
+        y = forward()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
             gs = torch.autograd.grad(y.sin().sum(), leaves, create_graph=True)
         assert all(g.requires_grad for g in gs)
@@ -371,16 +376,9 @@ def test_cpu_cell_recorded_backward_ignores_autocast(name):
     cell = fcls(3, 4, backend="cpu", **extra)
     x = torch.randn(5, 3, requires_grad=True)
 
-    def run(amp):
+    def forward():
         out = cell(x)
-        out = out[0] if isinstance(out, tuple) else out
-        leaves = [x] + list(cell.parameters())
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
-            gs = torch.autograd.grad(out.sin().sum(), leaves, create_graph=True)
-        assert all(g.requires_grad for g in gs)
-        return gs
+        return out[0] if isinstance(out, tuple) else out
 
-    for a, b in zip(run(True), run(False)):
-        assert a.dtype == b.dtype == torch.float32
-        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    _recorded_grads_ignore_autocast(forward, [x] + list(cell.parameters()))
 
