@@ -113,6 +113,8 @@ def table() -> str:
         lines += whole_loop_table(path)
     for path in sorted((ROOT / "bench" / "results").glob("bench_*.json")):
         lines += bench_cmd_table(path)
+    for path in sorted((ROOT / "bench" / "results").glob("packed_sweep_*.json")):
+        lines += packed_sweep_table(path)
     for path in sorted((ROOT / "bench" / "results").glob("layers_*.json")):
         lines += layer_table(path)
     for path in sorted((ROOT / "bench" / "results").glob("floors_*.json")):
@@ -261,23 +263,58 @@ def bench_cmd_table(path: Path) -> list[str]:
     shape = (f"{cfg['cell'].upper()}" + ("" if cfg["cell"].endswith("cell") else f" {cfg['layers']} layer(s)")
              + (", streamed one step per call" if cfg.get("stream") else "")
              + f", input {cfg['input']}, hidden {cfg['hidden']}, batch {cfg['batch']}, seq {cfg['seq']}, {cfg['dtype']}"
-             + (f", {cfg['threads']} thread(s)" if cfg.get("threads") else ""))
+             + (f", {cfg['threads']} thread(s)" if cfg.get("threads") else "")
+             + (f", packed ({cfg['packed']} lengths, {cfg['token_fraction']:.0%} of the padded tokens; tok/s count "
+                "the real tokens, a \"padded\" row runs the same batch padded)" if cfg.get("packed") else ""))
+    packed = bool(cfg.get("packed"))
+    extra = " | packed / padded time" if packed else ""
     out = [f"**{shape}** (`python -m fastrnn bench`) on {env['device_name']} (torch {env['torch']}, commit "
            f"{_commit(env)}), from `{_rel(path)}`:", "",
-           "| implementation | " + " | ".join(f"{m} tok/s | vs torch.nn | same-round ratio (median)" for m in modes) + " |",
-           "| --- | " + " | ".join("--- | --- | ---" for _ in modes) + " |"]
+           "| implementation | " + " | ".join(f"{m} tok/s | vs torch.nn | same-round ratio (median){extra}"
+                                            for m in modes) + " |",
+           "| --- | " + " | ".join("--- | --- | ---" + (" | ---" if packed else "") for _ in modes) + " |"]
     for r in d["rows"]:
         cells = []
         for m in modes:
             if f"{m}_seconds" not in r:
-                cells += ["-", "-", "-"]
+                cells += ["-", "-", "-"] + (["-"] if packed else [])
                 continue
             ratio = r[f"{m}_ratio_to_torch"]
             paired = r[f"{m}_ratio_to_torch_paired_median"]
             cells += [f"{r[f'{m}_tokens_per_s']:,.0f}", "-" if ratio is None else f"{ratio:.2f}x",
                       "-" if paired is None else f"{paired:.2f}x"]
+            if packed:
+                pp = r.get(f"{m}_packed_over_padded")
+                cells.append("-" if pp is None else f"{pp:.2f}x")
         out.append(f"| {r['impl']} | " + " | ".join(cells) + " |")
     out += ["", f"Command: `{d['command']}`. {d['timing']}.", ""]
+    return out
+
+
+def packed_sweep_table(path: Path) -> list[str]:
+    """bench/packed_sweep.py: per T, each implementation's packed and padded
+    tokens/s and the ratios."""
+    d = json.loads(path.read_text())
+    env, cfg = d["environment"], d["config"]
+    impls = [b for b in cfg["backends"].split(",") if b]
+    fast = [i for i in impls if i != "torch"]
+    out = [f"**Variable-length batches** (`bench/packed_sweep.py`: {cfg['cell'].upper()} 2 layers, hidden "
+           f"{cfg['hidden']}, batch {cfg['batch']}, lengths {cfg['lengths']}, forward + backward) on "
+           f"{env['device_name']} (torch {env['torch']}, commit {_commit(env)}), from `{_rel(path)}`; tok/s count "
+           "the real tokens, 'padded' is the same batch padded to T; torch.nn's packed path only up to T "
+           f"{cfg['torch_packed_max']:,}:", "",
+           "| T | tokens | " + " | ".join(f"{i} packed tok/s | {i} padded tok/s" for i in impls)
+           + " | " + " | ".join(f"{i} packed / padded time | {i} packed vs torch.nn packed" for i in fast) + " |",
+           "| --- | --- | " + " | ".join("--- | ---" for _ in impls) + " | " + " | ".join("--- | ---" for _ in fast) + " |"]
+    for r in d["rows"]:
+        s = r["seconds"]
+        tok = lambda k: f"{r['tokens'] / min(s[k]):,.0f}" if k in s else "-"  # noqa: E731
+        rat = lambda k: f"{r[k]:.2f}x" if k in r else "-"  # noqa: E731
+        cells = [f"{r['seq']:,}", f"{r['tokens']:,} ({r['token_fraction']:.0%})"]
+        cells += [c for i in impls for c in (tok(i), tok(i + " padded"))]
+        cells += [c for i in fast for c in (rat(f"{i} packed/padded"), rat(f"{i} vs torch"))]
+        out.append("| " + " | ".join(cells) + " |")
+    out += ["", f"Command: `{d['command']}` ({d['wall_seconds'] / 60:.1f} min). {d['timing']}.", ""]
     return out
 
 

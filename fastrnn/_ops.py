@@ -93,6 +93,36 @@ def _gemm_tn(a: Tensor, b: Tensor, dtype) -> Tensor:
     return (a2.t() @ b2).to(dtype)
 
 
+def _plain(*ts: Tensor) -> bool:
+    """Whether these are ordinary tensors computed eagerly: no tracing (fake or
+    functional tensors, a dispatch mode, torch.compile), where a shape that
+    depends on the data (the tokens' rows) would be baked in or refused."""
+    return (all(type(t) is torch.Tensor and not torch._is_functional_tensor(t) for t in ts)
+            and torch._C._len_torch_dispatch_stack() == 0 and not torch.compiler.is_compiling())
+
+
+def _gemm_prev(d: Tensor, h0: Tensor, y: Tensor, dtype, lengths: Optional[Tensor]) -> Tensor:
+    """The recurrent weight's gradient: sum over (T, N) of d[t, n]^T h_{t-1}[n], h_{-1} = h0.
+
+    With lengths (a variable-length batch: d is zero where a sequence has ended)
+    on the CPU, the sum runs over the tokens' rows only, gathered first (h_{t-1}
+    straight from y and h0, without the shifted copy of y): the GEMM costs the
+    batch's tokens, not T times its rows.  On a GPU it runs over every row:
+    finding the tokens' rows there would synchronise with the device, which costs
+    more than the padded rows' share of a GEMM that fast.  Traced (torch.compile,
+    opcheck), it runs over every row too (:func:`_plain`)."""
+    if lengths is None or d.device.type != "cpu" or d.shape[1] == 0 or not _plain(d, lengths):
+        return _gemm_tn(d, prev_steps(h0, y), dtype)
+    T, N = d.shape[0], d.shape[1]
+    rows = (torch.arange(T).unsqueeze(1) < lengths).flatten().nonzero().squeeze(1)  # time-major
+    first = int((rows < N).sum())  # the tokens of step 0, whose h_{t-1} is h0
+    prev = y.new_empty(rows.numel(), y.shape[-1])
+    torch.index_select(h0, 0, rows[:first], out=prev[:first])
+    torch.index_select(y.flatten(0, 1), 0, rows[first:] - N, out=prev[first:])
+    P = _products(d)
+    return (d.flatten(0, 1).index_select(0, rows).to(P).t() @ prev.to(P)).to(dtype)
+
+
 #: op name -> (backward, setup_context) of the forward ops
 _AUTOGRAD: dict = {}
 
@@ -152,7 +182,7 @@ def _lstm_backward(ctx, dy, dh_n, dc_n, dws):
         lstm_backward, _grad(dy, y), _grad(dh_n, h0), _grad(dc_n, c0), w_hh, w_hr, c0, ws, lengths, ctx.backend
     )
     need = ctx.needs_input_grad
-    dw_hh = _gemm_tn(dxg, prev_steps(h0, y), w_hh.dtype) if need[1] else None
+    dw_hh = _gemm_prev(dxg, h0, y, w_hh.dtype, lengths) if need[1] else None
     dw_hr = None
     if w_hr is not None and need[2]:
         H = c0.shape[1]
@@ -185,7 +215,7 @@ def _gru_backward(ctx, dy, dh_n, dws):
         return _vjp.gru(ctx.needs_input_grad, dy, dh_n, dws, w_hh, h0, y, ws, lengths) + (None,) * 3
     dxg, dgh, dh0 = call(gru_backward, _grad(dy, y), _grad(dh_n, h0), w_hh, h0, y, ws, lengths, ctx.backend)
     need = ctx.needs_input_grad
-    dw_hh = _gemm_tn(dgh, prev_steps(h0, y), w_hh.dtype) if need[1] else None
+    dw_hh = _gemm_prev(dgh, h0, y, w_hh.dtype, lengths) if need[1] else None
     db_hh = dgh.sum((0, 1), dtype=acc_dtype(dgh.dtype)).to(dgh.dtype) if need[2] else None
     return dxg, dw_hh, db_hh, dh0, None, None, None
 
@@ -209,7 +239,7 @@ def _rnn_backward(ctx, dy, dh_n):
     if _vjp.wanted():
         return _vjp.rnn(ctx.needs_input_grad, dy, dh_n, w_hh, h0, y, lengths, ctx.relu) + (None,) * 4
     dxg, dh0 = call(rnn_backward, _grad(dy, y), _grad(dh_n, h0), w_hh, y, lengths, ctx.relu, ctx.backend)
-    dw_hh = _gemm_tn(dxg, prev_steps(h0, y), w_hh.dtype) if ctx.needs_input_grad[1] else None
+    dw_hh = _gemm_prev(dxg, h0, y, w_hh.dtype, lengths) if ctx.needs_input_grad[1] else None
     return dxg, dw_hh, dh0, None, None, None, None
 
 

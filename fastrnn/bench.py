@@ -274,8 +274,26 @@ def _unsupported(impl: str, cell: str, device: torch.device, dtype: torch.dtype,
     return _backend.get(base).supports(cell.removesuffix("cell"), device.type, dtype, proj)
 
 
-def _step_fn(impl: str, args, device: torch.device, train: bool):
-    """One timed call: forward (no_grad) or forward + backward of the whole sequence."""
+#: suffix of the padded twin of a --packed run's implementation ("cpu padded")
+PADDED = " padded"
+
+
+def packed_lengths(spec: str, T: int, N: int, gen: torch.Generator) -> torch.Tensor:
+    """N sequence lengths <= T (int64, CPU, one of them T) drawn from ``spec``:
+    "uniform:LO" (uniform in [ceil(LO T), T]), or "fixed" (all T: a packed batch
+    with nothing to skip, the packing's own cost)."""
+    if spec == "fixed":
+        return torch.full((N,), T, dtype=torch.int64)
+    lo = max(1, min(T, -(-int(round(float(spec.split(":", 1)[1]) * 1e6)) * T // 1_000_000)))
+    lengths = torch.randint(lo, T + 1, (N,), generator=gen)
+    lengths[0] = T  # the padded twin's T is the batch's longest
+    return lengths
+
+
+def _step_fn(impl: str, args, device: torch.device, train: bool, packed: bool = False):
+    """One timed call: forward (no_grad) or forward + backward of the whole sequence;
+    ``packed``: the batch as a PackedSequence of --packed's lengths (packing timed
+    in the call, as a user's loop packs each batch)."""
     dtype = getattr(torch, args.dtype)
     kw = dict(device=device, dtype=dtype)
     is_cell = args.cell in STEP_CELLS
@@ -292,9 +310,14 @@ def _step_fn(impl: str, args, device: torch.device, train: bool):
     params = list(m.parameters())
 
     stream = getattr(args, "stream", False)
+    lengths = packed_lengths(args.packed, args.seq, args.batch, torch.Generator().manual_seed(args.seed + 2)) \
+        if getattr(args, "packed", None) else None
 
     def forward():
         with autocast(device, amp):
+            if packed:
+                xp = torch.nn.utils.rnn.pack_padded_sequence(x, lengths, enforce_sorted=False)
+                return m(xp)[0].data
             if stream:  # one frame per call, the state carried (a streaming recogniser, a vocoder)
                 state = None
                 for t in range(args.seq):
@@ -347,22 +370,29 @@ def run(args) -> dict:
         if why is None:
             try:  # anything a backend or torch.nn refuses is skipped with its reason, never a traceback
                 for mode in modes:
-                    fns[mode][impl] = _step_fn(impl, args, device, mode == "train")
-                    fns[mode][impl]()  # fails here, before any timing, if it cannot run
+                    for name, pk in ((impl, True), (impl + PADDED, False)) if args.packed else ((impl, False),):
+                        fns[mode][name] = _step_fn(impl, args, device, mode == "train", packed=pk)
+                        fns[mode][name]()  # fails here, before any timing, if it cannot run
             except Exception as e:  # noqa: BLE001
                 why = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
         if why is not None:
             skipped[impl] = why
             for mode in modes:
                 fns[mode].pop(impl, None)
-    tokens = args.seq * args.batch
-    rows = {impl: {"impl": impl} for impl in impls if impl not in skipped}
+                fns[mode].pop(impl + PADDED, None)
+    lengths = packed_lengths(args.packed, args.seq, args.batch, torch.Generator().manual_seed(args.seed + 2)) \
+        if args.packed else None
+    # a packed run counts the real tokens in every row, its padded twins' too: their
+    # tok/s compare the time each takes for the same work
+    tokens = int(lengths.sum()) if args.packed else args.seq * args.batch
+    names = [n for impl in impls if impl not in skipped for n in ((impl, impl + PADDED) if args.packed else (impl,))]
+    rows = {n: {"impl": n} for n in names}
     for mode in modes:
         if not fns[mode]:
             continue
         secs = round_robin(fns[mode], device, args.rounds, warmup=args.warmup)
-        ref = secs.get(TORCH)
         for impl, s in secs.items():
+            ref = secs.get(TORCH + PADDED if impl.endswith(PADDED) else TORCH)
             row = rows[impl]
             row[f"{mode}_seconds"] = s
             row[f"{mode}_tokens_per_s"] = tokens / min(s)
@@ -370,7 +400,14 @@ def run(args) -> dict:
             row[f"{mode}_ratio_to_torch"] = min(ref) / min(s) if ref else None
             row[f"{mode}_ratio_to_torch_paired_median"] = (
                 statistics.median(a / b for a, b in zip(ref, s)) if ref else None)
+            twin = secs.get(impl + PADDED)
+            if twin:  # packed time / the same implementation's padded time, same rounds
+                row[f"{mode}_packed_over_padded"] = min(s) / min(twin)
+                row[f"{mode}_packed_over_padded_paired_median"] = statistics.median(a / b for a, b in zip(s, twin))
     config = {k: v for k, v in vars(args).items() if k not in ("json", "plot")}
+    if args.packed:
+        config["lengths"] = lengths.tolist()
+        config["token_fraction"] = tokens / (args.seq * args.batch)
     return {"benchmark": "fastrnn bench", "command": " ".join(["python -m fastrnn bench", *args.argv]),
             "config": config, "tokens_per_call": tokens, "environment": environment(device),
             "timing": f"{args.rounds} round-robin rounds of one call per implementation (start rotating), "
@@ -388,24 +425,29 @@ def format_table(report: dict) -> str:
     cfg = report["config"]
     modes = [m for m in ("train", "forward") if cfg[m]]
     head = ["implementation"]
+    packed = bool(cfg.get("packed"))
     for m in modes:
-        head += [f"{m} tok/s", "median", "vs torch", "paired"]
+        head += [f"{m} tok/s", "median", "vs torch", "paired"] + (["packed/padded", "paired"] if packed else [])
     body = []
     for r in report["rows"]:
         cells = [r["impl"]]
         for m in modes:
             if f"{m}_seconds" not in r:
-                cells += ["-"] * 4
+                cells += ["-"] * (6 if packed else 4)
                 continue
             cells += [f"{r[f'{m}_tokens_per_s']:,.0f}", f"{r[f'{m}_tokens_per_s_median']:,.0f}",
                       _ratio(r[f"{m}_ratio_to_torch"]), _ratio(r[f"{m}_ratio_to_torch_paired_median"])]
+            if packed:
+                cells += [_ratio(r.get(f"{m}_packed_over_padded")), _ratio(r.get(f"{m}_packed_over_padded_paired_median"))]
         body.append(cells)
     w = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(head)]
     fmt = lambda cells: "  ".join(c.ljust(w[i]) if i == 0 else c.rjust(w[i]) for i, c in enumerate(cells))  # noqa: E731
     shape = (f"{cfg['cell'].upper()}" + ("" if cfg["cell"] in STEP_CELLS else f" {cfg['layers']} layer(s)")
              + (", streamed one step per call" if cfg.get("stream") else "")
              + f", input {cfg['input']}, hidden {cfg['hidden']}, batch {cfg['batch']}, seq {cfg['seq']}, {cfg['dtype']}"
-             + (", bidirectional" if cfg.get("bidirectional") else "") + (f", proj {cfg['proj']}" if cfg.get("proj") else ""))
+             + (", bidirectional" if cfg.get("bidirectional") else "") + (f", proj {cfg['proj']}" if cfg.get("proj") else "")
+             + (f", packed ({cfg['packed']} lengths: {cfg['token_fraction']:.0%} of the padded tokens;"
+                f" tok/s count real tokens, a padded row times the same batch padded to seq)" if packed else ""))
     env = report["environment"]
     lines = [f"{shape} on {env['device_name']} (torch {env['torch']})", fmt(head), fmt(["-" * x for x in w]),
              *map(fmt, body), report["timing"]]
@@ -456,6 +498,10 @@ def parser() -> argparse.ArgumentParser:
     what.add_argument("--stream", action="store_true",
                       help="streaming inference: --seq calls of one step each, the state carried, under "
                            "torch.inference_mode (e.g. --stream --batch 1 --threads 1)")
+    p.add_argument("--packed", nargs="?", const="uniform:0.25", default=None, metavar="LENGTHS",
+                   help="variable-length batches: each implementation on a PackedSequence and on the same batch "
+                        "padded; LENGTHS uniform:LO (lengths uniform in [LO*seq, seq], the default uniform:0.25) "
+                        "or fixed (all seq)")
     p.add_argument("--autocast", action="store_true", help="also run each implementation under torch.autocast")
     p.add_argument("--device", default="auto", help="auto (cuda if present, else cpu), cpu, cuda, cuda:1")
     p.add_argument("--backends", default="all",
@@ -492,6 +538,17 @@ def parse_args(argv=None):
             p.error(f"--{name} must not be negative, got {getattr(args, name)}")
     if args.threads is not None and args.threads < 1:
         p.error(f"--threads must be at least 1, got {args.threads}")
+    if args.packed is not None:
+        ok = args.packed == "fixed"
+        if args.packed.startswith("uniform:"):
+            try:
+                ok = 0.0 <= float(args.packed.split(":", 1)[1]) <= 1.0
+            except ValueError:
+                ok = False
+        if not ok:
+            p.error(f"--packed {args.packed!r}: choose uniform:LO with 0 <= LO <= 1, or fixed")
+        if args.cell in STEP_CELLS or args.stream:
+            p.error("--packed runs a layer on a PackedSequence (--cell lstm|gru|rnn, not --stream)")
     if args.stream and args.cell in STEP_CELLS:
         p.error("--stream steps a layer one frame at a time; a Cell module always steps (--cell lstm|gru|rnn)")
     if args.cell in STEP_CELLS:

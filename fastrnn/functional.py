@@ -75,13 +75,45 @@ def reverse_padded(x: Tensor, lengths: Optional[Tensor]) -> Tensor:
     return x.gather(0, idx)
 
 
-def _direction(mode, x, w, h0, c0, lengths, reverse, need_ws, backend):
-    """One layer, one direction.  x: (T, N, I) -> y (T, N, R), h_n, c_n."""
+class Packing:
+    """Where a PackedSequence's rows sit in the padded (T, N) layout: the flat
+    indices t * N + b of its tokens, in its order (time-major, each step's rows
+    the first ``batch_sizes[t]``).  Between the recurrences a packed stack keeps
+    its activations as tokens (PackedSequence.data), so the input projections,
+    their gradients and the weight gradients of ``w_ih`` are GEMMs over the
+    tokens only; each recurrence pads its input side in and packs its output
+    out (one scatter and one gather, both differentiable)."""
+
+    def __init__(self, batch_sizes: Tensor, device: torch.device):
+        self.T = batch_sizes.numel()
+        self.N = int(batch_sizes[0]) if self.T else 0
+        mask = torch.arange(self.N).unsqueeze(0) < batch_sizes.unsqueeze(1)  # (T, N), on the CPU
+        self.index = mask.flatten().nonzero().squeeze(1).to(device, non_blocking=True)
+
+    def pad(self, data: Tensor, zeros: bool = True) -> Tensor:
+        """(tokens, X) -> (T, N, X), zeros where a sequence has ended; with
+        ``zeros=False`` anything there (for kernels that never read an ended
+        step's input: the ``cpu`` backend's; the fill of a buffer this size costs
+        as much as the scatter)."""
+        make = data.new_zeros if zeros else data.new_empty
+        out = make(self.T * self.N, data.shape[1])  # no grad: filled in place
+        return out.index_copy_(0, self.index, data).view(self.T, self.N, -1)
+
+    def pack(self, y: Tensor) -> Tensor:
+        """(T, N, X) -> (tokens, X)."""
+        return y.flatten(0, 1).index_select(0, self.index)
+
+
+def _direction(mode, x, w, h0, c0, lengths, reverse, need_ws, backend, packing=None):
+    """One layer, one direction.  x: (T, N, I) -> y (T, N, R), h_n, c_n; with
+    ``packing`` x is (tokens, I) and y (tokens, R)."""
     w_ih, w_hh, b_ih, b_hh, w_hr = w
     if mode == "GRU":
         xg = project(x, w_ih, b_ih)  # b_hh enters the n gate inside the recurrence
     else:
         xg = project(x, w_ih, bias_sum(b_ih, b_hh))
+    if packing is not None:
+        xg = packing.pad(xg, zeros=backend != "cpu")
     if reverse:
         xg = reverse_padded(xg, lengths)
     xg = xg.contiguous()
@@ -95,6 +127,8 @@ def _direction(mode, x, w, h0, c0, lengths, reverse, need_ws, backend):
         y, h_n = _ops.call(_ops.rnn_forward, xg, w_hh, h0, lengths, mode == "RNN_RELU", need_ws, backend)
     if reverse:
         y = reverse_padded(y, lengths)
+    if packing is not None:
+        y = packing.pack(y)
     return y, h_n, c_n
 
 
@@ -111,10 +145,13 @@ def rnn_stack(
     lengths: Optional[Tensor],
     need_ws: bool,
     backend: str,
+    packing: Optional[Packing] = None,
 ):
     """Run a stack of recurrent layers.
 
     x: (T, N, I) time-major, padded; lengths: None or int64 (N,) on x's device.
+    With ``packing`` (a PackedSequence's), x is its data (tokens, I), lengths
+    its sorted lengths, and the output is (tokens, D * R).
     hx: (L * D, N, R); cx: (L * D, N, H) for LSTM, else None.
     weights[l * D + d] = (w_ih, w_hh, b_ih, b_hh, w_hr) with None where absent.
     Returns output (T, N, D * R), h_n (L * D, N, R), c_n (L * D, N, H) or None.
@@ -130,12 +167,13 @@ def rnn_stack(
         for d in range(D):
             k = layer * D + d
             y, h_n, c_n = _direction(
-                mode, layer_in, weights[k], hx[k], None if cx is None else cx[k], lengths, d == 1, need_ws, backend
+                mode, layer_in, weights[k], hx[k], None if cx is None else cx[k], lengths, d == 1, need_ws, backend,
+                packing,
             )
             outs.append(y)
             hs.append(h_n)
             cs.append(c_n)
-        layer_in = outs[0] if D == 1 else torch.cat(outs, 2)
+        layer_in = outs[0] if D == 1 else torch.cat(outs, -1)
         if dropout > 0 and training and layer < num_layers - 1:
             layer_in = F.dropout(layer_in, dropout, True)
     h_n = torch.stack(hs, 0)

@@ -18,10 +18,10 @@ from contextlib import nullcontext
 
 import torch
 from torch import Tensor, nn
-from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+from torch.nn.utils.rnn import PackedSequence
 
 from . import _backend, settings
-from .functional import rnn_stack, stack_refused
+from .functional import Packing, rnn_stack, stack_refused
 
 _LABEL = {"LSTM": "LSTM", "GRU": "GRU", "RNN_TANH": "RNN", "RNN_RELU": "RNN"}
 _GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
@@ -31,6 +31,12 @@ def _permute(hx, perm):
     if perm is None or hx is None:
         return hx
     return hx.index_select(1, perm)
+
+
+def _lengths(batch_sizes: Tensor) -> Tensor:
+    """The sorted sequence lengths (int64, CPU) of a PackedSequence's batch_sizes."""
+    rows = torch.arange(int(batch_sizes[0]))
+    return (batch_sizes.unsqueeze(0) > rows.unsqueeze(1)).sum(1)
 
 
 class RNNBase(nn.Module):
@@ -242,7 +248,8 @@ class RNNBase(nn.Module):
             if hx is not None:
                 h, c = hx if is_lstm else (hx, None)
                 h, c = _permute(h, sorted_indices), _permute(c, sorted_indices)
-            x, lengths_cpu = pad_packed_sequence(PackedSequence(data, batch_sizes))
+            x = data  # the stack works on the tokens (functional.Packing)
+            lengths_cpu = _lengths(batch_sizes)
             is_batched = True
         else:
             if input.dim() not in (2, 3):
@@ -269,13 +276,12 @@ class RNNBase(nn.Module):
             )
         self._check_hidden(x, h, c, mini_batch)
         self._check_params(x)
-        if x.size(0) == 0:
+        if (batch_sizes.numel() if packed else x.size(0)) == 0:
             raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
 
-        out, h_n, c_n = self._run(x, h, c, lengths_cpu)
+        out, h_n, c_n = self._run(x, h, c, lengths_cpu, batch_sizes if packed else None)
 
         if packed:
-            out = pack_padded_sequence(out, lengths_cpu).data
             out = PackedSequence(out, batch_sizes, sorted_indices, unsorted_indices)
             h_n, c_n = _permute(h_n, unsorted_indices), _permute(c_n, unsorted_indices)
         else:
@@ -287,8 +293,9 @@ class RNNBase(nn.Module):
                 c_n = c_n.squeeze(1) if c_n is not None else None
         return (out, (h_n, c_n)) if is_lstm else (out, h_n)
 
-    def _run(self, x, h, c, lengths_cpu):
-        """Time-major x (T, N, I) -> (output, h_n, c_n); picks the backend."""
+    def _run(self, x, h, c, lengths_cpu, batch_sizes=None):
+        """Time-major x (T, N, I), or a PackedSequence's data (tokens, I) with its
+        batch_sizes, -> (output, h_n, c_n); picks the backend."""
         dtype = x.dtype
         device_type = x.device.type
         weights = [
@@ -304,7 +311,7 @@ class RNNBase(nn.Module):
             x, h = x.to(dtype), h.to(dtype)
             c = c.to(dtype) if c is not None else None
             weights = [tuple(None if w is None else w.to(dtype) for w in ws) for ws in weights]
-        if x.size(1) == 0:
+        if h.size(1) == 0:
             backend = "reference"  # an empty batch: nothing to compute, keep the graph
         else:
             backend = _backend.resolve(self.backend, self._label.lower(), device_type, dtype, self.proj_size > 0)
@@ -312,13 +319,14 @@ class RNNBase(nn.Module):
             x.requires_grad or h.requires_grad or (c is not None and c.requires_grad) or any(p.requires_grad for p in self.parameters())
         )
         lengths = None if lengths_cpu is None else lengths_cpu.to(x.device, non_blocking=True)
+        packing = None if batch_sizes is None else Packing(batch_sizes, x.device)
         # autocast off inside (the dtypes are settled above); entered only when on: a
         # context's set-up is a measurable share of a streaming T = 1 call
         amp = device_type in ("cuda", "cpu") and torch.is_autocast_enabled(device_type)
         with torch.autocast(device_type, enabled=False) if amp else nullcontext():
             out, h_n, c_n = rnn_stack(
                 self.mode, x, h, c, weights, self.num_layers, self.bidirectional,
-                self.dropout, self.training, lengths, need_ws, backend,
+                self.dropout, self.training, lengths, need_ws, backend, packing,
             )
         if cast is not None and device_type == "cpu" and self.proj_size > 0:
             c_n = c_n.to(c_dtype)  # torch.nn's projected LSTM keeps its cell state in c0's dtype there

@@ -68,6 +68,44 @@ def test_stream_steps_one_frame_per_call(tmp_path, capsys, monkeypatch):
     assert "streamed one step per call" in capsys.readouterr().out
 
 
+def test_packed_times_each_implementation_packed_and_padded(tmp_path, capsys, monkeypatch):
+    """--packed: every implementation on a PackedSequence of the drawn lengths and on
+    the same batch padded, in the same rounds; tok/s count the real tokens in both,
+    and each packed row carries its time over its padded twin's."""
+    import fastrnn
+    seen = []
+    real = fastrnn.LSTM.forward
+
+    def spy(self, x, hx=None):
+        seen.append(type(x).__name__)
+        return real(self, x, hx)
+
+    monkeypatch.setattr(fastrnn.LSTM, "forward", spy)
+    js = tmp_path / "p.json"
+    argv = ["--hidden", "8", "--input", "5", "--batch", "6", "--seq", "12", "--rounds", "3", "--device", "cpu",
+            "--packed", "uniform:0.25", "--backends", "torch,reference", "--json", str(js)]
+    assert bench.main(argv) == 0
+    rep = json.loads(js.read_text())
+    cfg = rep["config"]
+    lengths = cfg["lengths"]
+    assert len(lengths) == 6 and max(lengths) == 12 and all(3 <= n <= 12 for n in lengths)
+    assert rep["tokens_per_call"] == sum(lengths) and cfg["token_fraction"] == pytest.approx(sum(lengths) / 72)
+    rows = {r["impl"]: r for r in rep["rows"]}
+    assert list(rows) == ["torch", "torch padded", "reference", "reference padded"]
+    for name in ("torch", "reference"):
+        for mode in ("train", "forward"):
+            s, twin = rows[name][f"{mode}_seconds"], rows[name + " padded"][f"{mode}_seconds"]
+            assert rows[name][f"{mode}_packed_over_padded"] == pytest.approx(min(s) / min(twin))
+            assert rows[name + " padded"][f"{mode}_tokens_per_s"] == pytest.approx(sum(lengths) / min(twin))
+    assert rows["reference padded"]["train_ratio_to_torch"] == pytest.approx(
+        min(rows["torch padded"]["train_seconds"]) / min(rows["reference padded"]["train_seconds"]))
+    assert {"PackedSequence", "Tensor"} <= set(seen)
+    out = capsys.readouterr().out
+    assert "packed (uniform:0.25 lengths" in out and "packed/padded" in out
+    # the lengths are the seed's: the same again
+    assert bench.main(argv) == 0 and json.loads(js.read_text())["config"]["lengths"] == lengths
+
+
 def test_what_cannot_run_is_skipped_with_the_reason(tmp_path, capsys):
     if torch.cuda.is_available():
         pytest.skip("a GPU is visible")
@@ -99,6 +137,8 @@ def test_round_robin_times_each_call_and_rotates():
     ["bench", "--proj", "300"], ["bench", "--dtype", "int8"], ["bench", "--backends", "foo"],
     ["bench", "--train", "--forward"], ["bench", "--device", "tpu"], ["bench", "--batch", "x"], ["bench", "--rounds", "0"],
     ["bench", "--stream", "--train"], ["bench", "--stream", "--cell", "grucell"],
+    ["bench", "--packed", "normal:3"], ["bench", "--packed", "uniform:2"], ["bench", "--packed", "uniform:x"],
+    ["bench", "--packed", "--cell", "lstmcell"], ["bench", "--packed", "--stream"],
 ])
 def test_bad_arguments_are_a_usage_error(tmp_path, argv):
     env = dict(os.environ, PYTHONPATH=ROOT)

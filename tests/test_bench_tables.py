@@ -122,3 +122,25 @@ def test_d2l_run_and_continuations(tmp_path):
     assert f"![perplexity per epoch and tokens/s]({p.with_suffix('.png')})" in text
     assert '| backend | "time traveller" | "traveller" |' in text
     assert "| fastrnn cpu | `time traveller for so it will be` | `traveller with a` |" in text
+
+
+def test_packed_sweep_runs_and_tabulates(tmp_path):
+    """bench/packed_sweep.py at toy sizes: torch.nn's packed path stops at
+    --torch-packed-max, every other cell is timed, and readme_table renders it."""
+    spec = importlib.util.spec_from_file_location("packed_sweep", os.path.join(ROOT, "bench", "packed_sweep.py"))
+    ps = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ps)
+    out = tmp_path / "packed_sweep_lstm_cpu.json"
+    assert ps.main(["--seqs", "6,12", "--hidden", "8", "--batch", "5", "--rounds", "2", "--torch-packed-max", "6",
+                    "--backends", "torch,reference", "--json", str(out)]) == 0
+    d = json.loads(out.read_text())
+    r6, r12 = d["rows"]
+    assert set(r6["seconds"]) == {"torch", "torch padded", "reference", "reference padded"}
+    assert set(r12["seconds"]) == {"torch padded", "reference", "reference padded"}
+    assert all(len(s) == 2 and min(s) > 0 for r in d["rows"] for s in r["seconds"].values())
+    assert r6["reference packed/padded"] == min(r6["seconds"]["reference"]) / min(r6["seconds"]["reference padded"])
+    assert "reference vs torch" in r6 and "reference vs torch" not in r12 and "torch packed/padded" not in r12
+    lines = rt.packed_sweep_table(out)
+    assert lines[0].startswith("**Variable-length batches**") and "torch.nn's packed path only up to T 6" in lines[0]
+    body = [ln for ln in lines if ln.startswith("| 12 |")]
+    assert len(body) == 1 and "| - |" in body[0]

@@ -65,11 +65,15 @@ def rnd(*shape, dtype, scale=1.0):
 
 
 def lengths_for(T, N, varlen):
+    """Random lengths, one of them T; for an even N sorted longest first, as a
+    PackedSequence's rows come (the kernels then multiply only the rows still
+    running, and split the rows between threads by tokens), for an odd N in
+    random order (every row multiplied at every step)."""
     if not varlen:
         return None
     L = torch.randint(1, T + 1, (N,))
     L[0] = T
-    return L
+    return L.sort(descending=True).values if N % 2 == 0 else L
 
 
 def active_mask(L, T, N):

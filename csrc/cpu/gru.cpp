@@ -85,8 +85,9 @@ void forward_rows(int64_t r0, int64_t r1, const Dims& d, const D* xg, const A* w
   A* g = buf.data_ptr<A>();    // (M, 3H)
   A* scratch = g + M * 3 * H;  // (M, 4H) ws when not kept
   A* gx = scratch + (ws_all ? 0 : M * 4 * H);  // (M, 3H) the stacked layer's input side
+  const StepRows rows(len, r0, r1);
   for (int64_t t = 0; t < T; ++t) {
-    Wmul.mul(h, H, A(0), g, 3 * H);
+    Wmul.mul(h, H, A(0), g, 3 * H, rows.at(t));
     A* ws = ws_all ? ws_all + (t * N + r0) * 4 * H : scratch;
     const D* x = nullptr;
     if constexpr (std::is_same<D, A>::value) {
@@ -128,6 +129,7 @@ void backward_rows(int64_t r0, int64_t r1, const Dims& d, const D* dy, const A* 
   A* dh = dh_io + r0 * H;
   at::Tensor buf = same ? at::Tensor()
                         : at::empty({M * 3 * H}, at::TensorOptions().dtype(dtype_of<A>()));
+  const StepRows rows(len, r0, r1);
   for (int64_t t = T - 1; t >= 0; --t) {
     D* dxt = dxg + (t * N + r0) * 3 * H;
     D* dgt = dgh + (t * N + r0) * 3 * H;
@@ -146,7 +148,7 @@ void backward_rows(int64_t r0, int64_t r1, const Dims& d, const D* dy, const A* 
                   H, ws + row * 4 * H, hp, dy + row * H, dh + b * H, dxt + b * 3 * H, dg + b * 3 * H);
       if (!same) convert_row(dgt + b * 3 * H, dg + b * 3 * H, 3 * H);
     }
-    Wmul.mul(dg, 3 * H, A(1), dh, H);
+    Wmul.mul(dg, 3 * H, A(1), dh, H, rows.at(t));
   }
 }
 
@@ -163,7 +165,7 @@ void forward(const Dims& d, const at::Tensor& xg, const at::Tensor& w_hh,
     forward_rows<D, A>(r0, r1, d, xg.data_ptr<D>(), W.data_ptr<A>(), bias.data_ptr<A>(),
                        h0a.data_ptr<A>(), len, need_ws ? ws.data_ptr<A>() : nullptr,
                        y.data_ptr<D>(), h_n.data_ptr<A>());
-  });
+  }, len, d.T);
 }
 
 template <typename D, typename A>
@@ -177,7 +179,7 @@ void backward(const Dims& d, const at::Tensor& dy, const at::Tensor& dh_n,
     backward_rows<D, A>(r0, r1, d, dy.data_ptr<D>(), W.data_ptr<A>(), h0.data_ptr<D>(),
                         y.data_ptr<D>(), ws.data_ptr<A>(), len, dxg.data_ptr<D>(),
                         dgh.data_ptr<D>(), dh.data_ptr<A>());
-  });
+  }, len, d.T);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_forward_cpu(
@@ -185,8 +187,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_forward_cpu(
     const at::Tensor& h0, const c10::optional<at::Tensor>& lengths, bool need_ws, c10::string_view path) {
   const Dims d = with_path(check_gru_forward(xg, w_hh, b_hh, h0, lengths), path, xg.scalar_type());
   const auto A = acc_type(xg.scalar_type());
-  at::Tensor y = at::empty({d.T, d.N, d.H}, xg.options());
-  at::Tensor ws = need_ws ? at::empty({d.T, d.N, 4 * d.H}, xg.options().dtype(A))
+  at::Tensor y = big_empty({d.T, d.N, d.H}, xg.options());
+  at::Tensor ws = need_ws ? big_empty({d.T, d.N, 4 * d.H}, xg.options().dtype(A))
                           : at::empty({0}, xg.options().dtype(A));
   at::Tensor h;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, xg.scalar_type(), "gru_forward", [&] {
@@ -200,8 +202,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_backward_cpu(
     const at::Tensor& dy, const at::Tensor& dh_n, const at::Tensor& w_hh, const at::Tensor& h0,
     const at::Tensor& y, const at::Tensor& ws, const c10::optional<at::Tensor>& lengths, c10::string_view path) {
   const Dims d = with_path(check_gru_backward(dy, dh_n, w_hh, h0, y, ws, lengths), path, dy.scalar_type());
-  at::Tensor dxg = at::empty({d.T, d.N, 3 * d.H}, dy.options());
-  at::Tensor dgh = at::empty({d.T, d.N, 3 * d.H}, dy.options());
+  at::Tensor dxg = big_empty({d.T, d.N, 3 * d.H}, dy.options());
+  at::Tensor dgh = big_empty({d.T, d.N, 3 * d.H}, dy.options());
   at::Tensor dh;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dy.scalar_type(), "gru_backward", [&] {
     backward<scalar_t, at::opmath_type<scalar_t>>(d, dy, dh_n, w_hh, h0, y, ws,
@@ -218,9 +220,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_stack_forward_cpu(
   const StackDims s = check_stack_forward(xg0, w_ih, b_ih, w_hh, h0, 3);
   if (b_hh.has_value()) detail::same(*b_hh, xg0, "b_hh", {s.L, 3 * s.H}, xg0.scalar_type());
   const int64_t L = s.L, T = s.T, N = s.N, H = s.H;
-  at::Tensor y = at::empty({L, T, N, H}, xg0.options());
+  at::Tensor y = big_empty({L, T, N, H}, xg0.options());
   at::Tensor hn = at::empty({L, N, H}, xg0.options());
-  at::Tensor ws = need_ws ? at::empty({L, T, N, 4 * H}, xg0.options()) : at::empty({0}, xg0.options());
+  at::Tensor ws = need_ws ? big_empty({L, T, N, 4 * H}, xg0.options()) : at::empty({0}, xg0.options());
   const at::Tensor bhh = b_hh.has_value() ? *b_hh : at::zeros({L, 3 * H}, xg0.options());
   AT_DISPATCH_FLOATING_TYPES(xg0.scalar_type(), "gru_stack_forward", [&] {
     using A = scalar_t;
@@ -248,8 +250,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_stack_backward_cpu(
   detail::same(y, dy, "y", {s.L, s.T, s.N, s.H}, D);
   detail::same(ws, dy, "ws", {s.L, s.T, s.N, 4 * s.H}, D);
   const int64_t L = s.L, T = s.T, N = s.N, H = s.H;
-  at::Tensor dxg = at::empty({L, T, N, 3 * H}, dy.options());
-  at::Tensor dgh = at::empty({L, T, N, 3 * H}, dy.options());
+  at::Tensor dxg = big_empty({L, T, N, 3 * H}, dy.options());
+  at::Tensor dgh = big_empty({L, T, N, 3 * H}, dy.options());
   at::Tensor dh = dh_n.clone();
   AT_DISPATCH_FLOATING_TYPES(D, "gru_stack_backward", [&] {
     using A = scalar_t;

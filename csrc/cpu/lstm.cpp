@@ -110,7 +110,9 @@ void forward_rows(int64_t r0, int64_t r1, const Dims& d, const D* xg, const A* w
   A* scratch = g + M * (4 * H + (proj ? H + R : 0));     // (M, 5H) ws when not kept
   TORCH_CHECK(in == nullptr || (std::is_same<D, A>::value),
               "fastrnn: a fused stack runs in float32 or float64 only");
+  const StepRows rows(len, r0, r1);
   for (int64_t t = 0; t < T; ++t) {
+    const int64_t mt = rows.at(t);  // rows still running
     const D* x = nullptr;
     int64_t xrow = 4 * H;  // x's row stride: 0 when every row adds the same bias
     if constexpr (std::is_same<D, A>::value) {
@@ -122,7 +124,7 @@ void forward_rows(int64_t r0, int64_t r1, const Dims& d, const D* xg, const A* w
       }
     }
     if (in == nullptr) {
-      Wmul.mul(h, R, A(0), g, 4 * H);
+      Wmul.mul(h, R, A(0), g, 4 * H, mt);
       x = xg + (t * N + r0) * 4 * H;
     }
     A* ws = ws_all ? ws_all + (t * N + r0) * 5 * H : scratch;
@@ -140,7 +142,7 @@ void forward_rows(int64_t r0, int64_t r1, const Dims& d, const D* xg, const A* w
       if (!proj) convert_row(yt + b * R, hu + b * H, H);
     }
     if (proj) {
-      gemm<A>(false, true, M, R, H, hu, H, wr, H, A(0), hp, R);
+      gemm<A>(false, true, mt, R, H, hu, H, wr, H, A(0), hp, R);
       for (int64_t b = 0; b < M; ++b) {
         if (!active(len, r0 + b, t)) continue;
         std::copy(hp + b * R, hp + (b + 1) * R, h + b * R);
@@ -169,7 +171,9 @@ void backward_rows(int64_t r0, int64_t r1, const Dims& d, const D* dy, const A* 
   A* dc = dc_io + r0 * H;
   at::Tensor buf = at::empty({M * (H + (same ? 0 : 4 * H))}, at::TensorOptions().dtype(dtype_of<A>()));
   A* dhu = buf.data_ptr<A>();  // (M, H) gradient w.r.t. o * tanh(c_t)
+  const StepRows rows(len, r0, r1);
   for (int64_t t = T - 1; t >= 0; --t) {
+    const int64_t mt = rows.at(t);  // rows running at t: the others' dG_t is zero
     const D* dyt = dy + (t * N + r0) * R;
     const A* wst = ws + (t * N + r0) * 5 * H;
     D* dxt = dxg + (t * N + r0) * 4 * H;
@@ -187,7 +191,7 @@ void backward_rows(int64_t r0, int64_t r1, const Dims& d, const D* dy, const A* 
           dh[b * R + j] = A(0);
         }
       }
-      gemm<A>(false, false, M, H, R, dhr, R, wr, H, A(0), dhu, H);
+      gemm<A>(false, false, mt, H, R, dhr, R, wr, H, A(0), dhu, H);
     }
     for (int64_t b = 0; b < M; ++b) {
       if (!active(len, r0 + b, t)) {
@@ -205,7 +209,7 @@ void backward_rows(int64_t r0, int64_t r1, const Dims& d, const D* dy, const A* 
       gate_bwd<A>(H, wst + b * 5 * H, H, cp, dhu + b * H, dc + b * H, dg + b * 4 * H, H);
       if (!same) convert_row(dxt + b * 4 * H, dg + b * 4 * H, 4 * H);
     }
-    Wmul.mul(dg, 4 * H, A(1), dh, R);
+    Wmul.mul(dg, 4 * H, A(1), dh, R, mt);
   }
 }
 
@@ -224,7 +228,7 @@ void forward(const Dims& d, const at::Tensor& xg, const at::Tensor& w_hh,
                        Wr.defined() ? Wr.data_ptr<A>() : nullptr, h0a.data_ptr<A>(),
                        c0a.data_ptr<A>(), len, need_ws ? ws.data_ptr<A>() : nullptr,
                        y.data_ptr<D>(), h_n.data_ptr<A>(), c_n.data_ptr<A>());
-  });
+  }, len, d.T);
 }
 
 template <typename D, typename A>
@@ -244,7 +248,7 @@ void backward(const Dims& d, const at::Tensor& dy, const at::Tensor& dh_n,
                         ws.data_ptr<A>(), len, dxg.data_ptr<D>(),
                         Wr.defined() ? dhr.data_ptr<A>() : nullptr, dh.data_ptr<A>(),
                         dc.data_ptr<A>());
-  });
+  }, len, d.T);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward_cpu(
@@ -253,8 +257,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward_cpu(
     bool need_ws, c10::string_view path) {
   const Dims d = with_path(check_lstm_forward(xg, w_hh, w_hr, h0, c0, lengths), path, xg.scalar_type());
   const auto A = acc_type(xg.scalar_type());
-  at::Tensor y = at::empty({d.T, d.N, d.R}, xg.options());
-  at::Tensor ws = need_ws ? at::empty({d.T, d.N, 5 * d.H}, xg.options().dtype(A))
+  at::Tensor y = big_empty({d.T, d.N, d.R}, xg.options());
+  at::Tensor ws = need_ws ? big_empty({d.T, d.N, 5 * d.H}, xg.options().dtype(A))
                           : at::empty({0}, xg.options().dtype(A));
   at::Tensor h, c;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, xg.scalar_type(), "lstm_forward", [&] {
@@ -270,8 +274,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_backward_cpu(
     const c10::optional<at::Tensor>& lengths, c10::string_view path) {
   const Dims d = with_path(check_lstm_backward(dy, dh_n, dc_n, w_hh, w_hr, c0, ws, lengths), path, dy.scalar_type());
   const auto A = acc_type(dy.scalar_type());
-  at::Tensor dxg = at::empty({d.T, d.N, 4 * d.H}, dy.options());
-  at::Tensor dhr = w_hr.has_value() ? at::empty({d.T, d.N, d.R}, dy.options().dtype(A))
+  at::Tensor dxg = big_empty({d.T, d.N, 4 * d.H}, dy.options());
+  at::Tensor dhr = w_hr.has_value() ? big_empty({d.T, d.N, d.R}, dy.options().dtype(A))
                                     : at::empty({0}, dy.options().dtype(A));
   at::Tensor dh, dc;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dy.scalar_type(), "lstm_backward", [&] {
@@ -289,9 +293,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_stack_forward_cp
   const StackDims s = check_stack_forward(xg0, w_ih, b, w_hh, h0, 4);
   detail::same(c0, xg0, "c0", {s.L, s.N, s.H}, xg0.scalar_type());
   const int64_t L = s.L, T = s.T, N = s.N, H = s.H;
-  at::Tensor y = at::empty({L, T, N, H}, xg0.options());
+  at::Tensor y = big_empty({L, T, N, H}, xg0.options());
   at::Tensor hn = at::empty({L, N, H}, xg0.options()), cn = at::empty({L, N, H}, xg0.options());
-  at::Tensor ws = need_ws ? at::empty({L, T, N, 5 * H}, xg0.options()) : at::empty({0}, xg0.options());
+  at::Tensor ws = need_ws ? big_empty({L, T, N, 5 * H}, xg0.options()) : at::empty({0}, xg0.options());
   AT_DISPATCH_FLOATING_TYPES(xg0.scalar_type(), "lstm_stack_forward", [&] {
     using A = scalar_t;
     const Dims d = with_path({T, N, H, H}, path, dtype_of<A>());
@@ -318,7 +322,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_stack_backward_cpu(
   detail::same(c0, dy, "c0", {s.L, s.N, s.H}, D);
   detail::same(ws, dy, "ws", {s.L, s.T, s.N, 5 * s.H}, D);
   const int64_t L = s.L, T = s.T, N = s.N, H = s.H;
-  at::Tensor dxg = at::empty({L, T, N, 4 * H}, dy.options());
+  at::Tensor dxg = big_empty({L, T, N, 4 * H}, dy.options());
   at::Tensor dh = dh_n.clone(), dc = dc_n.clone();
   AT_DISPATCH_FLOATING_TYPES(D, "lstm_stack_backward", [&] {
     using A = scalar_t;

@@ -68,6 +68,7 @@ void forward_rows(int64_t r0, int64_t r1, const Dims& d, const D* xg, const A* w
   std::copy(h0 + r0 * H, h0 + r1 * H, h);
   at::Tensor pre = at::empty({M, H}, acc);
   A* g = pre.data_ptr<A>();
+  const StepRows rows(len, r0, r1);
   for (int64_t t = 0; t < T; ++t) {
     const D* x = nullptr;
     int64_t xrow = H;  // x's row stride: 0 when every row adds the same bias
@@ -80,7 +81,7 @@ void forward_rows(int64_t r0, int64_t r1, const Dims& d, const D* xg, const A* w
       }
     }
     if (in == nullptr) {
-      Wmul.mul(h, H, A(0), g, H);
+      Wmul.mul(h, H, A(0), g, H, rows.at(t));
       x = xg + (t * N + r0) * H;
     }
     D* yt = y + (t * N + r0) * H;
@@ -109,6 +110,7 @@ void backward_rows(int64_t r0, int64_t r1, const Dims& d, const D* dy, const A* 
   if (up != nullptr) Umul = std::make_unique<StepMatrix<A>>(d.gemm, up->w_ih, H, false, M, H, up->GH);
   A* dh = dh_io + r0 * H;
   at::Tensor buf = same ? at::Tensor() : at::empty({M, H}, at::TensorOptions().dtype(dtype_of<A>()));
+  const StepRows rows(len, r0, r1);
   for (int64_t t = T - 1; t >= 0; --t) {
     D* dxt = dxg + (t * N + r0) * H;
     A* dg = same ? reinterpret_cast<A*>(dxt) : buf.data_ptr<A>();
@@ -124,7 +126,7 @@ void backward_rows(int64_t r0, int64_t r1, const Dims& d, const D* dy, const A* 
                   H, y + o, dy + o, relu, dh + b * H, dg + b * H);
       if (!same) convert_row(dxt + b * H, dg + b * H, H);
     }
-    Wmul.mul(dg, H, A(1), dh, H);
+    Wmul.mul(dg, H, A(1), dh, H, rows.at(t));
   }
 }
 
@@ -137,7 +139,7 @@ void forward(const Dims& d, const at::Tensor& xg, const at::Tensor& w_hh, const 
   for_row_blocks(d.N, [&](int64_t r0, int64_t r1) {
     forward_rows<D, A>(r0, r1, d, xg.data_ptr<D>(), W.data_ptr<A>(), h0a.data_ptr<A>(), len, relu,
                        y.data_ptr<D>(), h_n.data_ptr<A>());
-  });
+  }, len, d.T);
 }
 
 template <typename D, typename A>
@@ -149,7 +151,7 @@ void backward(const Dims& d, const at::Tensor& dy, const at::Tensor& dh_n,
   for_row_blocks(d.N, [&](int64_t r0, int64_t r1) {
     backward_rows<D, A>(r0, r1, d, dy.data_ptr<D>(), W.data_ptr<A>(), y.data_ptr<D>(), len, relu,
                         dxg.data_ptr<D>(), dh.data_ptr<A>());
-  });
+  }, len, d.T);
 }
 
 std::tuple<at::Tensor, at::Tensor> rnn_forward_cpu(const at::Tensor& xg, const at::Tensor& w_hh,
@@ -158,7 +160,7 @@ std::tuple<at::Tensor, at::Tensor> rnn_forward_cpu(const at::Tensor& xg, const a
                                                    bool relu, bool need_ws, c10::string_view path) {
   (void)need_ws;  // the RNN backward needs only y
   const Dims d = with_path(check_rnn_forward(xg, w_hh, h0, lengths), path, xg.scalar_type());
-  at::Tensor y = at::empty({d.T, d.N, d.H}, xg.options());
+  at::Tensor y = big_empty({d.T, d.N, d.H}, xg.options());
   at::Tensor h;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, xg.scalar_type(), "rnn_forward", [&] {
     forward<scalar_t, at::opmath_type<scalar_t>>(d, xg, w_hh, h0, lengths_ptr(lengths), relu, y,
@@ -172,7 +174,7 @@ std::tuple<at::Tensor, at::Tensor> rnn_backward_cpu(const at::Tensor& dy, const 
                                                     const c10::optional<at::Tensor>& lengths,
                                                     bool relu, c10::string_view path) {
   const Dims d = with_path(check_rnn_backward(dy, dh_n, w_hh, y, lengths), path, dy.scalar_type());
-  at::Tensor dxg = at::empty({d.T, d.N, d.H}, dy.options());
+  at::Tensor dxg = big_empty({d.T, d.N, d.H}, dy.options());
   at::Tensor dh;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dy.scalar_type(), "rnn_backward", [&] {
     backward<scalar_t, at::opmath_type<scalar_t>>(d, dy, dh_n, w_hh, y, lengths_ptr(lengths), relu,
@@ -189,7 +191,7 @@ std::tuple<at::Tensor, at::Tensor> rnn_stack_forward_cpu(const at::Tensor& xg0, 
   (void)need_ws;  // the RNN backward needs only y
   const StackDims s = check_stack_forward(xg0, w_ih, b, w_hh, h0, 1);
   const int64_t L = s.L, T = s.T, N = s.N, H = s.H;
-  at::Tensor y = at::empty({L, T, N, H}, xg0.options());
+  at::Tensor y = big_empty({L, T, N, H}, xg0.options());
   at::Tensor hn = at::empty({L, N, H}, xg0.options());
   AT_DISPATCH_FLOATING_TYPES(xg0.scalar_type(), "rnn_stack_forward", [&] {
     using A = scalar_t;
@@ -212,7 +214,7 @@ std::tuple<at::Tensor, at::Tensor> rnn_stack_backward_cpu(const at::Tensor& dy, 
   const StackDims s = check_stack_backward(dy, dh_n, w_ih, w_hh, 1);
   detail::same(y, dy, "y", {s.L, s.T, s.N, s.H}, dy.scalar_type());
   const int64_t L = s.L, T = s.T, N = s.N, H = s.H;
-  at::Tensor dxg = at::empty({L, T, N, H}, dy.options());
+  at::Tensor dxg = big_empty({L, T, N, H}, dy.options());
   at::Tensor dh = dh_n.clone();
   AT_DISPATCH_FLOATING_TYPES(dy.scalar_type(), "rnn_stack_backward", [&] {
     using A = scalar_t;
