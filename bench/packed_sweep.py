@@ -70,7 +70,7 @@ def sweep(ns) -> dict:
                     row[f"{impl} packed vs torch padded"] = min(secs[C.TORCH + B.PADDED]) / min(secs[impl])
         rows.append(row)
         print(format_row(row, impls), flush=True)
-    return {"benchmark": "packed_sweep", "command": "python bench/packed_sweep.py " + shlex.join(ns.argv),
+    return {"benchmark": "packed_sweep", "command": " ".join(["python bench/packed_sweep.py", *map(shlex.quote, ns.argv)]),
             "config": {k: v for k, v in vars(ns).items() if k not in ("json", "argv")},
             "environment": C.environment(device), "wall_seconds": time.perf_counter() - started,
             "timing": f"per T, {ns.rounds} round-robin round(s) of one forward + backward call per implementation "
