@@ -363,20 +363,21 @@ inline void zero_row(T* dst, int64_t n) {
 }
 
 // A sequence-long buffer (y, ws, dxg: T x N rows) that the kernel is about to
-// fill: at::empty, then, from 8 MiB, transparent huge pages asked for
+// fill: at::empty, then, from 32 MiB, transparent huge pages asked for
 // (madvise MADV_HUGEPAGE on its whole 2 MiB pages; THP's "madvise" mode, the
 // usual default, gives them only when asked).  Buffers that large come from a
-// fresh mmap on every call (glibc's threshold is at most 32 MiB), and their first
-// touch faulted 4 KiB at a time: measured (Zen 4 VM, one thread, LSTM H 256,
-// T 500, N 32) 8.2 us per row and step with the 80 MB workspace against 5.4
-// without it.  Advice only: where the kernel refuses it nothing changes.
+// fresh mmap on every call (glibc's threshold is at most 32 MiB; smaller ones
+// may be reused from its heap, already faulted, and are left alone), and their
+// first touch faulted 4 KiB at a time: measured (Zen 4 VM, one thread, LSTM
+// H 256, T 500, N 32) 8.2 us per row and step with the 80 MB workspace against
+// 5.4 without it.  Advice only: where the kernel refuses it nothing changes.
 inline at::Tensor big_empty(at::IntArrayRef size, const at::TensorOptions& opt) {
   at::Tensor t = at::empty(size, opt);
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
   const uintptr_t huge = uintptr_t(2) << 20;
   const uintptr_t p = reinterpret_cast<uintptr_t>(t.data_ptr());
   const uintptr_t lo = (p + huge - 1) & ~(huge - 1), hi = (p + t.nbytes()) & ~(huge - 1);
-  if (t.nbytes() >= (size_t(8) << 20) && hi > lo) madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_HUGEPAGE);
+  if (t.nbytes() >= (size_t(32) << 20) && hi > lo) madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_HUGEPAGE);
 #endif
   return t;
 }
