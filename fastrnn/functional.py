@@ -8,6 +8,7 @@ runs the recurrence and how the biases enter it.
 """
 from __future__ import annotations
 
+import weakref
 from typing import Optional, Sequence
 
 import torch
@@ -146,12 +147,14 @@ def rnn_stack(
     need_ws: bool,
     backend: str,
     packing: Optional[Packing] = None,
+    cache: Optional[dict] = None,
 ):
     """Run a stack of recurrent layers.
 
     x: (T, N, I) time-major, padded; lengths: None or int64 (N,) on x's device.
     With ``packing`` (a PackedSequence's), x is its data (tokens, I), lengths
-    its sorted lengths, and the output is (tokens, D * R).
+    its sorted lengths, and the output is (tokens, D * R).  ``cache``: the
+    module's dict for the fused stack's stacked weights (:func:`_stacked_weights`).
     hx: (L * D, N, R); cx: (L * D, N, H) for LSTM, else None.
     weights[l * D + d] = (w_ih, w_hh, b_ih, b_hh, w_hr) with None where absent.
     Returns output (T, N, D * R), h_n (L * D, N, R), c_n (L * D, N, H) or None.
@@ -159,7 +162,7 @@ def rnn_stack(
     D = 2 if bidirectional else 1
     if stack_refused(num_layers, bidirectional, lengths is not None, dropout > 0 and training,
                      weights[0][4] is not None) is None and _backend.fused_stack(backend, mode.split("_")[0].lower(), x.dtype):
-        return _fused_stack(mode, x, hx, cx, weights, need_ws, backend)
+        return _fused_stack(mode, x, hx, cx, weights, need_ws, backend, cache)
     hs, cs = [], []
     layer_in = x
     for layer in range(num_layers):
@@ -191,23 +194,52 @@ def stack_refused(num_layers: int, bidirectional: bool, lengths: bool, dropout: 
     return None
 
 
-def _fused_stack(mode, x, hx, cx, weights, need_ws, backend):
-    """A unidirectional stack with no projection, lengths or active dropout, in one
-    ``*_stack_forward`` op (see ``fastrnn.backends``)."""
+def _stacked_weights(mode, weights, cache):
+    """The stack op's stacked weights: (w_ih of layers 1.., w_hh, b_ih, b_hh) for
+    the GRU, (w_ih, w_hh, b = b_ih + b_hh, None) otherwise; b_ih0 + b_hh0 last.
+
+    ``cache`` (a dict the module owns, or None): with nothing recording a graph
+    (no_grad, inference_mode) the stacks are kept and reused while every weight
+    is the same tensor at the same version and address (an optimizer step, a
+    load_state_dict or a .to() changes one of them): a streaming T = 1 call would otherwise
+    spend a third of its time stacking the same weights again."""
+    flat = [w for ws in weights for w in ws if w is not None]
+    key = None
+    if cache is not None and not torch.is_grad_enabled() and not torch.compiler.is_compiling():
+        # the address too: Module.to() / .double() swap a parameter's .data in place,
+        # which leaves its identity and version alone
+        key = tuple((id(w), w._version, w.data_ptr(), w.dtype) for w in flat)
+        hit = cache.get("stack")
+        if hit is not None and hit[0] == key and all(r() is w for r, w in zip(hit[1], flat)):
+            return hit[2]
     w_ih0, _, b_ih0, b_hh0, _ = weights[0]
     has_bias = b_ih0 is not None
     w_ih = torch.stack([w[0] for w in weights[1:]])
     w_hh = torch.stack([w[1] for w in weights])
-    hx = hx.contiguous()
-    c_n = None
     if mode == "GRU":
-        xg0 = project(x, w_ih0, b_ih0).contiguous()
         b_ih = torch.stack([w[2] for w in weights[1:]]) if has_bias else None
         b_hh = torch.stack([w[3] for w in weights]) if has_bias else None
-        y, h_n, _ = _ops.call(_ops.gru_stack_forward, xg0, w_ih, b_ih, w_hh, b_hh, hx, need_ws, backend)
+        out = (w_ih, w_hh, b_ih, b_hh, b_ih0)
     else:
-        xg0 = project(x, w_ih0, bias_sum(b_ih0, b_hh0)).contiguous()
         b = torch.stack([bias_sum(w[2], w[3]) for w in weights[1:]]) if has_bias else None
+        out = (w_ih, w_hh, b, None, bias_sum(b_ih0, b_hh0))
+    if key is not None:
+        cache["stack"] = (key, [weakref.ref(w) for w in flat], out)  # weak: an id is reused once freed
+    return out
+
+
+def _fused_stack(mode, x, hx, cx, weights, need_ws, backend, cache=None):
+    """A unidirectional stack with no projection, lengths or active dropout, in one
+    ``*_stack_forward`` op (see ``fastrnn.backends``)."""
+    w_ih0 = weights[0][0]
+    w_ih, w_hh, b_a, b_b, b0 = _stacked_weights(mode, weights, cache)
+    hx = hx.contiguous()
+    c_n = None
+    xg0 = project(x, w_ih0, b0).contiguous()
+    if mode == "GRU":
+        y, h_n, _ = _ops.call(_ops.gru_stack_forward, xg0, w_ih, b_a, w_hh, b_b, hx, need_ws, backend)
+    else:
+        b = b_a
         if mode == "LSTM":
             y, h_n, c_n, _ = _ops.call(_ops.lstm_stack_forward, xg0, w_ih, b, w_hh, hx, cx.contiguous(), need_ws, backend)
         else:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import numbers
 import warnings
+import weakref
 from contextlib import nullcontext
 
 import torch
@@ -31,6 +32,11 @@ def _permute(hx, perm):
     if perm is None or hx is None:
         return hx
     return hx.index_select(1, perm)
+
+
+#: module -> its fused stack's stacked weights (functional._stacked_weights); kept
+#: out of the module's __dict__ so that pickling and deepcopy never see it
+_STACK_CACHES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 def _lengths(batch_sizes: Tensor) -> Tensor:
@@ -293,16 +299,26 @@ class RNNBase(nn.Module):
                 c_n = c_n.squeeze(1) if c_n is not None else None
         return (out, (h_n, c_n)) if is_lstm else (out, h_n)
 
+    def _weight_names(self) -> list:
+        """Per layer and direction, the names of (w_ih, w_hh, b_ih, b_hh, w_hr)
+        (absent ones read as None), formed once."""
+        compiling = torch.compiler.is_compiling()  # Dynamo would guard on the cache
+        key = (self.num_layers, self.bidirectional)
+        got = None if compiling else self.__dict__.get("_names_cache")
+        if got is None or got[0] != key:
+            names = [tuple(f"{stem}_l{layer}{sfx}" for stem in ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr"))
+                     for layer in range(self.num_layers) for sfx in (("", "_reverse") if self.bidirectional else ("",))]
+            if compiling:
+                return names
+            got = self.__dict__["_names_cache"] = (key, names)
+        return got[1]
+
     def _run(self, x, h, c, lengths_cpu, batch_sizes=None):
         """Time-major x (T, N, I), or a PackedSequence's data (tokens, I) with its
         batch_sizes, -> (output, h_n, c_n); picks the backend."""
         dtype = x.dtype
         device_type = x.device.type
-        weights = [
-            tuple(getattr(self, f"{stem}_l{layer}{sfx}", None) for stem in ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr"))
-            for layer in range(self.num_layers)
-            for sfx in (("", "_reverse") if self.bidirectional else ("",))
-        ]
+        weights = [tuple(getattr(self, n, None) for n in names) for names in self._weight_names()]
         cast = self._autocast_dtype(device_type, lengths_cpu is not None, h.dtype)
         c_dtype = c.dtype if c is not None else None
         if cast is not None:
@@ -327,6 +343,7 @@ class RNNBase(nn.Module):
             out, h_n, c_n = rnn_stack(
                 self.mode, x, h, c, weights, self.num_layers, self.bidirectional,
                 self.dropout, self.training, lengths, need_ws, backend, packing,
+                None if torch.compiler.is_compiling() else _STACK_CACHES.setdefault(self, {}),
             )
         if cast is not None and device_type == "cpu" and self.proj_size > 0:
             c_n = c_n.to(c_dtype)  # torch.nn's projected LSTM keeps its cell state in c0's dtype there

@@ -1,0 +1,77 @@
+"""The fused stack's stacked weights are kept between calls that record no graph
+(functional._stacked_weights: a streaming T = 1 call would otherwise restack
+them every frame), and never outlive a change of any weight."""
+from __future__ import annotations
+
+import copy
+import io
+
+import pytest
+import torch
+
+import fastrnn
+
+CELLS = {"LSTM": fastrnn.LSTM, "GRU": fastrnn.GRU, "RNN": fastrnn.RNN}
+
+
+def _pair(cell):
+    m = CELLS[cell](6, 5, 2, backend="cpu")
+    ok, why = fastrnn._backend.get("cpu").available()
+    if not ok:
+        pytest.skip(why)
+    ref = CELLS[cell](6, 5, 2, backend="reference")
+    ref.load_state_dict(m.state_dict())
+    return m, ref
+
+
+def _out(m, x):
+    y, s = m(x)
+    return y
+
+
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_cached_stacks_follow_every_weight_change(cell):
+    m, ref = _pair(cell)
+    x = torch.randn(3, 4, 6)
+    with torch.inference_mode():
+        first = _out(m, x)
+        assert torch.equal(_out(m, x), first)  # the cached stacks: the same numbers
+        torch.testing.assert_close(first, _out(ref, x))
+        for name in ("weight_hh_l1", "weight_ih_l1", "bias_hh_l0", "bias_ih_l1"):
+            with torch.no_grad():
+                getattr(m, name).add_(0.25)  # in place: same tensor, new version
+                getattr(ref, name).add_(0.25)
+            got = _out(m, x)
+            assert not torch.equal(got, first)
+            torch.testing.assert_close(got, _out(ref, x))
+            first = got
+    # new tensors (load_state_dict copies in place; .double() makes new ones)
+    sd = {k: torch.randn_like(v) for k, v in m.state_dict().items()}
+    m.load_state_dict(sd)
+    ref.load_state_dict(sd)
+    with torch.no_grad():
+        torch.testing.assert_close(_out(m, x), _out(ref, x))
+        m.double()
+        ref.double()
+        torch.testing.assert_close(_out(m, x.double()), _out(ref, x.double()))
+
+
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_a_recorded_call_stacks_afresh_and_the_module_still_pickles(cell):
+    m, ref = _pair(cell)
+    x = torch.randn(3, 4, 6)
+    with torch.no_grad():
+        _out(m, x)  # fills the cache
+    _out(m, x).square().sum().backward()
+    _out(ref, x).square().sum().backward()
+    for (n, p), q in zip(m.named_parameters(), ref.parameters()):
+        assert p.grad is not None, n
+        torch.testing.assert_close(p.grad, q.grad)
+    buf = io.BytesIO()
+    torch.save(m, buf)
+    buf.seek(0)
+    back = torch.load(buf, weights_only=False)
+    twin = copy.deepcopy(m)
+    with torch.no_grad():
+        want = _out(m, x)
+        assert torch.equal(_out(back, x), want) and torch.equal(_out(twin, x), want)
