@@ -49,7 +49,7 @@ def sweep(ns) -> dict:
         B._step_fn(impl, warm, device, True, packed=True)()
     for T in ns.seqs:
         args = bench_args(ns, T)
-        lengths = B.packed_lengths(args.packed, T, args.batch, torch.Generator().manual_seed(args.seed + 2))
+        lengths = B.drawn_lengths(args)
         tokens = int(lengths.sum())
         fns = {}
         for impl in impls:

@@ -32,7 +32,7 @@ from torch import Tensor
 from . import _backend, _vjp
 from .backends import SCHEMAS, arg_names
 from .backends.extension import widen_bf16
-from .backends.reference import acc_dtype, prev_steps
+from .backends.reference import acc_dtype, prev_steps, token_rows
 
 _LIB = "fastrnn"
 
@@ -121,7 +121,7 @@ def _gemm_prev(d: Tensor, h0: Tensor, y: Tensor, dtype, lengths: Optional[Tensor
     if lengths is None or d.device.type != "cpu" or d.shape[1] == 0 or not _plain(d, lengths):
         return _gemm_tn(d, prev_steps(h0, y), dtype)
     T, N = d.shape[0], d.shape[1]
-    rows = (torch.arange(T).unsqueeze(1) < lengths).flatten().nonzero().squeeze(1)  # time-major
+    rows = token_rows(T, lengths)
     first = int((rows < N).sum())  # the tokens of step 0, whose h_{t-1} is h0
     prev = y.new_empty(rows.numel(), y.shape[-1])
     torch.index_select(h0, 0, rows[:first], out=prev[:first])
@@ -433,7 +433,6 @@ def call(op, *args):
         return op(*args)
     if torch._C._are_functorch_transforms_active():
         return _functorch_function(op).apply(*args)
-    if not torch.is_grad_enabled() and torch._C._len_torch_dispatch_stack() == 0 and all(
-            type(a) is torch.Tensor for a in args if isinstance(a, torch.Tensor)):
+    if not torch.is_grad_enabled() and _plain(*(a for a in args if isinstance(a, torch.Tensor))):
         return _DIRECT[op](*args)
     return op(*args)

@@ -290,6 +290,14 @@ def packed_lengths(spec: str, T: int, N: int, gen: torch.Generator) -> torch.Ten
     return lengths
 
 
+def drawn_lengths(args) -> torch.Tensor | None:
+    """The lengths of a --packed run (None without --packed): drawn from the run's
+    seed, so every implementation, its padded twin and the report see the same."""
+    if not getattr(args, "packed", None):
+        return None
+    return packed_lengths(args.packed, args.seq, args.batch, torch.Generator().manual_seed(args.seed + 2))
+
+
 def _step_fn(impl: str, args, device: torch.device, train: bool, packed: bool = False):
     """One timed call: forward (no_grad) or forward + backward of the whole sequence;
     ``packed``: the batch as a PackedSequence of --packed's lengths (packing timed
@@ -310,8 +318,7 @@ def _step_fn(impl: str, args, device: torch.device, train: bool, packed: bool = 
     params = list(m.parameters())
 
     stream = getattr(args, "stream", False)
-    lengths = packed_lengths(args.packed, args.seq, args.batch, torch.Generator().manual_seed(args.seed + 2)) \
-        if getattr(args, "packed", None) else None
+    lengths = drawn_lengths(args)
 
     def forward():
         with autocast(device, amp):
@@ -380,8 +387,7 @@ def run(args) -> dict:
             for mode in modes:
                 fns[mode].pop(impl, None)
                 fns[mode].pop(impl + PADDED, None)
-    lengths = packed_lengths(args.packed, args.seq, args.batch, torch.Generator().manual_seed(args.seed + 2)) \
-        if args.packed else None
+    lengths = drawn_lengths(args)
     # a packed run counts the real tokens in every row, its padded twins' too: their
     # tok/s compare the time each takes for the same work
     tokens = int(lengths.sum()) if args.packed else args.seq * args.batch

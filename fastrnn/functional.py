@@ -17,6 +17,7 @@ from torch import Tensor
 
 from . import _backend, _ops
 from .backends.extension import widen_bf16
+from .backends.reference import token_rows
 
 
 class _BiasSum(torch.autograd.Function):
@@ -85,11 +86,10 @@ class Packing:
     tokens only; each recurrence pads its input side in and packs its output
     out (one scatter and one gather, both differentiable)."""
 
-    def __init__(self, batch_sizes: Tensor, device: torch.device):
-        self.T = batch_sizes.numel()
-        self.N = int(batch_sizes[0]) if self.T else 0
-        mask = torch.arange(self.N).unsqueeze(0) < batch_sizes.unsqueeze(1)  # (T, N), on the CPU
-        self.index = mask.flatten().nonzero().squeeze(1).to(device, non_blocking=True)
+    def __init__(self, lengths: Tensor, T: int, device: torch.device):
+        """lengths: the PackedSequence's sorted lengths (CPU); T: its longest."""
+        self.T, self.N = T, lengths.numel()
+        self.index = token_rows(T, lengths).to(device, non_blocking=True)
 
     def pad(self, data: Tensor, zeros: bool = True) -> Tensor:
         """(tokens, X) -> (T, N, X), zeros where a sequence has ended; with
@@ -238,10 +238,8 @@ def _fused_stack(mode, x, hx, cx, weights, need_ws, backend, cache=None):
     xg0 = project(x, w_ih0, b0).contiguous()
     if mode == "GRU":
         y, h_n, _ = _ops.call(_ops.gru_stack_forward, xg0, w_ih, b_a, w_hh, b_b, hx, need_ws, backend)
+    elif mode == "LSTM":
+        y, h_n, c_n, _ = _ops.call(_ops.lstm_stack_forward, xg0, w_ih, b_a, w_hh, hx, cx.contiguous(), need_ws, backend)
     else:
-        b = b_a
-        if mode == "LSTM":
-            y, h_n, c_n, _ = _ops.call(_ops.lstm_stack_forward, xg0, w_ih, b, w_hh, hx, cx.contiguous(), need_ws, backend)
-        else:
-            y, h_n = _ops.call(_ops.rnn_stack_forward, xg0, w_ih, b, w_hh, hx, mode == "RNN_RELU", need_ws, backend)
+        y, h_n = _ops.call(_ops.rnn_stack_forward, xg0, w_ih, b_a, w_hh, hx, mode == "RNN_RELU", need_ws, backend)
     return y[-1], h_n, c_n

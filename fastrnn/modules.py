@@ -335,7 +335,7 @@ class RNNBase(nn.Module):
             x.requires_grad or h.requires_grad or (c is not None and c.requires_grad) or any(p.requires_grad for p in self.parameters())
         )
         lengths = None if lengths_cpu is None else lengths_cpu.to(x.device, non_blocking=True)
-        packing = None if batch_sizes is None else Packing(batch_sizes, x.device)
+        packing = None if batch_sizes is None else Packing(lengths_cpu, batch_sizes.numel(), x.device)
         # autocast off inside (the dtypes are settled above); entered only when on: a
         # context's set-up is a measurable share of a streaming T = 1 call
         amp = device_type in ("cuda", "cpu") and torch.is_autocast_enabled(device_type)

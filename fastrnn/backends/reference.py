@@ -27,6 +27,12 @@ def active_steps(T: int, lengths: torch.Tensor) -> torch.Tensor:
     return (torch.arange(T, device=lengths.device).unsqueeze(1) < lengths).unsqueeze(2)
 
 
+def token_rows(T: int, lengths: torch.Tensor) -> torch.Tensor:
+    """The flat indices t * N + b of the active steps of a (T, N) layout, time-major:
+    for a PackedSequence's sorted lengths, the order of its data's rows."""
+    return active_steps(T, lengths).flatten().nonzero().squeeze(1)
+
+
 def _active(lengths, t):
     """(N, 1) bool mask of rows whose step t is active, or None (all active)."""
     if lengths is None:
