@@ -3,6 +3,9 @@
 # make bench - set up .venv and run the time-machine training benchmark
 # make test-install - build a wheel, install it into a new venv, run python -m fastrnn check/bench there
 # make test-compat - the GPU machine's torch 2.11 / Triton 3.6 on the CPU (.ci/compat.sh, own .venv-compat)
+# make test-kernels - the ATen-free CPU vector kernels alone (tests/kernels/), natively; part of make test
+# make test-aarch64 - the same cross-compiled for aarch64 and run under qemu-user, and the whole
+#                     extension's C++ compiled for aarch64 (installs Debian's cross toolchain and qemu)
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -21,7 +24,7 @@ endif
 export MAX_JOBS ?= 2
 SOURCES := $(shell find csrc -type f 2>/dev/null) setup.py pyproject.toml
 
-.PHONY: setup test test-install test-compat bench bench-layers clean
+.PHONY: setup test test-install test-compat test-kernels test-aarch64 bench bench-layers clean
 setup: $(VENV)/.deps $(VENV)/.built
 
 $(VENV)/.deps: Makefile
@@ -58,7 +61,7 @@ SEED_SLOW_INTERP := tests/interpret/test_stacks.py tests/interpret/test_half.py 
 .PHONY: test-seeds
 # tests/interpret (Triton's interpreter) is its own invocation: TRITON_INTERPRET
 # must be set before Triton is first imported.
-test: setup
+test: setup test-kernels
 	@echo "FASTRNN_TEST_SEED=$(FASTRNN_TEST_SEED)"
 	$(PY) -m pytest tests -q -ra
 	$(PY) -m pytest tests/interpret -q -ra
@@ -81,6 +84,31 @@ endif
 # `python -m fastrnn check` and `bench` from outside the tree (.ci/install_check.sh).
 test-install: setup
 	PY=$(abspath $(PY)) .ci/install_check.sh
+
+# The CPU vector kernels (csrc/cpu/vec_gemm.*: no ATen) in a small program of
+# their own, checked bit for bit against a scalar fused sum: every vector unit
+# this CPU runs natively; NEON cross-compiled for aarch64 under qemu-user.
+# -ffp-contract=off keeps the reference's sums unfused; -Werror as check_build.
+KERNEL_SRC := tests/kernels/vec_gemm_test.cpp csrc/cpu/vec_gemm.cpp
+KERNEL_DEPS := $(KERNEL_SRC) csrc/cpu/vec_gemm.h csrc/cpu/vec_tile.inc
+KERNEL_FLAGS := -O2 -std=c++17 -Wall -Wextra -Werror -ffp-contract=off
+CXX_AARCH64 ?= aarch64-linux-gnu-g++
+
+build/vec_gemm_test: $(KERNEL_DEPS)
+	mkdir -p build
+	$(CXX) $(KERNEL_FLAGS) $(KERNEL_SRC) -o $@
+
+test-kernels: build/vec_gemm_test
+	build/vec_gemm_test $(FASTRNN_TEST_SEED)
+
+test-aarch64: setup
+	@command -v $(CXX_AARCH64) >/dev/null && command -v qemu-aarch64 >/dev/null || \
+	  { echo "installing Debian's aarch64 cross compiler and qemu-user"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq g++-aarch64-linux-gnu qemu-user >/dev/null; }
+	mkdir -p build
+	$(CXX_AARCH64) $(KERNEL_FLAGS) -static $(KERNEL_SRC) -o build/vec_gemm_test.aarch64
+	qemu-aarch64 build/vec_gemm_test.aarch64 $(FASTRNN_TEST_SEED)
+	CXX_AARCH64=$(CXX_AARCH64) $(PY) .ci/aarch64_syntax.py
 
 # The extension's build and CPU tests, the Triton interpreter tests and the sm_80/sm_90
 # AOT compile under the GPU machine's versions, in a copy of the tree (build/compat/).

@@ -11,11 +11,11 @@
 namespace fastrnn {
 
 // CPU: how the per-step products run (the op's path argument, chosen in
-// Python: fastrnn/settings.py): MKL/BLAS, fastrnn's float32 kernel (AVX-512 or
-// AVX2 + FMA), or fastrnn's AVX512-BF16 kernel (bf16 operands, float32 sums; bf16
+// Python: fastrnn/settings.py): MKL/BLAS, fastrnn's float32 kernel (AVX-512,
+// AVX2 + FMA or aarch64 NEON), or fastrnn's AVX512-BF16 kernel (bf16 operands, float32 sums; bf16
 // storage only); kDirect: a single step's plain GEMM, nothing packed (cpu/common.h,
 // with_path).
-enum class CpuGemm : int { kBlas, kOwn, kOwnAvx2, kBf16Dot, kDirect };
+enum class CpuGemm : int { kBlas, kOwn, kOwnAvx2, kOwnNeon, kBf16Dot, kDirect };
 
 struct Dims {
   int64_t T, N, H, R;

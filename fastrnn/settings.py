@@ -46,15 +46,16 @@ SETTINGS = (
             "keeps the choice it was traced with"),
     Setting("FASTRNN_CPU_ISA", "", ("", "baseline", "avx2", "avx512", "avx512_bf16", "amx"),
             "caps the instruction-set class of the cpu backend's product paths, to run and time a smaller CPU's "
-            "paths on a bigger one: baseline (BLAS only), avx2 (the own kernel's AVX2 + FMA version), avx512, "
+            "paths on a bigger one: baseline (BLAS only; on aarch64 it drops the NEON kernel, which every other class "
+            "keeps), avx2 (the own kernel's AVX2 + FMA build), avx512, "
             "avx512_bf16, amx; unset: what the CPU has. Below avx512_bf16 the layers' bf16 products run on float32 "
             "operands. The gate passes' vector clones are picked by the loader and not capped; pair it with "
             "ONEDNN_MAX_CPU_ISA and MKL_ENABLE_INSTRUCTIONS for torch's own paths; a compiled graph keeps the "
             "choice it was traced with"),
     Setting("FASTRNN_CPU_GEMM", "auto", ("auto", "own", "blas"),
             "the cpu backend's float32 per-step products: fastrnn's own kernel (own: AVX-512, or its AVX2 + FMA "
-            "version on a CPU without AVX-512F or under FASTRNN_CPU_ISA=avx2; an error naming the instructions on "
-            "a CPU, or under a cap, with neither), MKL/BLAS (blas), or auto: where "
+            "build on a CPU without AVX-512F or under FASTRNN_CPU_ISA=avx2, or its NEON build on aarch64; an error "
+            "naming the instructions on a CPU, or under a cap, with none of them), MKL/BLAS (blas), or auto: where "
             "the CPU runs the own kernel, whichever of the two measures faster here (timed once per process; own "
             "unless blas is more than 5% faster), else blas"),
     Setting("FASTRNN_CPU_BF16", "auto", ("auto", "dot", "fp32"),

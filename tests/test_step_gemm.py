@@ -1,6 +1,7 @@
 """The cpu backend's per-step matrix product (csrc/cpu/step_gemm.cpp): fastrnn's
-own AVX-512 kernel ("own"; "strided": its unpacked variant, the Cell modules'
-products), its AVX512-BF16 kernel ("bf16dot": the operands
+own float32 kernel ("own": its AVX-512 build, "own_avx2", "own_neon" on aarch64;
+"strided": its unpacked variant, the Cell modules' products; csrc/cpu/vec_gemm.h,
+tested alone and under qemu-user for aarch64 by tests/kernels/), its AVX512-BF16 kernel ("bf16dot": the operands
 rounded to bf16, products summed in float32) and MKL/BLAS ("blas"), against a float64
 product (of the bf16-rounded operands for bf16dot), for tile and panel edges (rows around the 8-row tile, columns around the
 32-column panel), both layouts of the packed operand, and beta 0 / 1 / 0.5.
@@ -62,7 +63,7 @@ def _check(got, a, b, tb, beta, c):
     assert (err <= bound + 1e-30).all(), f"max excess {(err - bound).max().item():.3e}"
 
 
-@pytest.mark.parametrize("impl", ["own", "own_avx2", "blas", "bf16dot", "strided"])
+@pytest.mark.parametrize("impl", ["own", "own_avx2", "own_neon", "blas", "bf16dot", "strided"])
 @pytest.mark.parametrize("tb", [False, True], ids=["B", "BT"])
 @pytest.mark.parametrize("beta", [0.0, 1.0, 0.5])
 @pytest.mark.parametrize("m,n,k", SHAPES)
@@ -73,6 +74,8 @@ def test_step_gemm(ops, impl, tb, beta, m, n, k):
         pytest.skip("this CPU has no AVX2 + FMA")
     if impl == "bf16dot" and not _has_bf16dot():
         pytest.skip("this CPU has no AVX512-BF16")
+    if impl == "own_neon" and "neon" not in ops.cpu_features().split():
+        pytest.skip("not an aarch64 CPU (tests/kernels/ runs the NEON kernel under qemu-user)")
     a = torch.randn(m, k)
     b = torch.randn(n, k) if tb else torch.randn(k, n)
     c = torch.randn(m, n) if beta else torch.full((m, n), float("nan"))
@@ -96,6 +99,34 @@ def test_own_avx2_equals_own(ops, tb, m, n, k):
     assert torch.equal(own, ops.cpu_step_gemm(a, b, tb, 0.5, c, "own_avx2"))
     if k == 0:
         assert torch.equal(own, 0.5 * c)
+
+
+def test_a_kernel_this_cpu_lacks_is_an_error(ops):
+    """A forced own path whose vector unit this build or this CPU lacks raises an
+    error naming the instructions, never an illegal instruction."""
+    have = ops.cpu_features().split()
+    a, b, c = torch.randn(2, 3), torch.randn(3, 4), torch.randn(2, 4)
+    for impl, unit, feature in (("own_neon", r"aarch64 Advanced SIMD \(NEON\)", "neon"),
+                                ("own", "AVX-512F", "avx512f"), ("own_avx2", "AVX2 and FMA", "avx2")):
+        if feature in have:
+            continue
+        with pytest.raises(RuntimeError, match=f"the '{impl}' cpu path needs {unit}, which this"):
+            ops.cpu_step_gemm(a, b, False, 0.0, c, impl)
+
+
+def test_own_path_per_cpu_class(monkeypatch):
+    """The own kernel each CPU class runs, and what FASTRNN_CPU_ISA leaves of it:
+    on aarch64 NEON, dropped by the baseline class only."""
+    from fastrnn.backends import extension as E
+
+    assert E.own_path(frozenset({"avx2", "fma", "avx512f"})) == "own"
+    assert E.own_path(frozenset({"avx2", "fma"})) == "own_avx2"
+    assert E.own_path(frozenset({"neon"})) == "own_neon"
+    assert E.own_path(frozenset({"avx2"})) is None and E.own_path(frozenset()) is None
+    monkeypatch.setattr(E, "cpu_features", lambda: frozenset({"neon"}))
+    for cap, want in (("", "own_neon"), ("avx2", "own_neon"), ("amx", "own_neon"), ("baseline", None)):
+        monkeypatch.setenv("FASTRNN_CPU_ISA", cap)
+        assert E.own_path(E.path_features()) == want, cap
 
 
 def test_bf16dot_rounds_its_operands(ops):
@@ -159,7 +190,7 @@ def test_isa_cap(ops, monkeypatch, isa):
         pytest.skip(f"this CPU is below {isa}")
     monkeypatch.setenv("FASTRNN_CPU_GEMM", "own")
     if isa == "baseline":
-        with pytest.raises(RuntimeError, match="FASTRNN_CPU_GEMM=own needs AVX-512F, or AVX2 and FMA.*"
+        with pytest.raises(RuntimeError, match="FASTRNN_CPU_GEMM=own needs AVX-512F, AVX2 and FMA, or aarch64 NEON.*"
                                                r"\(FASTRNN_CPU_ISA=baseline\)"):
             E.CpuBackend().path(torch.float32)
         assert {r["name"]: r for r in fastrnn_backends()}["cpu"]["path"] == "refused"

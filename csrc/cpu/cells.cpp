@@ -60,8 +60,9 @@ void own_nt(const Tensor& out, std::initializer_list<std::pair<const Tensor*, co
 void product(const Tensor& out, const Tensor& a, bool ta, const Tensor& b, bool tb, double beta, CpuGemm g) {
   const int64_t m = out.size(0), n = out.size(1), k = ta ? a.size(0) : a.size(1);
   const auto dt = out.scalar_type();
-  // the unpacked kernel is AVX-512 only: the own kernel's AVX2 version (kOwnAvx2)
-  // packs W, which one cell step cannot repay, so its cells take the BLAS products
+  // the unpacked kernel is AVX-512 only: the own kernel's AVX2 and NEON builds
+  // (kOwnAvx2, kOwnNeon) pack W, which one cell step cannot repay, so their cells
+  // take the BLAS products
   if (dt == at::kFloat && g == CpuGemm::kOwn) {
     const float *ap = a.data_ptr<float>(), *bp = b.data_ptr<float>();
     float* cp = out.data_ptr<float>();

@@ -104,7 +104,8 @@ inline Dims with_path(Dims d, c10::string_view path, at::ScalarType storage) {
 
 // The right-hand operand op(B) (k x n) of C (m x n) = A (m x k) @ op(B) + beta C,
 // all row-major, fixed across the time steps of one call: packed once, for
-// fastrnn's AVX-512 kernel (CpuGemm::kOwn) or its AVX2 + FMA version (kOwnAvx2), its AVX512-BF16 kernel (kBf16Dot:
+// fastrnn's float32 kernel (CpuGemm::kOwn: AVX-512; kOwnAvx2: AVX2 + FMA; kOwnNeon:
+// aarch64 NEON; vec_gemm.h), its AVX512-BF16 kernel (kBf16Dot:
 // B packed as bf16, each step's A rows rounded to bf16 into a scratch buffer, sums
 // in float32; step_gemm.h), or MKL's packed GEMM when the float path has them,
 // else kept as a pointer for gemm().  One instance per thread (mul's scratch).
@@ -120,10 +121,10 @@ class StepMatrix {
         a16_ = at::empty({m * k}, at::TensorOptions().dtype(at::kBFloat16));
         return;
       }
-      if ((g == CpuGemm::kOwn || g == CpuGemm::kOwnAvx2) && m > 0 && n > 0 && k > 0) {
+      if ((g == CpuGemm::kOwn || g == CpuGemm::kOwnAvx2 || g == CpuGemm::kOwnNeon) && m > 0 && n > 0 && k > 0) {
         own_ = at::empty({packed_floats(k, n)}, at::TensorOptions().dtype(at::kFloat));
         pack_b(b, ldb, tb, k, n, own_.data_ptr<float>());
-        avx2_ = g == CpuGemm::kOwnAvx2;
+        isa_ = own_isa(g);
         return;
       }
       if (g == CpuGemm::kDirect) return;  // one product: gemm() on B in place
@@ -150,7 +151,7 @@ class StepMatrix {
         return;
       }
       if (own_.defined()) {
-        packed_gemm(m, n_, k_, a, lda, own_.data_ptr<float>(), beta, c, ldc, avx2_);
+        packed_gemm(m, n_, k_, a, lda, own_.data_ptr<float>(), beta, c, ldc, isa_);
         return;
       }
       if (packed_.defined()) {
@@ -173,7 +174,7 @@ class StepMatrix {
   int64_t m_, n_, k_;
   at::Tensor packed_;  // MKL's packed format
   at::Tensor own_;     // step_gemm.h's panels (64-byte aligned: c10's CPU allocator)
-  bool avx2_ = false;  // own_ through the AVX2 + FMA kernel
+  VecIsa isa_ = VecIsa::kAvx512;  // own_'s vector unit
   at::Tensor bf16_;    // step_gemm.h's bf16 panels
   at::Tensor a16_;     // (m, k) bf16 rows of the step's A
 };

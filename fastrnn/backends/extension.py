@@ -83,14 +83,16 @@ def _register_cell_fakes() -> None:
 @functools.lru_cache(maxsize=None)
 def cpu_features() -> frozenset:
     """What the extension reports of this CPU ("amd", "intel", "avx2", "fma",
-    "avx512f", "avx512_bf16", "amx_bf16")."""
+    "avx512f", "avx512_bf16", "amx_bf16"; "neon" on aarch64)."""
     return frozenset(torch.ops.fastrnn_ext.cpu_features().split())
 
 
-#: FASTRNN_CPU_ISA -> the instruction-set features its class keeps
-ISA_CLASSES = {"baseline": (), "avx2": ("avx2", "fma"), "avx512": ("avx2", "fma", "avx512f"),
-               "avx512_bf16": ("avx2", "fma", "avx512f", "avx512_bf16"),
-               "amx": ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16")}
+#: FASTRNN_CPU_ISA -> the instruction-set features its class keeps (the classes
+#: are x86's; an aarch64 CPU's NEON, its baseline vector unit, is dropped by
+#: "baseline" only)
+ISA_CLASSES = {"baseline": (), "avx2": ("avx2", "fma", "neon"), "avx512": ("avx2", "fma", "avx512f", "neon"),
+               "avx512_bf16": ("avx2", "fma", "avx512f", "avx512_bf16", "neon"),
+               "amx": ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "neon")}
 
 
 def path_features() -> frozenset:
@@ -128,12 +130,18 @@ def widen_bf16() -> bool:
 
 def own_path(features) -> str | None:
     """The own float32 kernel this CPU runs: "own" (AVX-512F), "own_avx2" (AVX2 +
-    FMA), or None."""
+    FMA), "own_neon" (aarch64 Advanced SIMD), or None."""
     if "avx512f" in features:
         return "own"
     if {"avx2", "fma"} <= features:
         return "own_avx2"
+    if "neon" in features:
+        return "own_neon"
     return None
+
+
+#: an own path -> the vector unit it runs on, as said to users
+OWN_ISA = {"own": "AVX-512", "own_avx2": "AVX2 + FMA", "own_neon": "NEON"}
 
 
 def _has_kernel(op: str, key: str) -> bool:
@@ -337,18 +345,17 @@ class CpuBackend(_Extension):
     @staticmethod
     def _fp32_path(features) -> tuple[str, str]:
         """The float32 products' path: FASTRNN_CPU_GEMM, else by measurement where
-        the CPU runs an own kernel (AVX-512F, or AVX2 + FMA), else BLAS."""
+        the CPU runs an own kernel (AVX-512F, AVX2 + FMA, or aarch64 NEON), else BLAS."""
         choice = settings.get("FASTRNN_CPU_GEMM")
         if choice == "blas":
             return "blas", "FASTRNN_CPU_GEMM=blas"
         own = own_path(features)
         if own is None:
             if choice == "own":
-                raise RuntimeError("fastrnn: FASTRNN_CPU_GEMM=own needs AVX-512F, or AVX2 and FMA, which this CPU "
-                                   "lacks" + _capped())
-            return "blas", "this CPU has neither AVX-512F nor AVX2 + FMA" + _capped()
-        isa = "AVX-512" if own == "own" else "AVX2 + FMA" + ("" if "avx512f" in cpu_features() else
-                                                            " (no AVX-512F)")
+                raise RuntimeError("fastrnn: FASTRNN_CPU_GEMM=own needs AVX-512F, AVX2 and FMA, or aarch64 NEON, "
+                                   "which this CPU lacks" + _capped())
+            return "blas", "this CPU has none of AVX-512F, AVX2 + FMA or NEON" + _capped()
+        isa = OWN_ISA[own] + (" (no AVX-512F)" if own == "own_avx2" and "avx512f" not in cpu_features() else "")
         if choice == "own":
             return own, f"FASTRNN_CPU_GEMM=own: the {isa} kernel{_capped()}"
         best, times, error = measured_path(torch.float32, (own, "blas"))
