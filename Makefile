@@ -6,6 +6,8 @@
 # make test-kernels - the ATen-free CPU vector kernels alone (tests/kernels/), natively; part of make test
 # make test-aarch64 - the same cross-compiled for aarch64 and run under qemu-user, and the whole
 #                     extension's C++ compiled for aarch64 (installs Debian's cross toolchain and qemu)
+# make test-aarch64-torch - the whole extension built for aarch64 and its cpu tests run with an aarch64
+#                     Python and torch under qemu-user (.ci/aarch64_torch.sh; ~15 min, not in CI)
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -24,7 +26,7 @@ endif
 export MAX_JOBS ?= 2
 SOURCES := $(shell find csrc -type f 2>/dev/null) setup.py pyproject.toml
 
-.PHONY: setup test test-install test-compat test-kernels test-aarch64 bench bench-layers clean
+.PHONY: setup test test-install test-compat test-kernels test-aarch64 test-aarch64-torch bench bench-layers clean
 setup: $(VENV)/.deps $(VENV)/.built
 
 $(VENV)/.deps: Makefile
@@ -109,6 +111,9 @@ test-aarch64: setup
 	$(CXX_AARCH64) $(KERNEL_FLAGS) -static $(KERNEL_SRC) -o build/vec_gemm_test.aarch64
 	qemu-aarch64 build/vec_gemm_test.aarch64 $(FASTRNN_TEST_SEED)
 	CXX_AARCH64=$(CXX_AARCH64) $(PY) .ci/aarch64_syntax.py
+
+test-aarch64-torch: setup
+	PY=$(abspath $(PY)) CXX_AARCH64=$(CXX_AARCH64) .ci/aarch64_torch.sh
 
 # The extension's build and CPU tests, the Triton interpreter tests and the sm_80/sm_90
 # AOT compile under the GPU machine's versions, in a copy of the tree (build/compat/).

@@ -13,6 +13,23 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # (tests/triton/test_triton_tune.py) switch it on.
 os.environ.setdefault("FASTRNN_TRITON_TUNE", "0")
 
+
+def _no_fake_triton() -> None:
+    """Where Triton is not installed (an aarch64 or CPU-only torch), ``import
+    triton`` would find this folder's ``triton/`` (pytest puts ``tests/`` on the
+    path) as a namespace package, and torch would take it for Triton.  Make the
+    import fail as it would outside the tests."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("triton")
+    if spec is not None and spec.origin is None and all(
+            os.path.abspath(p).startswith(os.path.dirname(os.path.abspath(__file__)))
+            for p in (spec.submodule_search_locations or [])):
+        sys.modules["triton"] = None  # ImportError, as without the folder
+
+
+_no_fake_triton()
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 INTERPRET = os.path.join(HERE, "interpret")
 
