@@ -205,9 +205,12 @@ def _stacked_weights(mode, weights, cache):
     spend a third of its time stacking the same weights again."""
     flat = [w for ws in weights for w in ws if w is not None]
     key = None
-    if cache is not None and not torch.is_grad_enabled() and not torch.compiler.is_compiling():
+    if (cache is not None and not torch.is_grad_enabled() and not torch.compiler.is_compiling()
+            and not any(map(torch.Tensor.is_inference, flat))):
         # the address too: Module.to() / .double() swap a parameter's .data in place,
-        # which leaves its identity and version alone
+        # which leaves its identity and version alone.  (A weight computed under
+        # inference_mode, a parametrization's, has no version: never kept, and
+        # computed afresh per call it would never be hit.)
         key = tuple((id(w), w._version, w.data_ptr(), w.dtype) for w in flat)
         hit = cache.get("stack")
         if hit is not None and hit[0] == key and all(r() is w for r, w in zip(hit[1], flat)):

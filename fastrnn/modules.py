@@ -201,8 +201,8 @@ class RNNBase(nn.Module):
                 # (under autocast torch.nn takes any float state: _run says which dtype computes)
                 raise RuntimeError(f"hidden state dtype ({h.dtype}) does not match input dtype ({input.dtype})")
 
-    def _check_params(self, input: Tensor) -> None:
-        for p in self._flat_weights:
+    def _check_params(self, input: Tensor, weights=None) -> None:
+        for p in (self._flat_weights if weights is None else (w for ws in weights for w in ws if w is not None)):
             if p.device != input.device:
                 raise RuntimeError(
                     "Input and parameter tensors are not at the same device, "
@@ -281,11 +281,13 @@ class RNNBase(nn.Module):
                 else None
             )
         self._check_hidden(x, h, c, mini_batch)
-        self._check_params(x)
+        compiling = torch.compiler.is_compiling()
+        weights = self._weights(compiling)
+        self._check_params(x, weights)
         if (batch_sizes.numel() if packed else x.size(0)) == 0:
             raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
 
-        out, h_n, c_n = self._run(x, h, c, lengths_cpu, batch_sizes if packed else None)
+        out, h_n, c_n = self._run(x, h, c, lengths_cpu, batch_sizes if packed else None, weights, compiling)
 
         if packed:
             out = PackedSequence(out, batch_sizes, sorted_indices, unsorted_indices)
@@ -299,10 +301,24 @@ class RNNBase(nn.Module):
                 c_n = c_n.squeeze(1) if c_n is not None else None
         return (out, (h_n, c_n)) if is_lstm else (out, h_n)
 
-    def _weight_names(self) -> list:
+    def _weights(self, compiling: bool) -> list:
+        """Per layer and direction, (w_ih, w_hh, b_ih, b_hh, w_hr), None where absent.
+        Eagerly read from the parameters dict, where Module.__getattr__ would find
+        them at several times the cost (a streaming call reads ten or more); a name
+        not there (a parametrization's property, weight_norm's plain tensor, no
+        bias) is read as an attribute."""
+        names = self._weight_names(compiling)
+        if compiling:
+            return [tuple(getattr(self, n, None) for n in ns) for ns in names]
+        params = self._parameters
+        return [tuple(params.get(n) if params.get(n) is not None else getattr(self, n, None) for n in ns)
+                for ns in names]
+
+    def _weight_names(self, compiling: bool = None) -> list:
         """Per layer and direction, the names of (w_ih, w_hh, b_ih, b_hh, w_hr)
         (absent ones read as None), formed once."""
-        compiling = torch.compiler.is_compiling()  # Dynamo would guard on the cache
+        if compiling is None:
+            compiling = torch.compiler.is_compiling()  # Dynamo would guard on the cache
         key = (self.num_layers, self.bidirectional)
         got = None if compiling else self.__dict__.get("_names_cache")
         if got is None or got[0] != key:
@@ -313,12 +329,15 @@ class RNNBase(nn.Module):
             got = self.__dict__["_names_cache"] = (key, names)
         return got[1]
 
-    def _run(self, x, h, c, lengths_cpu, batch_sizes=None):
+    def _run(self, x, h, c, lengths_cpu, batch_sizes=None, weights=None, compiling=None):
         """Time-major x (T, N, I), or a PackedSequence's data (tokens, I) with its
         batch_sizes, -> (output, h_n, c_n); picks the backend."""
         dtype = x.dtype
         device_type = x.device.type
-        weights = [tuple(getattr(self, n, None) for n in names) for names in self._weight_names()]
+        if compiling is None:
+            compiling = torch.compiler.is_compiling()
+        if weights is None:
+            weights = self._weights(compiling)
         cast = self._autocast_dtype(device_type, lengths_cpu is not None, h.dtype)
         c_dtype = c.dtype if c is not None else None
         if cast is not None:
@@ -343,7 +362,7 @@ class RNNBase(nn.Module):
             out, h_n, c_n = rnn_stack(
                 self.mode, x, h, c, weights, self.num_layers, self.bidirectional,
                 self.dropout, self.training, lengths, need_ws, backend, packing,
-                None if torch.compiler.is_compiling() else _STACK_CACHES.setdefault(self, {}),
+                None if compiling else _STACK_CACHES.setdefault(self, {}),
             )
         if cast is not None and device_type == "cpu" and self.proj_size > 0:
             c_n = c_n.to(c_dtype)  # torch.nn's projected LSTM keeps its cell state in c0's dtype there

@@ -75,3 +75,45 @@ def test_a_recorded_call_stacks_afresh_and_the_module_still_pickles(cell):
     with torch.no_grad():
         want = _out(m, x)
         assert torch.equal(_out(back, x), want) and torch.equal(_out(twin, x), want)
+
+
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_weights_read_as_torch_nn_reads_them(cell):
+    """The layers read their weights from the parameters dict (a streaming call's
+    saving), falling back to attribute lookup: a parametrization (whose weight is
+    a property computed per call), a reassigned Parameter and torch.nn.utils'
+    weight_norm all reach the computation, eager, graph-recording and cached."""
+    from torch.nn.utils import parametrize
+
+    class Scale(torch.nn.Module):
+        def forward(self, w):
+            return 0.5 * w
+
+    m, ref = _pair(cell)
+    x = torch.randn(3, 4, 6)
+    for mod in (m, ref):
+        parametrize.register_parametrization(mod, "weight_hh_l1", Scale())
+    with torch.no_grad():
+        want = _out(ref, x)
+        plain = CELLS[cell](6, 5, 2, backend="reference")
+        plain.load_state_dict({k.replace("parametrizations.", "").replace(".original", ""): v
+                               for k, v in ref.state_dict().items()})
+        assert not torch.allclose(_out(plain, x), want)  # the parametrization matters
+    for ctx in (torch.inference_mode, torch.enable_grad, torch.inference_mode):
+        with ctx():
+            torch.testing.assert_close(_out(m, x), want)
+    m2, ref2 = _pair(cell)
+    new = torch.nn.Parameter(torch.randn_like(m2.weight_ih_l1))
+    with torch.inference_mode():
+        _out(m2, x)  # fills the stack cache
+    m2.weight_ih_l1 = new
+    ref2.weight_ih_l1 = torch.nn.Parameter(new.detach().clone())
+    with torch.inference_mode():
+        torch.testing.assert_close(_out(m2, x), _out(ref2, x))
+    m3, ref3 = _pair(cell)
+    with pytest.warns(FutureWarning):
+        for mod in (m3, ref3):
+            torch.nn.utils.weight_norm(mod, "weight_hh_l0")
+    with torch.no_grad():
+        torch.testing.assert_close(_out(m3, x), _out(ref3, x))
+        assert "weight_hh_l0" not in m3._parameters
