@@ -115,6 +115,8 @@ def table() -> str:
         lines += bench_cmd_table(path)
     for path in sorted((ROOT / "bench" / "results").glob("packed_sweep_*.json")):
         lines += packed_sweep_table(path)
+    for path in sorted((ROOT / "bench" / "results").glob("cpu_sweep_*.json")):
+        lines += cpu_sweep_table(path)
     for path in sorted((ROOT / "bench" / "results").glob("layers_*.json")):
         lines += layer_table(path)
     for path in sorted((ROOT / "bench" / "results").glob("floors_*.json")):
@@ -315,6 +317,36 @@ def packed_sweep_table(path: Path) -> list[str]:
         cells += [c for i in fast for c in (rat(f"{i} packed/padded"), rat(f"{i} vs torch"))]
         out.append("| " + " | ".join(cells) + " |")
     out += ["", f"Command: `{d['command']}` ({d['wall_seconds'] / 60:.1f} min). {d['timing']}.", ""]
+    return out
+
+
+def cpu_sweep_table(path: Path) -> list[str]:
+    """bench/cpu_sweep.py: per point, fastrnn's cpu backend against torch.nn (paired
+    median ratios), float32 and under autocast, with the summary line."""
+    d = json.loads(path.read_text())
+    env, cfg = d["environment"], d["config"]
+    out = [f"**CPU sweep, {d['isa_class']} class** ({d.get('isa_note', '')}; `bench/cpu_sweep.py`: "
+           f"{cfg['layers']} layers, input = hidden; "
+           f"float32 kernel path `{d['float32_path']}`) on {env['device_name']} (torch {env['torch']}, commit "
+           f"{_commit(env)}), from `{_rel(path)}`; torch.nn's time over fastrnn's, the median of same-round pairs; "
+           "autocast against torch.nn's autocast and against torch.nn in float32:", "",
+           "| cell | batch | hidden | seq | rounds | train | forward | autocast train | autocast forward "
+           "| autocast train vs torch fp32 | autocast forward vs torch fp32 |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    rat = lambda r, k: f"{r[k]:.2f}x" if k in r else "skipped"  # noqa: E731
+    for r in d["rows"]:
+        out.append(f"| {r['cell'].upper()} | {r['batch']} | {r['hidden']} | {r['seq']} | {r['rounds']} | "
+                   + " | ".join(rat(r, f"{m}_{k}_paired") for k in ("fp32", "autocast", "autocast_vs_torch_fp32")
+                                for m in ("train", "forward"))
+                   + " |")
+    summ = "; ".join(f"{k.replace('_paired', '').replace('_', ' ')}: min {v['min']:.2f}x ({v['at']}), "
+                     f"{v['below_1']} of {v['points']} below 1.0x" for k, v in d["summary"].items())
+    skipped = sorted({f"{impl}: {why}" for r in d["rows"] for impl, why in r["skipped"].items()})
+    out += ["", f"Summary: {summ}." + (f" Skipped: {'; '.join(skipped)}." if skipped else ""),
+            "", f"Command: `{d['command']}` ({d['wall_seconds'] / 60:.1f} min). {d['timing']}.", ""]
+    png = path.with_suffix(".png")
+    if png.exists():
+        out += [f"![CPU sweep, {d['isa_class']}]({_rel(png).removeprefix('docs/')})", ""]
     return out
 
 

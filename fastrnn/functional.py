@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import _backend, _ops
+from . import _backend, settings, _ops
 from .backends.extension import widen_bf16
 from .backends.reference import token_rows
 
@@ -160,8 +160,10 @@ def rnn_stack(
     Returns output (T, N, D * R), h_n (L * D, N, R), c_n (L * D, N, H) or None.
     """
     D = 2 if bidirectional else 1
-    if stack_refused(num_layers, bidirectional, lengths is not None, dropout > 0 and training,
-                     weights[0][4] is not None) is None and _backend.fused_stack(backend, mode.split("_")[0].lower(), x.dtype):
+    if (stack_refused(num_layers, bidirectional, lengths is not None, dropout > 0 and training,
+                      weights[0][4] is not None) is None
+            and _backend.fused_stack(backend, mode.split("_")[0].lower(), x.dtype)
+            and stack_too_big(backend, weights[-1][0].shape) is None):
         return _fused_stack(mode, x, hx, cx, weights, need_ws, backend, cache)
     hs, cs = [], []
     layer_in = x
@@ -192,6 +194,28 @@ def stack_refused(num_layers: int, bidirectional: bool, lengths: bool, dropout: 
         if bad:
             return why
     return None
+
+
+#: a layer's input weights past which the cpu backend's stack runs layer by layer
+#: (floats: 2 MB), see stack_too_big
+CPU_STACK_MAX_W_IH = 1 << 19
+
+
+def stack_too_big(backend: str, w_ih_shape) -> Optional[str]:
+    """Why the cpu backend runs a stack with these input weights (of an upper
+    layer: (G H, H)) layer by layer though it could fuse it, or None.  A fused
+    stack multiplies each upper layer's input by W_ih step by step, reading W_ih
+    once per step; layer by layer it is one GEMM over the whole sequence, reading
+    W_ih once.  Past the caches that read costs more than the fusion saves:
+    measured (bench/cpu_sweep.py, AMD EPYC Zen 4, batch 8, T 35) LSTM H 1024
+    training 0.80x torch.nn fused against 1.23x layer by layer, H 512 0.85x
+    against 1.06x; at H 256 fused is ahead (0.98x against 0.94x)."""
+    if (backend != "cpu" or len(w_ih_shape) != 2 or w_ih_shape[0] * w_ih_shape[1] < CPU_STACK_MAX_W_IH
+            or settings.get("FASTRNN_FUSED_STACK") == "1"):  # 1: always fused
+        return None
+    mb = w_ih_shape[0] * w_ih_shape[1] * 4 / 2 ** 20
+    return (f"input weights of {mb:.0f} MB a layer: layer by layer, W_ih is read once per sequence, "
+            "not once per step")
 
 
 def _stacked_weights(mode, weights, cache):

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
 from . import _backend, settings
-from .functional import Packing, rnn_stack, stack_refused
+from .functional import Packing, rnn_stack, stack_refused, stack_too_big
 
 _LABEL = {"LSTM": "LSTM", "GRU": "GRU", "RNN_TANH": "RNN", "RNN_RELU": "RNN"}
 _GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
@@ -406,8 +406,12 @@ class RNNBase(nn.Module):
             name, why, passed = _backend.choose(self.backend, cell, device_type, dtype, self.proj_size > 0)
         refused = stack_refused(self.num_layers, self.bidirectional, packed, self.dropout > 0 and self.training,
                                 self.proj_size > 0)
+        G = {"LSTM": 4, "GRU": 3}.get(self.mode, 1)
+        too_big = stack_too_big(name, (G * self.hidden_size, self.hidden_size * (2 if self.bidirectional else 1)))
         if refused is not None:
             stack, stack_why = "per-layer", f"no stack op: {refused}"
+        elif too_big is not None and _backend.fused_stack(name, cell, dtype):
+            stack, stack_why = "per-layer", too_big
         elif _backend.fused_stack(name, cell, dtype):
             stack, stack_why = "stack", f"{self.num_layers} layers in one *_stack_* op" + (
                 "" if _backend.get(name).fused_stack(cell, dtype) else " (FASTRNN_FUSED_STACK=1: composed per layer inside)")

@@ -5,6 +5,8 @@ import json
 import os
 from pathlib import Path
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 spec = importlib.util.spec_from_file_location("readme_table", os.path.join(ROOT, "bench", "readme_table.py"))
 rt = importlib.util.module_from_spec(spec)
@@ -144,3 +146,49 @@ def test_packed_sweep_runs_and_tabulates(tmp_path):
     assert lines[0].startswith("**Variable-length batches**") and "torch.nn's packed path only up to T 6" in lines[0]
     body = [ln for ln in lines if ln.startswith("| 12 |")]
     assert len(body) == 1 and "| - |" in body[0]
+
+
+def test_cpu_sweep_runs_judges_and_tabulates(tmp_path, monkeypatch):
+    """bench/cpu_sweep.py at toy sizes: each axis through the base shape, every
+    comparison a paired median of the same rounds, a row torch.nn cannot run
+    skipped with its reason (not a crash), the summary's minimum the rows', and
+    readme_table renders table, summary and plot."""
+    spec = importlib.util.spec_from_file_location("cpu_sweep", os.path.join(ROOT, "bench", "cpu_sweep.py"))
+    cs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cs)
+    from fastrnn import _backend
+
+    if not _backend.get("cpu").available()[0]:
+        pytest.skip("the cpu backend is not available")
+    real = cs.B._step_fn
+
+    def step_fn(impl, args, device, train, packed=False):  # torch.nn's autocast GRU "refused", as oneDNN may
+        if impl == "torch" + cs.B.AUTOCAST and args.cell == "gru":
+            raise RuntimeError("could not create a primitive descriptor (stand-in)")
+        return real(impl, args, device, train, packed)
+
+    monkeypatch.setattr(cs.B, "_step_fn", step_fn)
+    out = tmp_path / "cpu_sweep_test.json"
+    assert cs.main(["--cells", "lstm,gru", "--batches", "1,3", "--hiddens", "8", "--seqs", "1,4", "--base", "3,8,4",
+                    "--layers", "2", "--rounds", "2", "--deadline", "5", "--json", str(out)]) == 0
+    d = json.loads(out.read_text())
+    assert [(r["cell"], r["batch"], r["hidden"], r["seq"]) for r in d["rows"]] == [
+        (c, n, 8, t) for c in ("lstm", "gru") for n, t in ((1, 4), (3, 4), (3, 1))]
+    assert d["isa_class"] in ("amx", "avx512_bf16", "avx512", "avx2", "neon", "baseline")
+    for r in d["rows"]:
+        assert r["rounds"] >= 2 and r["train_fp32_paired"] > 0 and r["forward_fp32_paired"] > 0
+        if r["cell"] == "gru":
+            assert "torch+autocast" in r["skipped"] and "train_autocast_paired" not in r
+            assert r["train_autocast_vs_torch_fp32_paired"] > 0  # fastrnn's autocast still judged against fp32
+        else:
+            assert r["skipped"] == {} and r["train_autocast_paired"] > 0
+    s = d["summary"]["train_fp32_paired"]
+    assert s["min"] == min(r["train_fp32_paired"] for r in d["rows"]) and s["points"] == 6
+    assert s["below_1"] == sum(r["train_fp32_paired"] < 1 for r in d["rows"])
+    assert out.with_suffix(".png").stat().st_size > 0
+    lines = rt.cpu_sweep_table(out)
+    assert lines[0].startswith(f"**CPU sweep, {d['isa_class']} class**")
+    assert sum(ln.startswith("| LSTM |") or ln.startswith("| GRU |") for ln in lines) == 6
+    assert any(ln.startswith("Summary: train fp32: min") for ln in lines)
+    assert any("could not create a primitive descriptor (stand-in)" in ln for ln in lines)
+    assert any(ln.startswith("![CPU sweep") for ln in lines)

@@ -192,3 +192,38 @@ def test_compile_through_stack(monkeypatch, cls):
     torch._dynamo.reset()
     for a, b in zip(*res):
         assert rel_err(b, a) <= 1e-5
+
+
+@pytest.mark.parametrize("cls,G", [(fastrnn.LSTM, 4), (fastrnn.GRU, 3)], ids=["lstm", "gru"])
+def test_big_cpu_stacks_run_layer_by_layer(monkeypatch, cls, G):
+    """The cpu backend fuses a stack only while an upper layer's W_ih is under
+    functional.CPU_STACK_MAX_W_IH floats (a fused stack reads it once per step,
+    layer by layer once per sequence): past it the layers run one by one, explain()
+    says why, FASTRNN_FUSED_STACK=1 still forces the fused op, and both routes
+    give torch.nn's numbers."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from fastrnn import functional
+
+    if not fastrnn._backend.get("cpu").available()[0]:
+        pytest.skip("the cpu backend is not available")
+    monkeypatch.delenv("FASTRNN_FUSED_STACK", raising=False)
+    small = next(h for h in range(8, 4096, 8) if G * h * h >= functional.CPU_STACK_MAX_W_IH) - 8
+    for H, fused in ((small, True), (small + 8, False)):
+        m = cls(4, H, num_layers=2, backend="cpu")
+        x = torch.randn(2, 1, 4)
+        e = m.explain(x)
+        assert (e["stack"] == "stack") == fused, e
+        if not fused:
+            assert "read once per sequence" in e["stack_reason"]
+        with torch.no_grad(), profile(activities=[ProfilerActivity.CPU]) as prof:
+            got = m(x)[0]
+        ran = {ev.name for ev in prof.events()}
+        stack_op = any(n.endswith(f"::{cls.__name__.lower()}_stack_forward") for n in ran)  # fastrnn(_ext)::
+        assert stack_op == fused, sorted(ran)
+        ref = getattr(torch.nn, cls.__name__)(4, H, num_layers=2)
+        ref.load_state_dict(m.state_dict())
+        with torch.no_grad():
+            assert rel_err(got, ref(x)[0]) <= 1e-5
+    monkeypatch.setenv("FASTRNN_FUSED_STACK", "1")
+    assert m.explain(x)["stack"] == "stack"

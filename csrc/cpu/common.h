@@ -213,10 +213,18 @@ class StepMatrix {
 // With lengths (a variable-length batch; T the padded length) the blocks hold
 // equal numbers of tokens, not of rows: a PackedSequence's rows come sorted
 // longest first, and equal counts would give the first thread all the long
-// ones (each row costs its length in steps; StepRows).
+// ones (each row costs its length in steps; StepRows).  w_floats: the weights
+// a block multiplies by per step (W_hh, and a stack's W_ih).  Each block reads
+// them once per step, so with few rows per block a product is bound by reading
+// them, and past the caches (LSTM H 1024: 16 MB a layer) two blocks read them
+// from memory twice: there a block takes at least 16 rows, and a small batch
+// runs as one block whose products split W's panels across the threads (each
+// thread reads its part once; measured, bench/cpu_sweep.py: LSTM N 8 H 1024,
+// csrc/NOTES.md).
+constexpr int64_t kBigWeights = int64_t(1) << 20;  // floats (4 MB)
 template <typename F>
-void for_row_blocks(int64_t N, const F& f, const int64_t* len = nullptr, int64_t T = 0) {
-  const int64_t P = std::min<int64_t>(at::get_num_threads(), N / 4);
+void for_row_blocks(int64_t N, const F& f, const int64_t* len = nullptr, int64_t T = 0, int64_t w_floats = 0) {
+  const int64_t P = std::min<int64_t>(at::get_num_threads(), N / (w_floats > kBigWeights ? 16 : 4));
   if (P <= 1 || at::in_parallel_region()) {
     f(int64_t(0), N);
     return;
@@ -312,7 +320,7 @@ struct StackLayout {
         const StepInput<A> in = l > 0 ? input(y, w_ih, b, l) : StepInput<A>{};
         layer(r0, r1, l, l > 0 ? &in : nullptr);
       }
-    });
+    }, nullptr, 0, 2 * G * H * H);
   }
   // Backward: top down, layer l < L-1 taking the gradient w.r.t. its output
   // from the gate gradients dg the layer above wrote: layer(r0, r1, l, up).
@@ -323,7 +331,7 @@ struct StackLayout {
         const StepAbove<A> up = l < L - 1 ? above(dg, w_ih, l) : StepAbove<A>{};
         layer(r0, r1, l, l < L - 1 ? &up : nullptr);
       }
-    });
+    }, nullptr, 0, 2 * G * H * H);
   }
 };
 

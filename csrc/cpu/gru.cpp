@@ -165,7 +165,7 @@ void forward(const Dims& d, const at::Tensor& xg, const at::Tensor& w_hh,
     forward_rows<D, A>(r0, r1, d, xg.data_ptr<D>(), W.data_ptr<A>(), bias.data_ptr<A>(),
                        h0a.data_ptr<A>(), len, need_ws ? ws.data_ptr<A>() : nullptr,
                        y.data_ptr<D>(), h_n.data_ptr<A>());
-  }, len, d.T);
+  }, len, d.T, 3 * d.H * d.R);
 }
 
 template <typename D, typename A>
@@ -179,7 +179,7 @@ void backward(const Dims& d, const at::Tensor& dy, const at::Tensor& dh_n,
     backward_rows<D, A>(r0, r1, d, dy.data_ptr<D>(), W.data_ptr<A>(), h0.data_ptr<D>(),
                         y.data_ptr<D>(), ws.data_ptr<A>(), len, dxg.data_ptr<D>(),
                         dgh.data_ptr<D>(), dh.data_ptr<A>());
-  }, len, d.T);
+  }, len, d.T, 3 * d.H * d.R);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_forward_cpu(

@@ -228,7 +228,7 @@ void forward(const Dims& d, const at::Tensor& xg, const at::Tensor& w_hh,
                        Wr.defined() ? Wr.data_ptr<A>() : nullptr, h0a.data_ptr<A>(),
                        c0a.data_ptr<A>(), len, need_ws ? ws.data_ptr<A>() : nullptr,
                        y.data_ptr<D>(), h_n.data_ptr<A>(), c_n.data_ptr<A>());
-  }, len, d.T);
+  }, len, d.T, 4 * d.H * d.R);
 }
 
 template <typename D, typename A>
@@ -248,7 +248,7 @@ void backward(const Dims& d, const at::Tensor& dy, const at::Tensor& dh_n,
                         ws.data_ptr<A>(), len, dxg.data_ptr<D>(),
                         Wr.defined() ? dhr.data_ptr<A>() : nullptr, dh.data_ptr<A>(),
                         dc.data_ptr<A>());
-  }, len, d.T);
+  }, len, d.T, 4 * d.H * d.R);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward_cpu(

@@ -139,7 +139,7 @@ void forward(const Dims& d, const at::Tensor& xg, const at::Tensor& w_hh, const 
   for_row_blocks(d.N, [&](int64_t r0, int64_t r1) {
     forward_rows<D, A>(r0, r1, d, xg.data_ptr<D>(), W.data_ptr<A>(), h0a.data_ptr<A>(), len, relu,
                        y.data_ptr<D>(), h_n.data_ptr<A>());
-  }, len, d.T);
+  }, len, d.T, 1 * d.H * d.R);
 }
 
 template <typename D, typename A>
@@ -151,7 +151,7 @@ void backward(const Dims& d, const at::Tensor& dy, const at::Tensor& dh_n,
   for_row_blocks(d.N, [&](int64_t r0, int64_t r1) {
     backward_rows<D, A>(r0, r1, d, dy.data_ptr<D>(), W.data_ptr<A>(), y.data_ptr<D>(), len, relu,
                         dxg.data_ptr<D>(), dh.data_ptr<A>());
-  }, len, d.T);
+  }, len, d.T, 1 * d.H * d.R);
 }
 
 std::tuple<at::Tensor, at::Tensor> rnn_forward_cpu(const at::Tensor& xg, const at::Tensor& w_hh,
