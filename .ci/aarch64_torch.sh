@@ -4,7 +4,9 @@
 #
 #   1. Debian's aarch64 cross compiler and qemu-user (apt, where missing);
 #   2. a sysroot (build/aarch64/root) with Debian's aarch64 Python 3.11, unpacked
-#      from its packages (apt-get download + dpkg -x: nothing is installed), and
+#      from its packages (apt-get download + dpkg -x: nothing is installed, but
+#      arm64 is added to dpkg's architectures so that apt can fetch them; Debian
+#      12 only), and
 #      a /proc/cpuinfo and /sys CPU list for qemu to show it (qemu-user passes the
 #      host's x86 ones through, on which torch's cpuinfo crashes; an Arm
 #      Neoverse-N1 pair is described: only the CPU count and features are read);
@@ -40,11 +42,18 @@ PKGS="python3.11-minimal libpython3.11-minimal libpython3.11-stdlib libpython3.1
   libuuid1 libgcc-s1 libstdc++6 libgomp1 libcrypt1 libnsl2 libtirpc3 libdb5.3 libgssapi-krb5-2 libkrb5-3
   libk5crypto3 libkrb5support0 libcom-err2 libkeyutils1"
 if [ ! -x "$W/root/usr/bin/python3.11" ]; then
+  # the package names are Debian 12's (bookworm), whose mirrors carry arm64
+  . /etc/os-release
+  if [ "${ID:-}" != debian ] || [ "${VERSION_CODENAME:-}" != bookworm ]; then
+    echo "aarch64_torch.sh: needs Debian 12 (bookworm) for its aarch64 packages; this is ${PRETTY_NAME:-unknown}" >&2
+    exit 2
+  fi
   dpkg --print-foreign-architectures | grep -qx arm64 || dpkg --add-architecture arm64
   apt-get update -qq
   rm -rf "$W/debs" "$W/root" && mkdir -p "$W/debs" "$W/root"
-  (cd "$W/debs" && apt-get download -qq $(for p in $PKGS; do echo "$p:arm64"; done) 2>&1 | grep -v "unsandboxed" || true)
+  (cd "$W/debs" && apt-get download -qq $(for p in $PKGS; do echo "$p:arm64"; done))
   for d in "$W"/debs/*.deb; do dpkg -x "$d" "$W/root"; done
+  [ -x "$W/root/usr/bin/python3.11" ] || { echo "aarch64_torch.sh: no python3.11 in the sysroot" >&2; exit 2; }
 fi
 mkdir -p "$W/root/proc" "$W/root/sys/devices/system/cpu"
 : > "$W/root/proc/cpuinfo"

@@ -207,9 +207,13 @@ def stack_too_big(backend: str, w_ih_shape) -> Optional[str]:
     stack multiplies each upper layer's input by W_ih step by step, reading W_ih
     once per step; layer by layer it is one GEMM over the whole sequence, reading
     W_ih once.  Past the caches that read costs more than the fusion saves:
-    measured (bench/cpu_sweep.py, AMD EPYC Zen 4, batch 8, T 35) LSTM H 1024
-    training 0.80x torch.nn fused against 1.23x layer by layer, H 512 0.85x
-    against 1.06x; at H 256 fused is ahead (0.98x against 0.94x)."""
+    measured (bench/cpu_sweep.py --batches 8 --hiddens 512,1024 --seqs 35, with
+    and without FASTRNN_FUSED_STACK=0; AMD EPYC Zen 4; those runs' JSON not kept)
+    LSTM H 1024 training 0.80x torch.nn fused against 1.23x layer by layer,
+    forward 0.91x against 1.20x; LSTM H 512 training 0.85x against 1.06x; GRU
+    H 512 1.95x against 2.03x, H 1024 2.63x against 2.84x; at H 256 fused is
+    ahead (LSTM 0.98x against 0.94x, GRU 2.71x against 2.44x).  The bound counts
+    elements (2 MB of float32; 4 MB of float64)."""
     if (backend != "cpu" or len(w_ih_shape) != 2 or w_ih_shape[0] * w_ih_shape[1] < CPU_STACK_MAX_W_IH
             or settings.get("FASTRNN_FUSED_STACK") == "1"):  # 1: always fused
         return None

@@ -309,9 +309,13 @@ class RNNBase(nn.Module):
         bias) is read as an attribute."""
         names = self._weight_names(compiling)
         if compiling:
-            return [tuple(getattr(self, n, None) for n in ns) for ns in names]
+            return [tuple(getattr(self, n) if i < 2 else getattr(self, n, None) for i, n in enumerate(ns))
+                    for ns in names]
         params = self._parameters
-        return [tuple(params.get(n) if params.get(n) is not None else getattr(self, n, None) for n in ns)
+        # w_ih and w_hh must exist (a deleted one raises AttributeError naming it, as
+        # torch.nn's does); the biases and w_hr are absent in some configurations
+        return [tuple(params[n] if n in params and params[n] is not None
+                      else getattr(self, n) if i < 2 else getattr(self, n, None) for i, n in enumerate(ns))
                 for ns in names]
 
     def _weight_names(self, compiling: bool = None) -> list:

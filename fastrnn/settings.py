@@ -42,7 +42,8 @@ SETTINGS = (
             "`auto`, `reference`, `cpu`, `cuda` or `triton`: what `backend=\"auto\"` means: a backend name, or auto's own order (`fastrnn._backend.PREFERENCE`)"),
     Setting("FASTRNN_FUSED_STACK", "", ("", "0", "1"),
             "multi-layer stacks through the `*_stack_*` ops: never (0), always (1, composing per-layer calls where "
-            "a backend has no native stack), or where the backend fuses stacks natively (unset); a compiled graph "
+            "a backend has no native stack), or where the backend fuses stacks natively (unset; the cpu backend "
+            "not past 2^19 elements of an upper layer's W_ih: docs/backends.md); a compiled graph "
             "keeps the choice it was traced with"),
     Setting("FASTRNN_CPU_ISA", "", ("", "baseline", "avx2", "avx512", "avx512_bf16", "amx"),
             "caps the instruction-set class of the cpu backend's product paths, to run and time a smaller CPU's "
@@ -112,8 +113,7 @@ BY_NAME = {s.name: s for s in SETTINGS}
 # Mapping layers cost ~1.3 us each against 0.06 us for the store's dict lookup (a
 # streaming T = 1 call is ~60 us).  os.environ writes through to it at once.
 _ENV_STORE = getattr(os.environ, "_data", None)
-if not (isinstance(_ENV_STORE, dict) and os.name == "posix"
-        and _ENV_STORE.get(os.environ.encodekey("PATH")) == os.environb.get(b"PATH")):
+if not (isinstance(_ENV_STORE, dict) and os.name == "posix"):
     _ENV_STORE = None
 _KEYS = {}
 
@@ -121,7 +121,9 @@ _KEYS = {}
 def raw(name: str) -> str:
     """The setting's text: the environment's, else its default."""
     s = BY_NAME[name]
-    if _ENV_STORE is not None and not torch_compiling():
+    # (the store only while os.environ is still the object it came from: a test
+    # may rebind os.environ to a dict)
+    if _ENV_STORE is not None and getattr(os.environ, "_data", None) is _ENV_STORE and not torch_compiling():
         key = _KEYS.get(name)
         if key is None:
             key = _KEYS[name] = os.environ.encodekey(name)

@@ -117,3 +117,7 @@ def test_weights_read_as_torch_nn_reads_them(cell):
     with torch.no_grad():
         torch.testing.assert_close(_out(m3, x), _out(ref3, x))
         assert "weight_hh_l0" not in m3._parameters
+    m4, _ = _pair(cell)
+    del m4.weight_hh_l1  # a required weight gone: a clear error naming it, not a None deep inside
+    with pytest.raises(AttributeError, match="weight_hh_l1"):
+        _out(m4, x)

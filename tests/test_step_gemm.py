@@ -50,7 +50,8 @@ def _has_bf16dot() -> bool:
 
 
 SHAPES = [(1, 1, 1), (3, 17, 7), (8, 32, 256), (9, 33, 5), (16, 1024, 256), (17, 100, 64),
-          (33, 31, 129), (2, 15, 300), (4, 1024, 1024)]  # (m, n, k); the last splits panels
+          (33, 31, 129), (2, 15, 300), (4, 1024, 1024),  # (m, n, k); the last splits panels
+          (1, 33, 7), (1, 1024, 256)]  # one row: a streaming call's (BLAS's gemv on the direct path)
 
 
 def _check(got, a, b, tb, beta, c):
@@ -63,7 +64,7 @@ def _check(got, a, b, tb, beta, c):
     assert (err <= bound + 1e-30).all(), f"max excess {(err - bound).max().item():.3e}"
 
 
-@pytest.mark.parametrize("impl", ["own", "own_avx2", "own_neon", "blas", "bf16dot", "strided"])
+@pytest.mark.parametrize("impl", ["own", "own_avx2", "own_neon", "blas", "bf16dot", "strided", "direct"])
 @pytest.mark.parametrize("tb", [False, True], ids=["B", "BT"])
 @pytest.mark.parametrize("beta", [0.0, 1.0, 0.5])
 @pytest.mark.parametrize("m,n,k", SHAPES)
@@ -328,9 +329,10 @@ def test_bf16dot_refuses_other_dtypes(ops):
 
 def test_bound_at_the_seed_that_found_it(ops):
     """The case the old bound failed (one term plus beta c): the kernel within the
-    corrected bound, and the old bound too tight for a correct sum that rounds
-    twice (the product, then the addition; float32 ops one at a time here: a BLAS
-    that fuses the two, as aarch64's does, rounds once and stays under it)."""
+    corrected bound (the kernel's part of this test), and the old bound too tight
+    for a correct sum that rounds twice (the product, then the addition; float32
+    ops one at a time here, plain arithmetic: a BLAS that fuses the two, as
+    aarch64's does, rounds once and stays under it)."""
     g = torch.Generator().manual_seed(0)
     worst = 0.0
     for _ in range(2000):

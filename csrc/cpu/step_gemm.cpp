@@ -113,7 +113,8 @@ void packed_gemm_bf16(int64_t m, int64_t n, int64_t k, const uint16_t* a, int64_
 // through StepMatrix with the path impl ("own": the float32 kernel's AVX-512
 // build, an error on a CPU without AVX-512F; "own_avx2": its AVX2 + FMA build;
 // "own_neon": its NEON build; "blas"; "bf16dot": the bf16 kernel, a and b rounded
-// to bf16; "strided": the unpacked kernel, as the cells call it), for the tests;
+// to bf16; "strided": the unpacked kernel, as the cells call it; "direct": the
+// unpacked BLAS product of a one-step call), for the tests;
 // and cpu_features() -> what the switchboard decides the CPU path from ("amd",
 // "intel", "avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "neon").
 #include <torch/library.h>
@@ -145,6 +146,11 @@ at::Tensor step_gemm_op(const at::Tensor& a, const at::Tensor& b, bool tb, doubl
       const StridedTerm t{B.data_ptr<float>(), k, 1, At.data(), m, k};
       strided_gemm(n, m, &t, 1, nullptr, fb, C.data_ptr<float>(), 1, n);
     }
+    return C;
+  }
+  if (impl == "direct") {  // one product as a T = 1 call makes it (kDirect: gemm(), BLAS's gemv at one row)
+    gemm<float>(false, tb, m, n, k, A.data_ptr<float>(), k, B.data_ptr<float>(), B.size(1), fb,
+                C.data_ptr<float>(), n);
     return C;
   }
   // "bf16dot" rounds a and b to bf16 (the kernel's contract for bf16 storage)

@@ -18,7 +18,7 @@ constexpr int64_t kNR = 32;  // columns of a packed panel
 
 // The vector units the float32 kernel is built for: AVX-512F (16 lanes, a tile of
 // 8 rows x 32 columns), AVX2 + FMA (8 lanes, 6 x 16) and aarch64's Advanced SIMD
-// (NEON: 4 lanes, 6 x 16 of its 32 registers).
+// (NEON: 4 lanes, 5 x 16, in 29 of its 32 registers).
 enum class VecIsa : int { kAvx512, kAvx2, kNeon };
 
 const char* vec_name(VecIsa isa);            // "avx512", "avx2", "neon"
