@@ -217,9 +217,8 @@ def stack_too_big(backend: str, w_ih_shape) -> Optional[str]:
     if (backend != "cpu" or len(w_ih_shape) != 2 or w_ih_shape[0] * w_ih_shape[1] < CPU_STACK_MAX_W_IH
             or settings.get("FASTRNN_FUSED_STACK") == "1"):  # 1: always fused
         return None
-    mb = w_ih_shape[0] * w_ih_shape[1] * 4 / 2 ** 20
-    return (f"input weights of {mb:.0f} MB a layer: layer by layer, W_ih is read once per sequence, "
-            "not once per step")
+    return (f"input weights of {w_ih_shape[0] * w_ih_shape[1] / 2 ** 20:.1f}M elements a layer: layer by layer, "
+            "W_ih is read once per sequence, not once per step")
 
 
 def _stacked_weights(mode, weights, cache):

@@ -201,8 +201,8 @@ class RNNBase(nn.Module):
                 # (under autocast torch.nn takes any float state: _run says which dtype computes)
                 raise RuntimeError(f"hidden state dtype ({h.dtype}) does not match input dtype ({input.dtype})")
 
-    def _check_params(self, input: Tensor, weights=None) -> None:
-        for p in (self._flat_weights if weights is None else (w for ws in weights for w in ws if w is not None)):
+    def _check_params(self, input: Tensor, weights: list) -> None:
+        for p in (w for ws in weights for w in ws if w is not None):
             if p.device != input.device:
                 raise RuntimeError(
                     "Input and parameter tensors are not at the same device, "
@@ -318,11 +318,10 @@ class RNNBase(nn.Module):
                       else getattr(self, n) if i < 2 else getattr(self, n, None) for i, n in enumerate(ns))
                 for ns in names]
 
-    def _weight_names(self, compiling: bool = None) -> list:
+    def _weight_names(self, compiling: bool) -> list:
         """Per layer and direction, the names of (w_ih, w_hh, b_ih, b_hh, w_hr)
-        (absent ones read as None), formed once."""
-        if compiling is None:
-            compiling = torch.compiler.is_compiling()  # Dynamo would guard on the cache
+        (absent ones read as None), formed once (not while compiling: Dynamo would
+        guard on the cache)."""
         key = (self.num_layers, self.bidirectional)
         got = None if compiling else self.__dict__.get("_names_cache")
         if got is None or got[0] != key:
@@ -333,15 +332,11 @@ class RNNBase(nn.Module):
             got = self.__dict__["_names_cache"] = (key, names)
         return got[1]
 
-    def _run(self, x, h, c, lengths_cpu, batch_sizes=None, weights=None, compiling=None):
+    def _run(self, x, h, c, lengths_cpu, batch_sizes, weights, compiling):
         """Time-major x (T, N, I), or a PackedSequence's data (tokens, I) with its
-        batch_sizes, -> (output, h_n, c_n); picks the backend."""
+        batch_sizes, -> (output, h_n, c_n); picks the backend.  weights: _weights()'s."""
         dtype = x.dtype
         device_type = x.device.type
-        if compiling is None:
-            compiling = torch.compiler.is_compiling()
-        if weights is None:
-            weights = self._weights(compiling)
         cast = self._autocast_dtype(device_type, lengths_cpu is not None, h.dtype)
         c_dtype = c.dtype if c is not None else None
         if cast is not None:
@@ -410,15 +405,17 @@ class RNNBase(nn.Module):
             name, why, passed = _backend.choose(self.backend, cell, device_type, dtype, self.proj_size > 0)
         refused = stack_refused(self.num_layers, self.bidirectional, packed, self.dropout > 0 and self.training,
                                 self.proj_size > 0)
-        G = {"LSTM": 4, "GRU": 3}.get(self.mode, 1)
-        too_big = stack_too_big(name, (G * self.hidden_size, self.hidden_size * (2 if self.bidirectional else 1)))
         if refused is not None:
             stack, stack_why = "per-layer", f"no stack op: {refused}"
-        elif too_big is not None and _backend.fused_stack(name, cell, dtype):
-            stack, stack_why = "per-layer", too_big
         elif _backend.fused_stack(name, cell, dtype):
-            stack, stack_why = "stack", f"{self.num_layers} layers in one *_stack_* op" + (
-                "" if _backend.get(name).fused_stack(cell, dtype) else " (FASTRNN_FUSED_STACK=1: composed per layer inside)")
+            # an upper layer's W_ih, as rnn_stack asks of it
+            too_big = stack_too_big(name, (_GATES[self.mode] * self.hidden_size, self.hidden_size))
+            if too_big is not None:
+                stack, stack_why = "per-layer", too_big
+            else:
+                stack, stack_why = "stack", f"{self.num_layers} layers in one *_stack_* op" + (
+                    "" if _backend.get(name).fused_stack(cell, dtype) else
+                    " (FASTRNN_FUSED_STACK=1: composed per layer inside)")
         else:
             b = _backend.get(name)
             stack, stack_why = "per-layer", ("FASTRNN_FUSED_STACK=0" if settings.get("FASTRNN_FUSED_STACK") else

@@ -76,7 +76,6 @@ VecIsa own_isa(CpuGemm g) {
 
 void packed_gemm(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
                  const float* packed, float beta, float* c, int64_t ldc, VecIsa isa) {
-  TORCH_CHECK(vec_runs(isa), "fastrnn: the step GEMM's ", vec_name(isa), " kernel needs ", vec_needs(isa));
   over_panels(m, n, k, beta, c, ldc, int64_t(1) << 17, [&](int64_t p0, int64_t p1) {
     vec_panels(isa, m, n, k, a, lda, packed, beta, c, ldc, p0, p1);
   });

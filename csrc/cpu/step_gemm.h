@@ -26,8 +26,9 @@ CpuGemm gemm_path(c10::string_view path, at::ScalarType storage);
 VecIsa own_isa(CpuGemm g);
 
 // C (m x n) = A (m x k) @ op(B) + beta C, op(B) as packed by pack_b, through the
-// float32 kernel built for ``isa``.  C is not read when beta == 0.  Splits
-// across threads only outside a parallel region.
+// float32 kernel built for ``isa``, which gemm_path has checked this build and
+// CPU run (it is not asked again per step).  C is not read when beta == 0.
+// Splits across threads only outside a parallel region.
 void packed_gemm(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
                  const float* packed, float beta, float* c, int64_t ldc, VecIsa isa);
 

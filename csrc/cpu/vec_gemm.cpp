@@ -52,12 +52,6 @@ namespace avx512 {
 #define FR_FMA(a, b, c) _mm512_fmadd_ps((a), (b), (c))
 #define FR_SPLAT(x) _mm512_set1_ps(x)
 #include "vec_tile.inc"
-#undef FR_TARGET
-#undef FR_LANES
-#undef FR_NV
-#undef FR_MR
-#undef FR_FMA
-#undef FR_SPLAT
 }  // namespace avx512
 
 // ---------------------------------------------------------------- AVX2 + FMA
@@ -72,12 +66,6 @@ namespace avx2 {
 #define FR_FMA(a, b, c) _mm256_fmadd_ps((a), (b), (c))
 #define FR_SPLAT(x) _mm256_set1_ps(x)
 #include "vec_tile.inc"
-#undef FR_TARGET
-#undef FR_LANES
-#undef FR_NV
-#undef FR_MR
-#undef FR_FMA
-#undef FR_SPLAT
 }  // namespace avx2
 #endif
 
@@ -94,12 +82,6 @@ namespace neon {
 #define FR_FMA(a, b, c) vf(vfmaq_f32(float32x4_t(c), float32x4_t(a), float32x4_t(b)))
 #define FR_SPLAT(x) vf(vdupq_n_f32(x))
 #include "vec_tile.inc"
-#undef FR_TARGET
-#undef FR_LANES
-#undef FR_NV
-#undef FR_MR
-#undef FR_FMA
-#undef FR_SPLAT
 }  // namespace neon
 #endif
 
@@ -350,23 +332,15 @@ bool is_intel() {
 #endif
 }
 
-const char* vec_name(VecIsa isa) {
-  switch (isa) {
-    case VecIsa::kAvx512: return "avx512";
-    case VecIsa::kAvx2: return "avx2";
-    case VecIsa::kNeon: return "neon";
-  }
-  return "?";
-}
+namespace {
+// per VecIsa, in its order: (name, the instructions it needs)
+constexpr const char* kVecNames[][2] = {
+    {"avx512", "AVX-512F"}, {"avx2", "AVX2 and FMA"}, {"neon", "aarch64 Advanced SIMD (NEON)"}};
+}  // namespace
 
-const char* vec_needs(VecIsa isa) {
-  switch (isa) {
-    case VecIsa::kAvx512: return "AVX-512F";
-    case VecIsa::kAvx2: return "AVX2 and FMA";
-    case VecIsa::kNeon: return "aarch64 Advanced SIMD (NEON)";
-  }
-  return "?";
-}
+const char* vec_name(VecIsa isa) { return kVecNames[static_cast<int>(isa)][0]; }
+
+const char* vec_needs(VecIsa isa) { return kVecNames[static_cast<int>(isa)][1]; }
 
 bool vec_built(VecIsa isa) {
   return isa == VecIsa::kNeon ? FR_HAVE_NEON : FR_HAVE_X86;
