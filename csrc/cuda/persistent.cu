@@ -23,8 +23,9 @@
 // dxg (and dgh) and to gx[s & 1], then one grid barrier.  A last phase after
 // the loop forms dh0 from the gradients of step 0.
 //
-// The host checks residency before launching (occupancy x SM count >= blocks,
-// dynamic shared memory <= the opt-in limit) and launches with
+// The host picks U before launching (persistent_plan.h: every power of two
+// whose dynamic shared memory fits the opt-in limit and whose grid is
+// co-resident by the occupancy query is a candidate) and launches with
 // cudaLaunchCooperativeKernel, which refuses, rather than deadlocks on, a grid
 // that cannot be co-resident; a refusal falls back to the per-step path.
 #include <ATen/ATen.h>
@@ -46,6 +47,7 @@
 
 #include "../cell_math.h"
 #include "persistent.h"
+#include "persistent_plan.h"
 
 namespace fastrnn {
 namespace cuda {
@@ -59,10 +61,7 @@ __host__ __device__ constexpr int gates_of(int cell) {
   return cell == kLSTM ? 4 : (cell == kGRU ? 3 : 1);
 }
 
-constexpr int kMaxThreads = 512;  // per block; __launch_bounds__ below
-constexpr int kMinThreads = 128;  // preferred lower bound while units remain
-constexpr int kMaxRows = 32;      // batch rows per block
-constexpr int kChunk = 256;       // columns of h / dG staged per pass
+// kMaxThreads (the __launch_bounds__ below), kMaxRows and kChunk: persistent_plan.h
 
 template <typename D>
 __device__ __forceinline__ float ld(const D* p) {
@@ -364,13 +363,7 @@ __global__ void __launch_bounds__(kMaxThreads) persistent_bwd(const __grid_const
 }
 
 // ------------------------------------------------------------------ host side
-struct Plan {
-  bool ok = false;
-  int U = 0, BN = 0, KC = 0, threads = 0;
-  unsigned gx = 0, gy = 0;
-  int64_t stage_off = 0, smem = 0;
-};
-
+// Plan, PlanProblem, PlanDevice and the search itself: persistent_plan.h.
 struct DeviceInfo {
   int sms = 0, smem_optin = 0, coop = 0;
 };
@@ -391,50 +384,39 @@ DeviceInfo device_info(int dev) {
 }
 
 // The launch shape of `kernel` for G gates, N rows, H units and a staged row
-// length K (H forward, G H backward), or !ok when it cannot be co-resident.
-// Host queries only (no synchronisation); cached per kernel, device and size.
+// length K (H forward, G H backward), or !ok when it cannot be co-resident:
+// persistent_plan_search over every block size, with the device's numbers and
+// the occupancy query for each candidate (exact: the query sees the kernel's
+// registers and static shared memory and the device's per-SM limits).  Host
+// queries only (no synchronisation); cached per kernel, device and size.
 Plan plan_for(const void* kernel, int G, int64_t N, int64_t H, int64_t K, size_t es, int dev) {
   std::lock_guard<std::mutex> lock(g_mutex);
   static std::map<std::tuple<const void*, int, int64_t, int64_t>, Plan> cache;
   const auto key = std::make_tuple(kernel, dev, N, H);
   auto it = cache.find(key);
   if (it != cache.end()) return it->second;
-  Plan best;
   const DeviceInfo info = device_info(dev);
-  if (info.coop != 0 && N > 0 && H > 0) {
+  PlanProblem prob;
+  prob.G = G;
+  prob.N = N;
+  prob.H = H;
+  prob.K = K;
+  prob.es = static_cast<int64_t>(es);
+  PlanDevice pd;
+  pd.sms = info.sms;
+  pd.smem_optin = info.smem_optin;
+  pd.coop = info.coop != 0;
+  if (pd.coop && N > 0 && H > 0) {
+    // the occupancy query counts 0 blocks past 48 KB unless the kernel may use more
     C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                         info.smem_optin));
-    const int BN = static_cast<int>(N < kMaxRows ? N : kMaxRows);
-    const int KC = static_cast<int>(K < kChunk ? K : kChunk);
-    const int64_t stage = static_cast<int64_t>(BN) * (KC + 1) * 4;
-    int64_t umax = 1;
-    while (umax < H) umax *= 2;
-    int64_t U = 1;
-    while (U < umax && U * BN < kMinThreads) U *= 2;
-    for (; U <= umax && U * BN <= kMaxThreads; U *= 2) {
-      const int64_t wbytes = G * U * H * static_cast<int64_t>(es);
-      const int64_t off = (wbytes + 15) / 16 * 16;
-      const int64_t smem = off + stage;
-      if (smem > info.smem_optin) break;  // a larger U only needs more
-      const int64_t gx = (H + U - 1) / U, gy = (N + BN - 1) / BN;
-      const int threads = static_cast<int>(U * BN);
-      int per_sm = 0;
-      C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads,
-                                                                   static_cast<size_t>(smem)));
-      if (static_cast<int64_t>(per_sm) * info.sms >= gx * gy) {
-        best.ok = true;
-        best.U = static_cast<int>(U);
-        best.BN = BN;
-        best.KC = KC;
-        best.threads = threads;
-        best.gx = static_cast<unsigned>(gx);
-        best.gy = static_cast<unsigned>(gy);
-        best.stage_off = off;
-        best.smem = smem;
-        break;
-      }
-    }
   }
+  const Plan best = persistent_plan_search(prob, pd, [&](int threads, int64_t smem) {
+    int per_sm = 0;
+    C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads,
+                                                                 static_cast<size_t>(smem)));
+    return per_sm;
+  });
   cache[key] = best;
   return best;
 }
