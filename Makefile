@@ -3,7 +3,10 @@
 # make bench - set up .venv and run the time-machine training benchmark
 # make test-install - build a wheel, install it into a new venv, run python -m fastrnn check/bench there
 # make test-compat - the GPU machine's torch 2.11 / Triton 3.6 on the CPU (.ci/compat.sh, own .venv-compat)
+# make test-gpu-dry - the GPU session's one device call (.ci/gpu_session.sh) dry, without a GPU
 # make test-kernels - the ATen-free CPU vector kernels alone (tests/kernels/), natively; part of make test
+# make test-isa - every CPU class this machine runs (FASTRNN_CPU_ISA with torch's own caps): check, the cpu
+#                parity and autocast tests and make bench's smoke per class (.ci/isa_classes.py, <= 5 min)
 # make test-aarch64 - the same cross-compiled for aarch64 and run under qemu-user, and the whole
 #                     extension's C++ compiled for aarch64 (installs Debian's cross toolchain and qemu)
 # make test-aarch64-torch - the whole extension built for aarch64 and its cpu tests run with an aarch64
@@ -26,7 +29,7 @@ endif
 export MAX_JOBS ?= 2
 SOURCES := $(shell find csrc -type f 2>/dev/null) setup.py pyproject.toml
 
-.PHONY: setup test test-install test-compat test-kernels test-aarch64 test-aarch64-torch bench bench-layers clean
+.PHONY: setup test test-install test-compat test-kernels test-isa test-aarch64 test-aarch64-torch bench bench-layers clean
 setup: $(VENV)/.deps $(VENV)/.built
 
 $(VENV)/.deps: Makefile
@@ -100,8 +103,22 @@ build/vec_gemm_test: $(KERNEL_DEPS)
 	mkdir -p build
 	$(CXX) $(KERNEL_FLAGS) $(KERNEL_SRC) -o $@
 
-test-kernels: build/vec_gemm_test
+# The persistent CUDA kernels' launch-shape search (csrc/cuda/persistent_plan.h, no
+# CUDA calls) against H100/H200/A100 limits, with the old search as an oracle.
+build/persistent_plan_test: tests/kernels/persistent_plan_test.cpp csrc/cuda/persistent_plan.h
+	mkdir -p build
+	$(CXX) $(KERNEL_FLAGS) tests/kernels/persistent_plan_test.cpp -o $@
+
+test-kernels: build/vec_gemm_test build/persistent_plan_test
 	build/vec_gemm_test $(FASTRNN_TEST_SEED)
+	build/persistent_plan_test
+
+# Every FASTRNN_CPU_ISA class this CPU can run, each in fresh processes under its
+# caps for fastrnn and torch (oneDNN, ATen, MKL): python -m fastrnn check, the cpu
+# backend's parity and autocast tests, and make bench's smoke (2 short epochs,
+# every row trained or skipped with its reason, the JSON naming the class's paths).
+test-isa: setup
+	$(PY) .ci/isa_classes.py
 
 test-aarch64: setup
 	@if ! command -v $(CXX_AARCH64) >/dev/null || ! command -v qemu-aarch64 >/dev/null; then \
@@ -134,3 +151,10 @@ bench-layers: setup
 
 clean:
 	rm -rf build *.egg-info fastrnn/*.so $(VENV)/.built
+
+# The GPU session's dry run (.ci/gpu_session.sh with GPU_DRY_RUN=1): every step of the
+# one device call checked without a GPU (each pytest selection collected, each script's
+# arguments parsed, the caps summed, the results packed), in well under a minute.
+.PHONY: test-gpu-dry
+test-gpu-dry: setup
+	GPU_DRY_RUN=1 PY=$(abspath $(PY)) bash .ci/gpu_session.sh

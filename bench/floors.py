@@ -18,10 +18,14 @@ For a recurrent layer (and for the whole time-machine training step) this counts
   a Triton kernel that does nothing but pass barriers, between 2 programs: the
   cheapest barrier there is).
 
-fp32 FLOPs are counted at the FP32 FMA peak (fastrnn's fp32 kernels multiply in
-exact fp32 unless ``torch.backends.cuda.matmul.allow_tf32``), except torch.nn's
-rows: cuDNN's RNNs use TF32 by default (``torch.backends.cudnn.allow_tf32``), so
-their floor is at the TF32 peak.
+fp32 FLOPs are counted at the FP32 FMA peak when the row ran exact fp32 and at
+the TF32 peak when it ran TF32: a time-machine row records its switches
+(``tf32``: cuDNN's for torch.nn, cuBLAS's, which fastrnn's kernels follow, for
+the rest); in a JSON from before that record, and in the layer benchmark's,
+torch.nn's rows are taken as TF32 (cuDNN's default) and fastrnn's as exact.
+
+The JSON (``--out``) is written as soon as the barrier is measured and again with
+the rows, atomically, ``"complete": false`` until the end.
 
 Each count over the device's published peak (NVIDIA datasheets: FP32 FMA, dense
 tensor-core TF32 / BF16, HBM bandwidth) is a lower bound on the time, and so is
@@ -34,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -129,13 +134,14 @@ def barrier_kernel():
     return _KERNEL[0]
 
 
-def measure_barrier(rounds: int = 2000, programs=(2, None)) -> dict:
+def measure_barrier(rounds: int = 2000, programs=(2, None), on_measured=None) -> dict:
     """Seconds per grid barrier among P co-resident Triton programs, from two launches
     that differ only in the number of barriers (the fastest of five pairs: a floor).
 
     The floor uses P = 2, the fewest programs that need a barrier at all: arrivals
     and polls hit one counter, so a barrier among more programs costs more.  P = one
-    per SM (None) is recorded beside it, for what a whole-GPU split plan pays.
+    per SM (None) is recorded beside it, for what a whole-GPU split plan pays.  ``on_measured(result)``
+    gets the result so far after each grid size.
     """
     import torch
 
@@ -158,13 +164,19 @@ def measure_barrier(rounds: int = 2000, programs=(2, None)) -> dict:
         return a.elapsed_time(b) / 1e3
 
     per = {}
+
+    def result():
+        P0 = min(per)
+        return {"programs": P0, "rounds": rounds, "seconds_per_barrier": per[P0],
+                "seconds_per_barrier_by_programs": {str(k): v for k, v in per.items()}}
+
     for P in programs:
         P = P or sms
         once(rounds, P), once(0, P)  # compile and warm up
         per[P] = min(once(rounds, P) - once(0, P) for _ in range(5)) / rounds
-    P0 = min(per)
-    return {"programs": P0, "rounds": rounds, "seconds_per_barrier": per[P0],
-            "seconds_per_barrier_by_programs": {str(k): v for k, v in per.items()}}
+        if on_measured is not None:
+            on_measured(result())
+    return result()
 
 
 # ----------------------------------------------------------------------------- report
@@ -182,14 +194,27 @@ def layer_rows(layers: dict, peak, barrier_s):
     return rows
 
 
+def row_tf32(r: dict) -> bool:
+    """Whether a time-machine row multiplied fp32 in TF32: its recorded switches
+    (cuDNN's for torch.nn's rows, cuBLAS's for fastrnn's, whose kernels follow it),
+    else, in a JSON from before that record, cuDNN's default for torch.nn only."""
+    t = r.get("tf32")
+    if t is None:
+        return r["backend"] == "torch"
+    is_torch = r["backend"].split("+")[0] in ("torch", "torch-native")
+    return bool(t["cudnn"] if is_torch else t["matmul"])
+
+
 def time_machine_rows(tm: dict, peak, barrier_s):
     cfg = tm["config"]
     T, N = cfg["steps"], cfg["batch"]
     rows = []
     for r in tm["results"]:
         for train, key in ((True, "train_tokens_per_s"), (False, "forward_tokens_per_s")):
+            if key not in r:  # an incomplete run's JSON: no forward round yet
+                continue
             c = time_machine_count(cfg["cell"], T, N, cfg["hidden"], cfg["layers"], tm["vocab_size"], train)
-            f = floors(c, peak, "float32", barrier_s, tf32=r["backend"] == "torch")
+            f = floors(c, peak, "float32", barrier_s, tf32=row_tf32(r))
             rows.append({"what": f"time machine {'training' if train else 'forward'} step", "impl": r["label"],
                          "measured_s": T * N / r[key], **f, **asdict(c)})
     return rows
@@ -205,6 +230,15 @@ def format_rows(rows) -> str:
     return "\n".join(lines)
 
 
+def write_json(path: str, report: dict) -> None:
+    """``report`` at ``path`` atomically (a temporary file beside it, then a rename):
+    a run killed while writing leaves the previous file whole."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        f.write(json.dumps(report, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--layers-json", help="pytest-benchmark JSON of bench/test_layer_bench.py")
@@ -213,18 +247,37 @@ def main(argv=None) -> int:
     p.add_argument("--measure-barrier", action="store_true", help="time a grid barrier on this GPU (Triton)")
     p.add_argument("--barrier-us", type=float, help="a grid barrier's cost, if measured before")
     p.add_argument("--out", help="write the rows and the inputs here (JSON)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="read the input JSON, check that the device has published peaks where its name is "
+                        "known, say what would run, and exit (no GPU is touched)")
     a = p.parse_args(argv)
     layers = json.loads(Path(a.layers_json).read_text()) if a.layers_json else None
     tm = json.loads(Path(a.time_machine_json).read_text()) if a.time_machine_json else None
     name = a.device_name or (tm and tm["environment"]["device_name"]) or \
         (layers and layers["benchmarks"] and layers["benchmarks"][0]["extra_info"].get("device")) or ""
-    barrier = measure_barrier() if a.measure_barrier else None
-    if barrier is None and a.barrier_us:
-        barrier = {"seconds_per_barrier": a.barrier_us * 1e-6, "given": True}
-    if barrier and not name:
+    if a.dry_run:
+        if name and peaks(name) is None:
+            print(f"floors.py: no published peaks for {name!r} (known: {', '.join(PEAKS)})", file=sys.stderr)
+            return 2
+        print(f"floors.py: dry run: inputs {a.layers_json or '-'}, {a.time_machine_json or '-'}, barrier "
+              f"{'measured' if a.measure_barrier else 'given' if a.barrier_us else 'not used'}, JSON into "
+              f"{a.out or '-'}; arguments valid, nothing run")
+        return 0
+
+    def record(barrier, rows, complete):
+        if a.out:
+            write_json(a.out, {"benchmark": "floors", "complete": complete, "device_name": name,
+                               "peaks": peaks(name), "barrier": barrier, "command": " ".join(sys.argv),
+                               "inputs": [a.layers_json, a.time_machine_json], "rows": rows})
+
+    if a.measure_barrier and not name:
         import torch
 
         name = torch.cuda.get_device_name()
+    # the barrier first, saved at once: it is the one number only a GPU gives
+    barrier = measure_barrier(on_measured=lambda b: record(b, [], False)) if a.measure_barrier else None
+    if barrier is None and a.barrier_us:
+        barrier = {"seconds_per_barrier": a.barrier_us * 1e-6, "given": True}
     peak = peaks(name)
     if peak is None:
         print(f"floors.py: no published peaks for {name!r} (known: {', '.join(PEAKS)}); nothing to compare",
@@ -235,10 +288,7 @@ def main(argv=None) -> int:
     if barrier:
         print(f"grid barrier: {bs * 1e6:.2f} us ({barrier.get('programs', '?')} programs)")
     print(format_rows(rows))
-    if a.out:
-        Path(a.out).write_text(json.dumps({"benchmark": "floors", "device_name": name, "peaks": peak,
-                                           "barrier": barrier, "command": " ".join(sys.argv),
-                                           "inputs": [a.layers_json, a.time_machine_json], "rows": rows}, indent=2) + "\n")
+    record(barrier, rows, True)
     return 0
 
 

@@ -42,11 +42,22 @@ def time_machine_table(path: Path, d: dict) -> list[str]:
         "| backend | device | final perplexity | train tok/s | vs torch.nn | same-epoch ratio (median) | forward tok/s | vs torch.nn |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
+    if d.get("complete") is False:  # a run killed by its cap: what it measured, said to be partial
+        g = d.get("progress") or {}
+        said = (f"{g.get('epochs_done')} of {g.get('epochs')} epochs and {g.get('forward_rounds_done')} of "
+                f"{g.get('forward_rounds')} forward rounds measured")
+        lines[0] = lines[0].replace(" epochs**", f" epochs, INCOMPLETE: {said}**", 1)
+
+    def num(r: dict, key: str, spec: str, unit: str = "", default=None) -> str:
+        v = r.get(key, default)
+        return "not measured" if v is None else format(v, spec) + unit
+
     for r in d["results"]:
         lines.append(
-            f"| {r['label']} | {r['device']} | {r['final_perplexity']:.2f} | {r['train_tokens_per_s']:,.0f} | "
-            f"{r['train_ratio_to_torch']:.2f}x | {r.get('train_ratio_to_torch_paired_median', 1.0):.2f}x | "
-            f"{r['forward_tokens_per_s']:,.0f} | {r['forward_ratio_to_torch']:.2f}x |"
+            f"| {r['label']} | {r['device']} | {num(r, 'final_perplexity', '.2f')} | "
+            f"{num(r, 'train_tokens_per_s', ',.0f')} | {num(r, 'train_ratio_to_torch', '.2f', 'x')} | "
+            f"{num(r, 'train_ratio_to_torch_paired_median', '.2f', 'x', 1.0)} | "
+            f"{num(r, 'forward_tokens_per_s', ',.0f')} | {num(r, 'forward_ratio_to_torch', '.2f', 'x')} |"
         )
     return lines
 

@@ -22,14 +22,26 @@ JSON also keeps the medians, every epoch's time, and the median over rounds
 of the paired ratio to torch.nn (both timed in the same round).
 ``--epochs 500`` reproduces d2l (perplexity about 1.0).
 
+fp32 on a GPU, like for like: cuDNN's RNNs multiply fp32 in TF32 by default,
+fastrnn's kernels in exact fp32 (unless ``torch.backends.cuda.matmul.allow_tf32``).
+So every fp32 row runs with TF32 off (cuDNN and cuBLAS), and ``torch+tf32`` is
+torch.nn as PyTorch ships it (cuDNN's TF32 on): each fp32 row gets a ratio to
+both, the like-for-like one and the one a user gets by default.  On a CPU there
+is no TF32 to switch (cuDNN is not used), so ``torch+tf32`` is skipped there,
+with that reason in ``skipped_backends``.
+
+The JSON is written after every epoch and every forward round, atomically,
+marked ``"complete": false`` until the run ends: a run stopped by a time limit
+keeps what it measured.
+
     python bench/time_machine.py                    # everything usable here
     python bench/time_machine.py --backends torch,reference --epochs 50
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
-import json
 import math
 import os
 import shlex
@@ -47,20 +59,49 @@ import _common as C  # noqa: E402  (needs the path above)
 
 import data as tmdata  # noqa: E402  (bench/data.py)
 import floors  # noqa: E402  (bench/floors.py: the step's FLOP count)
+from fastrnn.bench import write_json  # noqa: E402  (the checkout is on the path: _common)
 
 DEFAULT_EPOCHS = 80  # ~1.5-2.5 min for torch.nn + reference + cpu on this 2-core CPU; perplexity 17.5 -> ~11
 RESULTS = Path(__file__).resolve().parent / "results"
 PREFIXES = ("time traveller", "traveller")  # d2l's two prompts
 #: the model, weights and all, in bfloat16 (``module.to(torch.bfloat16)``): "cpu+bf16"
 BF16 = "+bf16"
+#: torch.nn with cuDNN's default TF32 for fp32 ("torch+tf32"); every other fp32 row
+#: runs with TF32 off, as fastrnn's kernels compute (module docstring)
+TF32 = "+tf32"
 
 
 def split_impl(impl: str) -> tuple[str, str]:
-    """(backend, mode): mode "fp32", "autocast" ("cpu+autocast") or "bf16" ("cpu+bf16")."""
+    """(backend, mode): mode "fp32", "autocast" ("cpu+autocast"), "bf16" ("cpu+bf16")
+    or "tf32" ("torch+tf32")."""
     if impl.endswith(BF16):
         return impl[: -len(BF16)], "bf16"
+    if impl.endswith(TF32):
+        return impl[: -len(TF32)], "tf32"
     base, amp = C.split_autocast(impl)
     return base, "autocast" if amp else "fp32"
+
+
+def tf32_flags(impl: str, defaults: tuple[bool, bool]) -> tuple[bool, bool]:
+    """(cudnn.allow_tf32, cuda.matmul.allow_tf32) for a row on a GPU: torch's own
+    ``defaults`` (as the process found them) for "torch+tf32", both off otherwise."""
+    return defaults if split_impl(impl)[1] == "tf32" else (False, False)
+
+
+@contextlib.contextmanager
+def precision(impl: str, device: torch.device, defaults: tuple[bool, bool]):
+    """The row's TF32 switches (tf32_flags) while it runs on a GPU, restored after;
+    on a CPU nothing is touched."""
+    if device.type != "cuda":
+        yield
+        return
+    b = torch.backends
+    old = b.cudnn.allow_tf32, b.cuda.matmul.allow_tf32
+    b.cudnn.allow_tf32, b.cuda.matmul.allow_tf32 = tf32_flags(impl, defaults)
+    try:
+        yield
+    finally:
+        b.cudnn.allow_tf32, b.cuda.matmul.allow_tf32 = old
 
 
 def is_amp(impl: str) -> bool:
@@ -223,9 +264,11 @@ def parse_args(argv=None):
     p.add_argument("--backends", default="all",
                    help="comma list of fastrnn backends, 'torch' (torch.nn) and 'torch-native' (torch.nn with oneDNN off, CPU), "
                         "each optionally with '+autocast' (run under torch.autocast: bf16 on CPU) or '+bf16' (the model "
-                        "cast to bfloat16, weights and all); 'all' = both torch baselines + every usable backend + "
-                        "torch.nn and each compiled backend under autocast (and, on CPU, as bf16 models); 'mixed' = "
-                        "torch and the fastest fastrnn backend, each in fp32 and under autocast")
+                        "cast to bfloat16, weights and all), and 'torch+tf32' (torch.nn with cuDNN's default TF32; every "
+                        "other fp32 row runs TF32 off; skipped on CPU); 'all' = both torch baselines (on a GPU torch and "
+                        "torch+tf32) + every usable backend + torch.nn and each compiled backend under autocast (and, on "
+                        "CPU, as bf16 models); 'mixed' = torch and the fastest fastrnn backend, each in fp32 and under "
+                        "autocast")
     p.add_argument("--max-tokens", type=int, default=10000)
     p.add_argument("--random-iter", action="store_true", help="random-offset iterator, state reset every batch")
     p.add_argument("--seed", type=int, default=0)
@@ -236,6 +279,12 @@ def parse_args(argv=None):
     p.add_argument("--out", default=str(RESULTS), help="directory for the JSON and PNG results")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--no-plot", action="store_true")
+    p.add_argument("--skip-unavailable", action="store_true",
+                   help="a named backend that cannot run here is skipped (the reason in the JSON), not an error: "
+                        "a GPU session keeps its cuDNN rows when one backend failed to build")
+    p.add_argument("--dry-run", action="store_true",
+                   help="check the arguments, the backend names and the data file, say what would run, and exit "
+                        "(no device is touched: a GPU run's arguments can be checked on a CPU)")
     args = p.parse_args(argv)
     for k in ("layers", "hidden", "batch", "steps", "fwd_rounds") + (("threads",) if args.threads is not None else ()):
         if getattr(args, k) < 1:
@@ -245,7 +294,8 @@ def parse_args(argv=None):
     return args
 
 
-def choose_impls(spec: str, device: torch.device, cell: str) -> tuple[list[str], dict[str, str]]:
+def choose_impls(spec: str, device: torch.device, cell: str,
+                 skip_unavailable: bool = False) -> tuple[list[str], dict[str, str]]:
     usable, skipped = C.fastrnn_backends(device, cell)
     baselines = [C.TORCH] + ([C.TORCH_NATIVE] if device.type == "cpu" else [])
     compiled = [i for i in [C.TORCH] + usable if i != "reference" and C.LAYERS not in i]
@@ -253,18 +303,49 @@ def choose_impls(spec: str, device: torch.device, cell: str) -> tuple[list[str],
         amp = [i + C.AUTOCAST for i in compiled]
         # on CPU also the bf16 models (the GPU session keeps its time for the fp32 and autocast rows)
         bf16 = [i + BF16 for i in compiled] if device.type == "cpu" else []
-        return baselines + usable + amp + bf16, skipped
+        tf32 = [C.TORCH + TF32] if device.type == "cuda" else []
+        return baselines + tf32 + usable + amp + bf16, skipped
     if spec == "mixed":  # fp32 and bf16 autocast, torch.nn and the fastest fastrnn backend of this device
         best = next((b for b in usable if C.LAYERS not in b and b != "reference"), None)
         return [i for i in (C.TORCH, C.TORCH + C.AUTOCAST, best, best and best + C.AUTOCAST) if i], skipped
-    wanted = [s.strip() for s in spec.split(",") if s.strip()]
-    for w in wanted:
+    wanted = list(dict.fromkeys(s.strip() for s in spec.split(",") if s.strip()))
+    check_names(wanted)
+    if device.type != "cuda":  # no TF32 to switch: the row would be torch.nn's fp32 row again
+        for w in [w for w in wanted if split_impl(w)[1] == "tf32"]:
+            skipped[w] = f"TF32 is a CUDA tensor-core mode (cuDNN's default for fp32 on a GPU); on {device.type} " \
+                         "this row would be torch.nn's fp32 row again"
+            wanted.remove(w)
+    for w in list(wanted):
         if split_impl(w)[0] not in baselines + usable:
-            why = skipped.get(w, "unknown backend")
+            base = split_impl(w)[0]
+            why = skipped.get(base.removesuffix(C.LAYERS), skipped.get(w, "unknown backend"))
+            if skip_unavailable:
+                skipped[w] = why
+                wanted.remove(w)
+                continue
             print(f"time_machine.py: backend {w!r} cannot run {cell} on {device}: {why}. "
                   f"Usable here: {', '.join(baselines + usable)}", file=sys.stderr)
             raise SystemExit(2)
-    return list(dict.fromkeys(wanted)), skipped
+    return wanted, skipped
+
+
+def check_names(wanted: list[str]) -> None:
+    """Exit 2 with a message for a name no device knows (a typo, a mode on the wrong
+    row): checked before anything runs, on any machine (--dry-run too)."""
+    import fastrnn._backend
+
+    known = (C.TORCH, C.TORCH_NATIVE) + tuple(fastrnn._backend.NAMES)
+    for w in wanted:
+        base, mode = split_impl(w)
+        name = base[: -len(C.LAYERS)] if base.endswith(C.LAYERS) else base
+        why = None
+        if name not in known:
+            why = f"unknown backend {name!r}; known: {', '.join(known)}"
+        elif mode == "tf32" and base != C.TORCH:
+            why = "only torch.nn takes '+tf32' (cuDNN's default); fastrnn's fp32 kernels are exact fp32"
+        if why:
+            print(f"time_machine.py: --backends {w!r}: {why}", file=sys.stderr)
+            raise SystemExit(2)
 
 
 def label(impl: str, device: torch.device) -> str:
@@ -274,8 +355,10 @@ def label(impl: str, device: torch.device) -> str:
         return f"{label(impl, device)} + autocast {dt}"
     if mode == "bf16":
         return f"{label(impl, device)}, bf16 model"
+    if impl == C.TORCH and device.type == "cuda" and torch.backends.cudnn.is_available():
+        return "torch.nn (cuDNN, TF32)" if mode == "tf32" else "torch.nn (cuDNN, TF32 off)"
     if impl == C.TORCH:
-        return "torch.nn (cuDNN)" if device.type == "cuda" and torch.backends.cudnn.is_available() else "torch.nn"
+        return "torch.nn"
     if impl == C.TORCH_NATIVE:
         return "torch.nn, no oneDNN"
     return f"fastrnn {impl}"
@@ -292,7 +375,8 @@ def row_precision(model: RNNModel, impl: str, device: torch.device) -> str:
     return str(y.dtype).replace("torch.", "")
 
 
-def probe_rows(models: dict, impls: list, args, device: torch.device, batches: list) -> dict[str, str]:
+def probe_rows(models: dict, impls: list, args, device: torch.device, batches: list,
+               defaults: tuple[bool, bool] = (True, False)) -> dict[str, str]:
     """The rows this machine cannot run, each with why: one training step and one
     forward of a copy of each model on one batch.  A RuntimeError (torch.nn's LSTM
     under CPU autocast on a CPU without AVX-512, where oneDNN has no bfloat16 LSTM
@@ -301,9 +385,10 @@ def probe_rows(models: dict, impls: list, args, device: torch.device, batches: l
     for impl in impls:
         m = copy.deepcopy(models[impl])
         try:
-            train_epoch(m, batches, torch.optim.SGD(m.parameters(), lr=args.lr), device, args.random_iter,
-                        is_amp(impl))
-            forward_epoch(m, batches, device, is_amp(impl))
+            with precision(impl, device, defaults):
+                train_epoch(m, batches, torch.optim.SGD(m.parameters(), lr=args.lr), device, args.random_iter,
+                            is_amp(impl))
+                forward_epoch(m, batches, device, is_amp(impl))
         except RuntimeError as e:
             refused[impl] = f"{label(impl, device)} cannot run here: {str(e).splitlines()[0]}"
     return refused
@@ -365,11 +450,115 @@ def cpu_ceiling(args, V: int, rounds: int = 15, before: dict | None = None) -> d
     return out
 
 
-def run(args) -> dict:
+class Measured:
+    """What a run has measured so far, per row: each epoch's perplexity, seconds and
+    tokens, each forward round's seconds and tokens, the continuations at the end."""
+
+    def __init__(self, impls: list[str], epochs: int, fwd_rounds: int):
+        self.impls, self.epochs, self.fwd_rounds = impls, epochs, fwd_rounds
+        self.ppl = {i: [] for i in impls}
+        self.train_secs = {i: [] for i in impls}
+        self.train_tokens = {i: [] for i in impls}
+        self.fwd_secs = {i: [] for i in impls}
+        self.fwd_tokens = {i: [] for i in impls}
+        self.preds: dict[str, dict[str, str]] = {}
+        self.wall: float | None = None  # seconds of training and forward rounds, once both ended
+
+    def progress(self) -> dict:
+        return {"epochs_done": min(map(len, self.ppl.values()), default=0), "epochs": self.epochs,
+                "forward_rounds_done": min(map(len, self.fwd_secs.values()), default=0),
+                "forward_rounds": self.fwd_rounds}
+
+
+def _paired(base: list[float], secs: list[float]) -> float | None:
+    """Median over same-round pairs of base's time / this row's time (None before the first)."""
+    n = min(len(base), len(secs))
+    return statistics.median(a / b for a, b in zip(base[:n], secs[:n])) if n else None
+
+
+def result_rows(m: Measured, device: torch.device, defaults: tuple[bool, bool], precisions: dict,
+                ceiling: dict | None) -> list[dict]:
+    """One row per implementation from what ``m`` holds: complete or not (a row has
+    the forward numbers once a forward round ran, its continuations at the end)."""
+    results = []
+    for impl in m.impls:
+        if not m.ppl[impl]:
+            continue
+        tr = [n / s for n, s in zip(m.train_tokens[impl], m.train_secs[impl])]
+        row = {
+            "backend": impl,
+            "label": label(impl, device),
+            "device": str(device),
+            "final_perplexity": m.ppl[impl][-1],
+            "perplexity": list(m.ppl[impl]),
+            "train_tokens_per_s": max(tr),
+            "train_tokens_per_s_median": statistics.median(tr),
+            "train_tokens_per_s_min_max": [min(tr), max(tr)],
+            "train_epoch_seconds": list(m.train_secs[impl]),
+        }
+        if device.type == "cuda":  # the switches the row ran under (precision)
+            row["tf32"] = dict(zip(("cudnn", "matmul"), tf32_flags(impl, defaults)))
+        fw = [n / s for n, s in zip(m.fwd_tokens[impl], m.fwd_secs[impl])]
+        if fw:
+            row.update({
+                "forward_tokens_per_s": max(fw),
+                "forward_tokens_per_s_median": statistics.median(fw),
+                "forward_tokens_per_s_min_max": [min(fw), max(fw)],
+                "forward_round_seconds": list(m.fwd_secs[impl]),
+            })
+        if impl in m.preds:
+            row["predictions"] = m.preds[impl]
+            row["prediction"] = m.preds[impl][PREFIXES[0]]
+        results.append(row)
+    by = {r["backend"]: r for r in results}
+    ref = by.get(C.TORCH)
+    # autocast rows against torch.nn's own autocast, bf16 models against torch.nn's,
+    # fp32 rows against cuDNN's default TF32 too (torch.nn's own row included: what exactness costs it)
+    for key, base in (("autocast", by.get(C.TORCH + C.AUTOCAST)), ("bf16", by.get(C.TORCH + BF16)),
+                      ("tf32", by.get(C.TORCH + TF32))):
+        if base is None:
+            continue
+        for r in results:
+            mode = split_impl(r["backend"])[1]
+            if (mode == "fp32" if key == "tf32" else mode == key):
+                _ratios(r, base, f"_{key}")
+    for r in results:
+        _ratios(r, ref, "")
+        if ceiling is not None:  # of the measured-GEMM ceiling in the row's precision
+            for mode in ("train", "forward"):
+                top = ceiling[f"ceiling_{mode}_tokens_per_s"].get(precisions[r["backend"]])
+                if top and f"{mode}_tokens_per_s" in r:
+                    r[f"{mode}_fraction_of_ceiling"] = r[f"{mode}_tokens_per_s"] / top
+        r["max_abs_perplexity_diff_to_torch"] = (
+            max(abs(a - b) for a, b in zip(r["perplexity"], ref["perplexity"])) if ref else None
+        )
+    return results
+
+
+def _ratios(r: dict, base: dict | None, suffix: str) -> None:
+    """r's train and forward tokens/s over base's, fastest against fastest
+    (``*_ratio_to_torch{suffix}``) and the median of same-epoch / same-round pairs
+    (``..._paired_median``); None without a base, absent before a forward round."""
+    for mode, secs in (("train", "train_epoch_seconds"), ("forward", "forward_round_seconds")):
+        if f"{mode}_tokens_per_s" not in r:
+            continue
+        ok = base is not None and f"{mode}_tokens_per_s" in base
+        r[f"{mode}_ratio_to_torch{suffix}"] = r[f"{mode}_tokens_per_s"] / base[f"{mode}_tokens_per_s"] if ok else None
+        # Same-round pairs see the same interference; their median ratio is a second, robust estimate.
+        r[f"{mode}_ratio_to_torch{suffix}_paired_median"] = _paired(base[secs], r[secs]) if ok else None
+
+
+def run(args, progress=None) -> dict:
+    """The benchmark as a JSON-able report; ``progress(report)``, when given, gets
+    the report so far after every epoch and forward round (``"complete": False``)."""
     if args.threads:
         torch.set_num_threads(args.threads)
     device = C.best_device() if args.device == "auto" else torch.device(args.device)
-    impls, skipped = choose_impls(args.backends, device, args.cell)
+    impls, skipped = choose_impls(args.backends, device, args.cell, args.skip_unavailable)
+    # torch's TF32 switches as this process found them: the "torch+tf32" row runs
+    # under these, every other fp32 row with both off
+    defaults = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    env = C.environment(device)  # once, before any row changes a switch; git asked once
 
     loader, vocab = tmdata.load_data_time_machine(
         args.batch, args.steps, args.random_iter, args.max_tokens, path=args.data, seed=args.seed
@@ -389,103 +578,77 @@ def run(args) -> dict:
     # generator and shift every epoch's random offset
     g = torch.Generator().manual_seed(args.seed)
     tokens = torch.randint(V, (args.batch, args.steps + 1), generator=g)
-    refused = probe_rows(models, impls, args, device, [(tokens[:, :-1].to(device), tokens[:, 1:].to(device))])
+    refused = probe_rows(models, impls, args, device, [(tokens[:, :-1].to(device), tokens[:, 1:].to(device))],
+                         defaults)
     impls = [i for i in impls if i not in refused]
     skipped = {**skipped, **refused}
+    # each row's precision, probed once (for the CPU's ceiling shares)
+    precisions = {i: row_precision(models[i], i, device) for i in impls} if ceiling is not None else {}
 
-    ppl = {i: [] for i in impls}
-    train_secs = {i: [] for i in impls}
-    train_tokens = {i: [] for i in impls}
-    bar = _Progress(args.epochs * len(impls), enabled=not args.no_progress)
+    m = Measured(impls, args.epochs, args.fwd_rounds)
+    started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     t_start = time.perf_counter()
+
+    def report(complete: bool) -> dict:
+        return {
+            "benchmark": "time_machine",
+            "complete": complete,
+            "progress": m.progress(),
+            "command": shlex.join([sys.executable, *sys.argv]),
+            "config": {k: v for k, v in vars(args).items()
+                       if k not in ("out", "no_progress", "no_plot", "dry_run", "skip_unavailable")},
+            "environment": env,
+            "vocab_size": V,
+            "timing": "per-epoch round-robin across models (rotating start), device synchronised before each "
+                      "clock read; train = fastest epoch's tokens/s incl. loss, backward, clipping and SGD step; "
+                      "forward = fastest round's no_grad tokens/s; medians and paired ratios also recorded"
+                      + ("; fp32 rows with TF32 off in cuDNN and cuBLAS, torch+tf32 with torch's defaults"
+                         if device.type == "cuda" else ""),
+            "skipped_backends": skipped,
+            "wall_seconds": m.wall if m.wall is not None else time.perf_counter() - t_start,
+            "started": started,
+            "results": result_rows(m, device, defaults, precisions, ceiling),
+            "cpu_ceiling": ceiling,
+            "triton_tuning": C.triton_tuning(),
+        }
+
+    def saved():
+        if progress is not None:
+            progress(report(False))
+
+    bar = _Progress(args.epochs * len(impls), enabled=not args.no_progress)
     for epoch in range(args.epochs):
         batches = epoch_batches()
         k = epoch % len(impls)
         for impl in impls[k:] + impls[:k]:  # rotate who goes first: no model always runs on a cold cache
-            p, s, n = train_epoch(models[impl], batches, opts[impl], device, args.random_iter,
-                                  is_amp(impl))
-            ppl[impl].append(p)
-            train_secs[impl].append(s)
-            train_tokens[impl].append(n)
+            with precision(impl, device, defaults):
+                p, s, n = train_epoch(models[impl], batches, opts[impl], device, args.random_iter,
+                                      is_amp(impl))
+            m.ppl[impl].append(p)
+            m.train_secs[impl].append(s)
+            m.train_tokens[impl].append(n)
             bar.update(f"epoch {epoch + 1} {impl} ppl {p:.2f} {n / s:,.0f} tok/s")
+        saved()
     bar.close()
 
-    fwd_secs = {i: [] for i in impls}
-    fwd_tokens = {i: [] for i in impls}
     for impl in impls:  # one untimed pass each (lazy initialisation, autotuning)
-        forward_epoch(models[impl], epoch_batches()[:1], device, is_amp(impl))
+        with precision(impl, device, defaults):
+            forward_epoch(models[impl], epoch_batches()[:1], device, is_amp(impl))
     for r in range(args.fwd_rounds):
         batches = epoch_batches()
         for impl in impls[r % len(impls):] + impls[:r % len(impls)]:
-            s, n = forward_epoch(models[impl], batches, device, is_amp(impl))
-            fwd_secs[impl].append(s)
-            fwd_tokens[impl].append(n)
-    wall = time.perf_counter() - t_start
+            with precision(impl, device, defaults):
+                s, n = forward_epoch(models[impl], batches, device, is_amp(impl))
+            m.fwd_secs[impl].append(s)
+            m.fwd_tokens[impl].append(n)
+        saved()
+    m.wall = time.perf_counter() - t_start
+    for impl in impls:
+        with precision(impl, device, defaults):
+            m.preds[impl] = {p: predict(p, 50, models[impl], vocab, device) for p in PREFIXES}
     if ceiling is not None:  # measured again after the run: the faster of the two stands per GEMM
         ceiling = cpu_ceiling(args, V, before=ceiling["gemm_gflops"])
-    results = []
-    for impl in impls:
-        tr = [n / s for n, s in zip(train_tokens[impl], train_secs[impl])]
-        fw = [n / s for n, s in zip(fwd_tokens[impl], fwd_secs[impl])]
-        results.append({
-            "backend": impl,
-            "label": label(impl, device),
-            "device": str(device),
-            "final_perplexity": ppl[impl][-1],
-            "perplexity": ppl[impl],
-            "train_tokens_per_s": max(tr),
-            "train_tokens_per_s_median": statistics.median(tr),
-            "train_tokens_per_s_min_max": [min(tr), max(tr)],
-            "train_epoch_seconds": train_secs[impl],
-            "forward_tokens_per_s": max(fw),
-            "forward_tokens_per_s_median": statistics.median(fw),
-            "forward_tokens_per_s_min_max": [min(fw), max(fw)],
-            "forward_round_seconds": fwd_secs[impl],
-            "predictions": (preds := {p: predict(p, 50, models[impl], vocab, device) for p in PREFIXES}),
-            "prediction": preds[PREFIXES[0]],
-        })
-    ref = next((r for r in results if r["backend"] == C.TORCH), None)
-    amp_ref = next((r for r in results if r["backend"] == C.TORCH + C.AUTOCAST), None)
-    bf16_ref = next((r for r in results if r["backend"] == C.TORCH + BF16), None)
-    for r in results:  # autocast rows against torch.nn's own autocast, bf16 models against torch.nn's
-        for key, base in (("autocast", amp_ref), ("bf16", bf16_ref)):
-            if base is not None and split_impl(r["backend"])[1] == key:
-                r[f"train_ratio_to_torch_{key}"] = r["train_tokens_per_s"] / base["train_tokens_per_s"]
-                r[f"forward_ratio_to_torch_{key}"] = r["forward_tokens_per_s"] / base["forward_tokens_per_s"]
-    for r in results:
-        r["train_ratio_to_torch"] = r["train_tokens_per_s"] / ref["train_tokens_per_s"] if ref else None
-        r["forward_ratio_to_torch"] = r["forward_tokens_per_s"] / ref["forward_tokens_per_s"] if ref else None
-        # Same-round pairs see the same interference; their median ratio is a second, robust estimate.
-        r["train_ratio_to_torch_paired_median"] = statistics.median(
-            a / b for a, b in zip(ref["train_epoch_seconds"], r["train_epoch_seconds"])) if ref else None
-        r["forward_ratio_to_torch_paired_median"] = statistics.median(
-            a / b for a, b in zip(ref["forward_round_seconds"], r["forward_round_seconds"])) if ref else None
-        if ceiling is not None:  # of the measured-GEMM ceiling in the row's precision
-            d = row_precision(models[r["backend"]], r["backend"], device)
-            for mode in ("train", "forward"):
-                top = ceiling[f"ceiling_{mode}_tokens_per_s"].get(d)
-                if top:
-                    r[f"{mode}_fraction_of_ceiling"] = r[f"{mode}_tokens_per_s"] / top
-        r["max_abs_perplexity_diff_to_torch"] = (
-            max(abs(a - b) for a, b in zip(r["perplexity"], ref["perplexity"])) if ref else None
-        )
-
-    return {
-        "benchmark": "time_machine",
-        "command": shlex.join([sys.executable, *sys.argv]),
-        "config": {k: v for k, v in vars(args).items() if k not in ("out", "no_progress", "no_plot")},
-        "environment": C.environment(device),
-        "vocab_size": V,
-        "timing": "per-epoch round-robin across models (rotating start), device synchronised before each "
-                  "clock read; train = fastest epoch's tokens/s incl. loss, backward, clipping and SGD step; "
-                  "forward = fastest round's no_grad tokens/s; medians and paired ratios also recorded",
-        "skipped_backends": skipped,
-        "wall_seconds": wall,
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "results": results,
-        "cpu_ceiling": ceiling,
-        "triton_tuning": C.triton_tuning(),
-    }
+    return report(True)
 
 
 def _ratio(x):
@@ -528,6 +691,11 @@ def format_table(report: dict) -> str:
               for r in report["results"] if r["backend"] != C.TORCH and r["train_ratio_to_torch_paired_median"]]
     if paired:
         lines.append("median same-round ratio to torch.nn (train/forward): " + ", ".join(paired))
+    tf32 = [f"{r['label']} {r['train_ratio_to_torch_tf32']:.2f}x/{r['forward_ratio_to_torch_tf32']:.2f}x"
+            for r in report["results"] if r.get("train_ratio_to_torch_tf32") and r.get("forward_ratio_to_torch_tf32")]
+    if tf32:
+        lines.append("vs torch.nn with cuDNN's default TF32 (train/forward; the rows above are against TF32 off): "
+                     + ", ".join(tf32))
     amp = [f"{r['label']} {r['train_ratio_to_torch_autocast']:.2f}x/{r['forward_ratio_to_torch_autocast']:.2f}x"
            for r in report["results"] if "train_ratio_to_torch_autocast" in r and r["backend"] != C.TORCH + C.AUTOCAST]
     if amp:
@@ -562,11 +730,15 @@ def _atomic_write(path: Path, write) -> None:
     os.replace(tmp, path)
 
 
+def json_path(report: dict, out: Path) -> Path:
+    return out / f"time_machine_{report['config']['cell']}_{torch.device(report['environment']['device']).type}.json"
+
+
 def save(report: dict, out: Path, plot: bool) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
-    stem = f"time_machine_{report['config']['cell']}_{torch.device(report['results'][0]['device']).type}"
-    js = out / f"{stem}.json"
-    _atomic_write(js, lambda p: p.write_text(json.dumps(report, indent=2) + "\n"))
+    js = json_path(report, out)
+    stem = js.stem
+    write_json(js, report, indent=2)
     written = [js]
     if plot:
         try:
@@ -609,15 +781,40 @@ def save(report: dict, out: Path, plot: bool) -> list[Path]:
     return written
 
 
+def dry_run(args) -> int:
+    """--dry-run: the names, the device's spelling and the data file checked, the plan
+    said; nothing is built or run."""
+    if args.backends not in ("all", "mixed"):
+        check_names([s.strip() for s in args.backends.split(",") if s.strip()])
+    if args.device != "auto":
+        try:
+            torch.device(args.device)
+        except RuntimeError as e:
+            print(f"time_machine.py: --device {args.device!r}: {e}", file=sys.stderr)
+            return 2
+    try:
+        data = tmdata.find_time_machine(args.data, download=False)
+    except tmdata.TimeMachineNotFoundError as e:
+        print(f"time_machine.py: {e}", file=sys.stderr)
+        return 2
+    print(f"time_machine.py: dry run: {args.cell.upper()} {args.layers}x{args.hidden}, batch {args.batch}, "
+          f"{args.steps} steps, {args.epochs} epochs, backends {args.backends} on {args.device}, data {data}, "
+          f"JSON into {args.out}; arguments valid, nothing run")
+    return 0
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.dry_run:
+        return dry_run(args)
+    out = Path(args.out)
     try:
-        report = run(args)
+        report = run(args, progress=lambda rep: write_json(json_path(rep, out), rep, indent=2))
     except tmdata.TimeMachineNotFoundError as e:
         print(f"time_machine.py: {e} Here: --data /path/to/timemachine.txt.", file=sys.stderr)
         return 2
     print(format_table(report))
-    for p in save(report, Path(args.out), plot=not args.no_plot):
+    for p in save(report, out, plot=not args.no_plot):
         print(f"wrote {p}")
     return 0
 

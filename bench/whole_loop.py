@@ -32,13 +32,19 @@ its batches already on the device (d2l's loop copies each batch inside the
 step): that makes the baseline a little faster than d2l's own, so the ratios
 are, if anything, understated.
 
+fp32 is exact everywhere: TF32 is switched off in cuDNN and cuBLAS for the run
+(cuDNN's RNNs would use it by default; fastrnn's kernels do not), and the JSON
+records the switches.  ``time_machine.py``'s ``torch+tf32`` row measures what
+cuDNN's default TF32 buys.  The JSON is written after every epoch, atomically,
+marked ``"complete": false`` until the last: a run stopped by a time limit keeps
+the epochs it measured.
+
     python bench/whole_loop.py                       # every backend, every loop usable here
     python bench/whole_loop.py --backends torch,cuda --loops d2l,graph --epochs 20
 """
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import shlex
 import statistics
@@ -54,6 +60,7 @@ import _common as C  # noqa: E402
 import time_machine as TM  # noqa: E402  (the d2l model, the data, the clocks)
 
 import data as tmdata  # noqa: E402  (bench/data.py)
+from fastrnn.bench import write_json  # noqa: E402  (the checkout is on the path: _common)
 
 LOOPS = ("d2l", "fused", "graph")
 WARMUP_STEPS = 3  # eager steps before the capture: cuBLAS/cuDNN handles, autotuning, autograd's streams
@@ -225,6 +232,10 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--data", default=None)
     p.add_argument("--out", default=str(TM.RESULTS))
+    p.add_argument("--skip-unavailable", action="store_true",
+                   help="a named backend that cannot run here is skipped (the reason in the JSON), not an error")
+    p.add_argument("--dry-run", action="store_true",
+                   help="check the arguments, the names and the data file, say what would run, and exit")
     args = p.parse_args(argv)
     for k in ("layers", "hidden", "batch", "steps", "epochs") + (("threads",) if args.threads is not None else ()):
         if getattr(args, k) < 1:
@@ -237,8 +248,11 @@ def choose(args, device) -> tuple[list[tuple[str, str]], dict[str, str]]:
     usable, skipped = C.fastrnn_backends(device, args.cell)
     usable = [u for u in usable if not u.endswith(C.LAYERS)]
     impls = [C.TORCH] + usable if args.backends == "all" else [s.strip() for s in args.backends.split(",") if s.strip()]
-    for i in impls:
-        if i != C.TORCH and i not in usable:
+    for i in list(impls):
+        if i != C.TORCH and i not in usable and args.skip_unavailable:
+            skipped[i] = skipped.get(i, "unknown backend")
+            impls.remove(i)
+        elif i != C.TORCH and i not in usable:
             sys.exit(f"whole_loop.py: backend {i!r} cannot run {args.cell} on {device}: "
                      f"{skipped.get(i, 'unknown backend')}. Usable: {', '.join([C.TORCH] + usable)}")
     loops = [lp for lp in LOOPS if lp != "graph" or device.type == "cuda"] if args.loops == "all" else \
@@ -256,36 +270,8 @@ def choose(args, device) -> tuple[list[tuple[str, str]], dict[str, str]]:
     return [BASELINE] + pairs, skipped
 
 
-def run(args) -> dict:
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = C.best_device() if args.device == "auto" else torch.device(args.device)
-    pairs, skipped = choose(args, device)
-    loader, vocab = tmdata.load_data_time_machine(args.batch, args.steps, False, args.max_tokens,
-                                                  path=args.data, seed=args.seed)
-    V = len(vocab)
-    models = TM.same_init_models([impl for impl, _ in pairs], args, V, device)
-    loops = {(impl, kind): make_loop(kind, m, args, device) for (impl, kind), m in zip(pairs, models)}
-    errors = {}
-
-    secs = {k: [] for k in loops}
-    ppl = {k: [] for k in loops}
-    t_start = time.perf_counter()
-    order = list(loops)
-    for epoch in range(args.epochs):
-        batches = [(x.to(device), y.to(device)) for x, y in loader]
-        r = epoch % len(order)
-        for key in order[r:] + order[:r]:
-            if key in errors:
-                continue
-            try:
-                secs[key].append(run_epoch(loops[key], batches, device))
-            except Exception as e:  # noqa: BLE001 (one pair failing, e.g. a capture, must not hide the others)
-                errors[key] = f"epoch {epoch}: {type(e).__name__}: {e}"
-                continue
-            ppl[key].append(loops[key].perplexity())
-        print(f"epoch {epoch + 1}/{args.epochs}", file=sys.stderr, flush=True)
-    tokens = len(batches) * args.batch * args.steps
+def result_rows(secs: dict, ppl: dict, errors: dict, tokens: int, device) -> list[dict]:
+    """One row per (backend, loop) pair from the epochs measured so far."""
     results = []
     base = secs[BASELINE]
     for (impl, kind), s in secs.items():
@@ -297,8 +283,8 @@ def run(args) -> dict:
             row.update({
                 "train_tokens_per_s": max(tps),
                 "train_tokens_per_s_median": statistics.median(tps),
-                "epoch_seconds": s,
-                "perplexity": ppl[impl, kind],
+                "epoch_seconds": list(s),
+                "perplexity": list(ppl[impl, kind]),
                 "final_perplexity": ppl[impl, kind][-1],
             })
             if base:
@@ -308,22 +294,77 @@ def run(args) -> dict:
                 row["max_abs_perplexity_diff_to_baseline"] = max(
                     abs(a - b) for a, b in zip(ppl[BASELINE][:n], ppl[impl, kind][:n]))
         results.append(row)
-    return {
-        "benchmark": "whole_loop",
-        "command": shlex.join([sys.executable, *sys.argv]),
-        "config": {k: v for k, v in vars(args).items() if k != "out"},
-        "environment": C.environment(device),
-        "baseline": f"{TM.label(C.TORCH, device)}, d2l loop",
-        "tokens_per_epoch": tokens,
-        "timing": "per-epoch round-robin over (backend, loop) pairs, rotating start, device synchronised before "
-                  "each clock read; tokens/s = fastest epoch, whole step (input copy, forward, loss, backward, "
-                  "clipping, SGD); the graph loop's first epoch includes its warm-up and capture",
-        "skipped": skipped,
-        "wall_seconds": time.perf_counter() - t_start,
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "results": results,
-        "triton_tuning": C.triton_tuning(),
-    }
+    return results
+
+
+def run(args, progress=None) -> dict:
+    """The report; ``progress(report)``, when given, gets it after every epoch
+    (``"complete": False`` until the last)."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = C.best_device() if args.device == "auto" else torch.device(args.device)
+    pairs, skipped = choose(args, device)
+    loader, vocab = tmdata.load_data_time_machine(args.batch, args.steps, False, args.max_tokens,
+                                                  path=args.data, seed=args.seed)
+    V = len(vocab)
+    env = C.environment(device)  # torch's switches as found; the run's own are in "tf32"
+    # exact fp32 for every pair (TM.precision of a plain row: TF32 off in cuDNN and
+    # cuBLAS), set once around the whole run: the graph loop captures under it too
+    with TM.precision(C.TORCH, device, (True, False)):
+        return _run(args, device, pairs, skipped, loader, V, env, progress)
+
+
+def _run(args, device, pairs, skipped, loader, V, env, progress) -> dict:
+    models = TM.same_init_models([impl for impl, _ in pairs], args, V, device)
+    loops = {(impl, kind): make_loop(kind, m, args, device) for (impl, kind), m in zip(pairs, models)}
+    errors = {}
+
+    secs = {k: [] for k in loops}
+    ppl = {k: [] for k in loops}
+    started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    t_start = time.perf_counter()
+    order = list(loops)
+    tokens = 0
+
+    def report(epochs_done: int, complete: bool) -> dict:
+        return {
+            "benchmark": "whole_loop",
+            "complete": complete,
+            "progress": {"epochs_done": epochs_done, "epochs": args.epochs},
+            "command": shlex.join([sys.executable, *sys.argv]),
+            "config": {k: v for k, v in vars(args).items() if k not in ("out", "dry_run", "skip_unavailable")},
+            "environment": env,
+            "tf32": ({"cudnn": torch.backends.cudnn.allow_tf32, "matmul": torch.backends.cuda.matmul.allow_tf32}
+                     if device.type == "cuda" else None),
+            "baseline": f"{TM.label(C.TORCH, device)}, d2l loop",
+            "tokens_per_epoch": tokens,
+            "timing": "per-epoch round-robin over (backend, loop) pairs, rotating start, device synchronised before "
+                      "each clock read; tokens/s = fastest epoch, whole step (input copy, forward, loss, backward, "
+                      "clipping, SGD); the graph loop's first epoch includes its warm-up and capture",
+            "skipped": skipped,
+            "wall_seconds": time.perf_counter() - t_start,
+            "started": started,
+            "results": result_rows(secs, ppl, errors, tokens, device),
+            "triton_tuning": C.triton_tuning(),
+        }
+
+    for epoch in range(args.epochs):
+        batches = [(x.to(device), y.to(device)) for x, y in loader]
+        tokens = len(batches) * args.batch * args.steps
+        r = epoch % len(order)
+        for key in order[r:] + order[:r]:
+            if key in errors:
+                continue
+            try:
+                secs[key].append(run_epoch(loops[key], batches, device))
+            except Exception as e:  # noqa: BLE001 (one pair failing, e.g. a capture, must not hide the others)
+                errors[key] = f"epoch {epoch}: {type(e).__name__}: {e}"
+                continue
+            ppl[key].append(loops[key].perplexity())
+        print(f"epoch {epoch + 1}/{args.epochs}", file=sys.stderr, flush=True)
+        if progress is not None and epoch + 1 < args.epochs:
+            progress(report(epoch + 1, False))
+    return report(args.epochs, True)
 
 
 def format_table(report: dict) -> str:
@@ -343,18 +384,40 @@ def format_table(report: dict) -> str:
     return "\n".join(lines)
 
 
+def dry_run(args) -> int:
+    """--dry-run: the names and the data file checked, the plan said; nothing runs."""
+    if args.backends != "all":
+        TM.check_names([s.strip() for s in args.backends.split(",") if s.strip()])
+    loops = LOOPS if args.loops == "all" else [s.strip() for s in args.loops.split(",") if s.strip()]
+    bad = [lp for lp in loops if lp not in LOOPS]
+    if bad:
+        print(f"whole_loop.py: unknown loop {bad[0]!r}; one of {', '.join(LOOPS)}", file=sys.stderr)
+        return 2
+    try:
+        data = tmdata.find_time_machine(args.data, download=False)
+    except tmdata.TimeMachineNotFoundError as e:
+        print(f"whole_loop.py: {e}", file=sys.stderr)
+        return 2
+    print(f"whole_loop.py: dry run: {args.cell.upper()} {args.layers}x{args.hidden}, {args.epochs} epochs, backends "
+          f"{args.backends}, loops {','.join(loops)} on {args.device}, data {data}, JSON into {args.out}; "
+          "arguments valid, nothing run")
+    return 0
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.dry_run:
+        return dry_run(args)
+    out = Path(args.out)
+    device = C.best_device() if args.device == "auto" else torch.device(args.device)
+    path = out / f"whole_loop_{args.cell}_{device.type}.json"
     try:
-        report = run(args)
+        report = run(args, progress=lambda rep: write_json(path, rep, indent=2))
     except tmdata.TimeMachineNotFoundError as e:
         print(f"whole_loop.py: {e} Here: --data /path/to/timemachine.txt.", file=sys.stderr)
         return 2
     print(format_table(report))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"whole_loop_{args.cell}_{torch.device(report['environment']['device']).type}.json"
-    TM._atomic_write(path, lambda p: p.write_text(json.dumps(report, indent=2) + "\n"))
+    write_json(path, report, indent=2)
     print(f"wrote {path}")
     return 0 if not any("error" in r for r in report["results"]) else 1
 

@@ -143,9 +143,13 @@ def time_call(fn, device: torch.device) -> float:
     return time.perf_counter() - t0
 
 
-def round_robin(fns: dict, device: torch.device, rounds: int, warmup: int = 1) -> dict[str, list[float]]:
+def round_robin(fns: dict, device: torch.device, rounds: int, warmup: int = 1,
+                on_round=None) -> dict[str, list[float]]:
     """{name: seconds per round}: ``warmup`` untimed calls each, then ``rounds``
-    rounds of one timed call each, the starting implementation rotating per round."""
+    rounds of one timed call each, the starting implementation rotating per round;
+    ``on_round(secs)`` after each round (outside the timed calls: each call
+    synchronises the device before its clock starts), so a caller can save what
+    was measured before a time limit ends the run."""
     names = list(fns)
     for name in names:
         for _ in range(warmup):
@@ -156,7 +160,28 @@ def round_robin(fns: dict, device: torch.device, rounds: int, warmup: int = 1) -
         k = r % len(names)
         for name in names[k:] + names[:k]:
             secs[name].append(time_call(fns[name], device))
+        if on_round is not None:
+            on_round(secs)
     return secs
+
+
+def write_json(path, report: dict, indent: int = 1) -> None:
+    """``report`` as JSON at ``path``, atomically: a temporary file in the same
+    folder, then a rename, so a run killed while writing leaves the previous
+    complete file, never a truncated one."""
+    import tempfile
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(report, indent=indent) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
 
 
 # ----------------------------------------------------------------------------- environment
@@ -209,8 +234,40 @@ def git_changes() -> list[str] | None:
     return [p for p in paths if not p.startswith("bench/results/") and p not in ("README.md", "docs/measurements.md")]
 
 
+#: torch's float32 precision switches, as attribute paths under ``torch.backends``.
+#: cuDNN's RNNs multiply fp32 in TF32 unless ``cudnn.allow_tf32`` is off (torch's
+#: default: on); cuBLAS's matmuls, and fastrnn's Triton dots with them
+#: (``fastrnn/triton/_common.py``), only when ``cuda.matmul.allow_tf32`` is on
+#: (default: off).  The ``fp32_precision`` switches are torch 2.9's newer spelling
+#: of the same choice ("ieee", "tf32", "none" = inherit); older torch lacks them.
+PRECISION_FLAGS = ("cuda.matmul.allow_tf32", "cudnn.allow_tf32", "fp32_precision", "cuda.matmul.fp32_precision",
+                   "cudnn.fp32_precision", "cudnn.rnn.fp32_precision", "cudnn.conv.fp32_precision")
+
+
+def precision_settings() -> dict:
+    """{flag: value} for each of PRECISION_FLAGS as this process has it now (None
+    where this torch has no such switch, the error's text where reading it fails),
+    and ``torch.get_float32_matmul_precision()``: without them an fp32 ratio to
+    cuDNN cannot say whether cuDNN ran TF32 and fastrnn exact fp32."""
+    out = {}
+    for flag in PRECISION_FLAGS:
+        obj, ok = torch.backends, True
+        try:
+            for part in flag.split("."):
+                if not hasattr(obj, part):
+                    ok = False
+                    break
+                obj = getattr(obj, part)
+            out[flag] = obj if ok else None
+        except Exception as e:  # noqa: BLE001  (a record, never a failure)
+            out[flag] = f"unreadable: {type(e).__name__}: {e}"
+    out["float32_matmul_precision"] = torch.get_float32_matmul_precision()
+    return out
+
+
 def environment(device: torch.device) -> dict:
-    """Versions and hardware, recorded with every benchmark result."""
+    """Versions and hardware, recorded with every benchmark result, and torch's
+    float32 precision switches (precision_settings) at the time of the call."""
     import fastrnn
 
     env = {
@@ -222,6 +279,7 @@ def environment(device: torch.device) -> dict:
         "torch_cuda": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
         "torch_threads": torch.get_num_threads(),
+        "float32_precision": precision_settings(),
         "git_commit": git_commit(),
         "git_changes": git_changes(),
     }
@@ -357,8 +415,27 @@ def _step_fn(impl: str, args, device: torch.device, train: bool, packed: bool = 
     return call
 
 
-def run(args) -> dict:
-    """The benchmark as a JSON-able report (``main`` prints and saves it)."""
+def _fill_rows(rows: dict, mode: str, secs: dict, tokens: int) -> None:
+    """Each row's ``mode`` numbers from ``secs`` ({name: seconds per round})."""
+    for impl, s in secs.items():
+        ref = secs.get(TORCH + PADDED if impl.endswith(PADDED) else TORCH)
+        row = rows[impl]
+        row[f"{mode}_seconds"] = list(s)
+        row[f"{mode}_tokens_per_s"] = tokens / min(s)
+        row[f"{mode}_tokens_per_s_median"] = tokens / statistics.median(s)
+        row[f"{mode}_ratio_to_torch"] = min(ref) / min(s) if ref else None
+        row[f"{mode}_ratio_to_torch_paired_median"] = (
+            statistics.median(a / b for a, b in zip(ref, s)) if ref else None)
+        twin = secs.get(impl + PADDED)
+        if twin:  # packed time / the same implementation's padded time, same rounds
+            row[f"{mode}_packed_over_padded"] = min(s) / min(twin)
+            row[f"{mode}_packed_over_padded_paired_median"] = statistics.median(a / b for a, b in zip(s, twin))
+
+
+def run(args, progress=None) -> dict:
+    """The benchmark as a JSON-able report (``main`` prints and saves it).
+    ``progress(report)``, when given, gets the report so far after every timed
+    round, marked ``"complete": False`` (the last report is ``True``)."""
     if args.threads:
         torch.set_num_threads(args.threads)
     device = best_device() if args.device == "auto" else torch.device(args.device)
@@ -393,34 +470,38 @@ def run(args) -> dict:
     tokens = int(lengths.sum()) if args.packed else args.seq * args.batch
     names = [n for impl in impls if impl not in skipped for n in ((impl, impl + PADDED) if args.packed else (impl,))]
     rows = {n: {"impl": n} for n in names}
-    for mode in modes:
-        if not fns[mode]:
-            continue
-        secs = round_robin(fns[mode], device, args.rounds, warmup=args.warmup)
-        for impl, s in secs.items():
-            ref = secs.get(TORCH + PADDED if impl.endswith(PADDED) else TORCH)
-            row = rows[impl]
-            row[f"{mode}_seconds"] = s
-            row[f"{mode}_tokens_per_s"] = tokens / min(s)
-            row[f"{mode}_tokens_per_s_median"] = tokens / statistics.median(s)
-            row[f"{mode}_ratio_to_torch"] = min(ref) / min(s) if ref else None
-            row[f"{mode}_ratio_to_torch_paired_median"] = (
-                statistics.median(a / b for a, b in zip(ref, s)) if ref else None)
-            twin = secs.get(impl + PADDED)
-            if twin:  # packed time / the same implementation's padded time, same rounds
-                row[f"{mode}_packed_over_padded"] = min(s) / min(twin)
-                row[f"{mode}_packed_over_padded_paired_median"] = statistics.median(a / b for a, b in zip(s, twin))
-    config = {k: v for k, v in vars(args).items() if k not in ("json", "plot")}
+    config = {k: v for k, v in vars(args).items() if k not in ("json", "plot", "dry_run")}
     if args.packed:
         config["lengths"] = lengths.tolist()
         config["token_fraction"] = tokens / (args.seq * args.batch)
-    return {"benchmark": "fastrnn bench", "command": " ".join(["python -m fastrnn bench", *args.argv]),
-            "config": config, "tokens_per_call": tokens, "environment": environment(device),
-            "timing": f"{args.rounds} round-robin rounds of one call per implementation (start rotating), "
-                      f"{args.warmup} untimed warm-up call(s) each; "
-                      + ("CUDA events" if device.type == "cuda" else "wall clock")
-                      + "; tok/s from the fastest round, ratios fastest/fastest and median of same-round pairs",
-            "skipped": skipped, "rows": list(rows.values()), "triton_tuning": triton_tuning()}
+    env = environment(device)  # once: the precision switches as the run starts, git asked once
+
+    def report(rows: dict, done: dict, complete: bool) -> dict:
+        return {"benchmark": "fastrnn bench", "command": " ".join(["python -m fastrnn bench", *args.argv]),
+                "complete": complete, "progress": done,
+                "config": config, "tokens_per_call": tokens, "environment": env,
+                "timing": f"{args.rounds} round-robin rounds of one call per implementation (start rotating), "
+                          f"{args.warmup} untimed warm-up call(s) each; "
+                          + ("CUDA events" if device.type == "cuda" else "wall clock")
+                          + "; tok/s from the fastest round, ratios fastest/fastest and median of same-round pairs",
+                "skipped": skipped, "rows": list(rows.values()), "triton_tuning": triton_tuning()}
+
+    done = {m: 0 for m in modes}
+    for mode in modes:
+        if not fns[mode]:
+            continue
+
+        def on_round(secs, mode=mode):
+            done[mode] = len(next(iter(secs.values())))
+            part = {n: dict(r) for n, r in rows.items()}
+            _fill_rows(part, mode, secs, tokens)
+            progress(report(part, {"rounds": args.rounds, "rounds_done": dict(done)}, False))
+
+        secs = round_robin(fns[mode], device, args.rounds, warmup=args.warmup,
+                           on_round=on_round if progress is not None else None)
+        _fill_rows(rows, mode, secs, tokens)
+        done[mode] = args.rounds
+    return report(rows, {"rounds": args.rounds, "rounds_done": done}, True)
 
 
 def _ratio(x) -> str:
@@ -516,8 +597,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", metavar="FILE", help="write the report as JSON")
+    p.add_argument("--json", metavar="FILE", help="write the report as JSON (after every round, marked "
+                                                  "\"complete\": false until the last)")
     p.add_argument("--plot", metavar="FILE", help="write a bar chart (PNG; needs matplotlib)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="check the arguments, say what would run, and exit (no device is touched)")
     return p
 
 
@@ -592,14 +676,21 @@ def main(argv=None) -> int:
             import matplotlib  # noqa: F401
         except ImportError:
             p.error("--plot needs matplotlib (pip install matplotlib)")
-    report = run(args)
+    if args.dry_run:
+        print(f"python -m fastrnn bench: dry run: {args.cell}, layers {args.layers}, hidden {args.hidden}, "
+              f"batch {args.batch}, seq {args.seq}, {args.dtype}, backends "
+              f"{args.backends if args.backends == 'all' else ','.join(args.backends)}, {args.rounds} rounds on "
+              f"{args.device}; arguments valid, nothing run")
+        return 0
+    progress = (lambda rep: write_json(args.json, rep)) if args.json else None
+    report = run(args, progress)
     if not report["rows"]:
         print(format_table(report), file=sys.stderr)
         print("python -m fastrnn bench: nothing could run this configuration", file=sys.stderr)
         return 1
     print(format_table(report))
     if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
+        write_json(args.json, report)
         print(f"wrote {args.json}")
     if args.plot:
         plot(report, args.plot)

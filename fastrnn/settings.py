@@ -51,8 +51,9 @@ SETTINGS = (
             "keeps), avx2 (the own kernel's AVX2 + FMA build), avx512, "
             "avx512_bf16, amx; unset: what the CPU has. Below avx512_bf16 the layers' bf16 products run on float32 "
             "operands. The gate passes' vector clones are picked by the loader and not capped; pair it with "
-            "ONEDNN_MAX_CPU_ISA and MKL_ENABLE_INSTRUCTIONS for torch's own paths; a compiled graph keeps the "
-            "choice it was traced with"),
+            "torch's own caps (ONEDNN_MAX_CPU_ISA, ATEN_CPU_CAPABILITY, MKL_ENABLE_INSTRUCTIONS, set before torch is "
+            "imported: fastrnn.backends.extension.class_env(cls) gives all four; make test-isa runs every class the "
+            "CPU has under them); a compiled graph keeps the choice it was traced with"),
     Setting("FASTRNN_CPU_GEMM", "auto", ("auto", "own", "blas"),
             "the cpu backend's float32 per-step products: fastrnn's own kernel (own: AVX-512, or its AVX2 + FMA "
             "build on a CPU without AVX-512F or under FASTRNN_CPU_ISA=avx2, or its NEON build on aarch64; an error "

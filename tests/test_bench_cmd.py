@@ -37,6 +37,48 @@ def test_layer_bench_writes_json_and_plot(tmp_path, capsys):
     assert "GRU 2 layer(s), input 5, hidden 8, batch 3, seq 4, float32" in out and "vs torch" in out
 
 
+def test_report_after_every_round_and_precision_flags(tmp_path):
+    """run() hands the report over after every timed round, marked incomplete, with
+    the rounds so far (a run stopped by a time limit keeps them: main writes each
+    at once, atomically); the finished report says complete.  Every report records
+    torch's TF32 / fp32 precision switches as the run found them."""
+    args, _ = bench.parse_args(TINY + ["--backends", "torch,reference"])
+    seen = []
+    final = bench.run(args, progress=seen.append)
+    assert [(r["complete"], r["progress"]["rounds_done"]) for r in seen] == [
+        (False, {"train": 1, "forward": 0}), (False, {"train": 2, "forward": 0}), (False, {"train": 3, "forward": 0}),
+        (False, {"train": 3, "forward": 1}), (False, {"train": 3, "forward": 2}), (False, {"train": 3, "forward": 3})]
+    assert all(len(r["train_seconds"]) == 2 and "forward_seconds" not in r for r in seen[1]["rows"])
+    assert all(len(r["forward_seconds"]) == 1 and len(r["train_seconds"]) == 3 for r in seen[3]["rows"])
+    assert final["complete"] is True and final["progress"]["rounds_done"] == {"train": 3, "forward": 3}
+    flags = final["environment"]["float32_precision"]
+    assert flags["cudnn.allow_tf32"] == torch.backends.cudnn.allow_tf32
+    assert flags["cuda.matmul.allow_tf32"] == torch.backends.cuda.matmul.allow_tf32
+    assert flags["float32_matmul_precision"] == torch.get_float32_matmul_precision()
+    # the newer switches where this torch has them, None where it does not
+    rnn = getattr(getattr(torch.backends.cudnn, "rnn", None), "fp32_precision", None)
+    assert flags["cudnn.rnn.fp32_precision"] == rnn
+    js = tmp_path / "d.json"
+    assert bench.main(TINY + ["--backends", "torch,cuda,triton", "--dry-run", "--json", str(js)]) == 0
+    assert not js.exists()  # a dry run checks the arguments and runs nothing
+
+
+def test_write_json_is_atomic(tmp_path, monkeypatch):
+    """A write that fails half-way leaves the previous file whole and no temporary file."""
+    js = tmp_path / "r.json"
+    bench.write_json(js, {"complete": True, "n": 1})
+    real = json.dumps
+
+    def broken(obj, **kw):
+        real(obj, **kw)
+        raise KeyboardInterrupt  # killed while writing
+
+    monkeypatch.setattr(json, "dumps", broken)
+    with pytest.raises(KeyboardInterrupt):
+        bench.write_json(js, {"complete": False, "n": 2})
+    assert json.loads(js.read_text()) == {"complete": True, "n": 1} and os.listdir(tmp_path) == ["r.json"]
+
+
 def test_cell_modules_and_autocast(tmp_path):
     js = tmp_path / "c.json"
     assert bench.main(TINY + ["--cell", "lstmcell", "--forward", "--autocast", "--backends", "torch,reference",

@@ -192,3 +192,21 @@ def test_cpu_sweep_runs_judges_and_tabulates(tmp_path, monkeypatch):
     assert any(ln.startswith("Summary: train fp32: min") for ln in lines)
     assert any("could not create a primitive descriptor (stand-in)" in ln for ln in lines)
     assert any(ln.startswith("![CPU sweep") for ln in lines)
+
+
+def test_incomplete_time_machine_run_is_tabulated_as_such():
+    """A time-machine JSON written before its run ended (a cap killed it: no forward
+    rounds yet) is tabulated with what it measured, said to be incomplete, never
+    a KeyError; a complete one is not marked."""
+    rep = {"environment": {"device_name": "NVIDIA H100", "torch": "2.11", "git_commit": "0123456789abc"},
+           "config": {"cell": "lstm", "layers": 2, "hidden": 256, "batch": 32, "steps": 35, "epochs": 30},
+           "complete": False,
+           "progress": {"epochs_done": 3, "epochs": 30, "forward_rounds_done": 0, "forward_rounds": 10},
+           "results": [{"label": "torch.nn", "device": "cuda", "final_perplexity": 15.25,
+                        "train_tokens_per_s": 123456.0, "train_ratio_to_torch": 1.0}]}
+    p = Path(ROOT) / "bench" / "results" / "time_machine_lstm_cuda.json"  # named only, never read
+    lines = rt.time_machine_table(p, rep)
+    assert "30 epochs, INCOMPLETE: 3 of 30 epochs and 0 of 10 forward rounds measured**" in lines[0]
+    assert lines[-1] == "| torch.nn | cuda | 15.25 | 123,456 | 1.00x | 1.00x | not measured | not measured |"
+    rep["complete"] = True
+    assert "INCOMPLETE" not in rt.time_machine_table(p, rep)[0]

@@ -95,6 +95,39 @@ ISA_CLASSES = {"baseline": (), "avx2": ("avx2", "fma", "neon"), "avx512": ("avx2
                "amx": ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "neon")}
 
 
+#: FASTRNN_CPU_ISA -> the caps that make torch's own paths see the same class:
+#: oneDNN (ONEDNN_MAX_CPU_ISA), ATen's vectorized kernels (ATEN_CPU_CAPABILITY)
+#: and MKL (MKL_ENABLE_INSTRUCTIONS: AVX512_E3 adds bf16, E4 AMX); all three are
+#: read once, when torch loads, so they are set before a process imports torch.
+TORCH_CAPS = {
+    "baseline": {"ONEDNN_MAX_CPU_ISA": "SSE41", "ATEN_CPU_CAPABILITY": "default", "MKL_ENABLE_INSTRUCTIONS": "SSE4_2"},
+    "avx2": {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"},
+    "avx512": {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE", "ATEN_CPU_CAPABILITY": "avx512",
+               "MKL_ENABLE_INSTRUCTIONS": "AVX512"},
+    "avx512_bf16": {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16", "ATEN_CPU_CAPABILITY": "avx512",
+                    "MKL_ENABLE_INSTRUCTIONS": "AVX512_E3"},
+    "amx": {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_AMX", "ATEN_CPU_CAPABILITY": "avx512",
+            "MKL_ENABLE_INSTRUCTIONS": "AVX512_E4"},
+}
+
+
+def class_env(cls: str) -> dict:
+    """The environment that runs a process as a CPU of class ``cls`` would:
+    FASTRNN_CPU_ISA for fastrnn's paths and TORCH_CAPS for torch's."""
+    return {"FASTRNN_CPU_ISA": cls, **TORCH_CAPS[cls]}
+
+
+def runnable_classes(features=None) -> list:
+    """The FASTRNN_CPU_ISA classes this CPU can run (each class's instructions are
+    all here), smallest first; on aarch64 only "baseline" (the x86 classes would
+    each keep NEON: the same paths as the CPU's own)."""
+    features = cpu_features() if features is None else features
+    if "neon" in features:
+        return ["baseline"]
+    x86 = {f for c in ISA_CLASSES.values() for f in c} - {"neon"}
+    return [c for c, keep in ISA_CLASSES.items() if (set(keep) & x86) <= features]
+
+
 def path_features() -> frozenset:
     """The CPU's features as the path choice sees them: capped at FASTRNN_CPU_ISA's
     class when it is set (the vendor names are kept)."""
