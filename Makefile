@@ -35,7 +35,8 @@ setup: $(VENV)/.deps $(VENV)/.built
 $(VENV)/.deps: Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
-	$(PY) -m pip install -q "$(TORCH_SPEC)" ninja pytest pytest-benchmark hypothesis expecttest numpy matplotlib tqdm
+	$(PY) -m pip install -q "$(TORCH_SPEC)" ninja pytest pytest-benchmark hypothesis expecttest numpy matplotlib tqdm \
+	  onnx onnxruntime onnxscript
 	touch $@
 
 # Builds fastrnn._C in place (the CUDA variant whenever a toolkit is found, GPU or

@@ -4,7 +4,8 @@
 # Triton 3.8).  It catches a version break before a GPU session finds it:
 #   1. fastrnn._C built against torch 2.11 (the CUDA variant when a toolkit is
 #      found, no warning and no spill: .ci/check_build.py), imported, and its CPU
-#      tests (tests/test_ext_cpu.py, tests/test_ops.py) run against that build;
+#      tests (tests/test_ext_cpu.py, tests/test_ops.py) and the deployment tests
+#      (tests/test_deploy_*.py: ONNX, export, AOTInductor, TorchScript) run against it;
 #   2. the Triton kernels under Triton 3.6's interpreter (tests/interpret; in a
 #      tree from before that folder, the child-process runs of tests/triton);
 #   3. every Triton kernel compiled ahead of time for sm_90 and sm_80 by Triton 3.6
@@ -30,7 +31,8 @@ export MAX_JOBS=${MAX_JOBS:-2}
 AOT=${COMPAT_AOT:-gpu}
 TREE=${COMPAT_TREE:-worktree}
 # the GPU machine's versions; numpy<2.3: Triton 3.6's interpreter fails on numpy>=2.4
-PKGS=("torch==2.11.0" "triton==3.6.0" "numpy<2.3" "pytest" "hypothesis" "ninja")
+# onnx, onnxruntime, onnxscript: the deployment tests (the GPU machine has them too)
+PKGS=("torch==2.11.0" "triton==3.6.0" "numpy<2.3" "pytest" "hypothesis" "ninja" "onnx" "onnxruntime" "onnxscript")
 
 T0=$SECONDS
 TIMES=()
@@ -140,6 +142,12 @@ EOF
 
 stage "extension CPU tests"
 (cd "$SRC" && "$ROOT/$PY" -m pytest -q -p no:cacheprovider tests/test_ext_cpu.py tests/test_ops.py)
+
+stage "deployment tests (ONNX, export, AOTInductor, TorchScript)"
+# the GPU machine's torch is where a trained model is most likely exported from
+if compgen -G "$SRC/tests/test_deploy_*.py" >/dev/null; then
+    (cd "$SRC" && "$ROOT/$PY" -m pytest -q -p no:cacheprovider tests/test_deploy_*.py)
+fi
 
 # ------------------------------------------------------------------ 2. interpreter
 stage "Triton 3.6 interpreter tests"

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import math
 from contextlib import nullcontext
-from typing import Optional
+from typing import Any, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import _backend, _ops
+from . import _backend, _deploy, _ops
 from .functional import bias_sum
 
 _GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
@@ -118,14 +118,23 @@ class RNNCellBase(nn.Module):
         return torch.get_autocast_dtype(device_type)
 
     # ------------------------------------------------------------ the step
-    def _step(self, input: Tensor, hx):
+    @torch.jit.unused
+    def _step(self, input: Any, hx: Any) -> Any:
         x, states, batched = self._batch(input, hx)
         N, H = x.size(0), self.hidden_size
         if states is None:
             zeros = torch.zeros(N, H, dtype=x.dtype, device=x.device)
             states = (zeros, zeros) if self.mode == "LSTM" else (zeros,)
         w_ih, w_hh, b_ih, b_hh = self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh
-        cast = self._autocast_dtype(x.device.type)
+        if _deploy.route() is not None:
+            # torch.jit.trace, torch.onnx.export: aten's cell, as torch.nn's (fastrnn._deploy)
+            h, c = _deploy.aten_cell(self.mode, x, states[0], states[1] if self.mode == "LSTM" else None,
+                                    w_ih, w_hh, b_ih, b_hh)
+            out = (h, c) if self.mode == "LSTM" else (h,)
+            return out if batched else tuple(t.squeeze(0) for t in out)
+        # torch.export traces without the caller's autocast (see RNNBase._run)
+        exporting = _deploy.exporting()
+        cast = None if exporting else self._autocast_dtype(x.device.type)
         if cast is not None:
             x, states = x.to(cast), tuple(h.to(cast) for h in states)
             w_ih, w_hh = w_ih.to(cast), w_hh.to(cast)
@@ -150,7 +159,7 @@ class RNNCellBase(nn.Module):
         # the biases too: a gradient of b_ih / b_hh alone still needs the backward
         need_ws = torch.is_grad_enabled() and any(t is not None and t.requires_grad
                                                   for t in (x, *states, w_ih, w_hh, b_ih, b_hh))
-        amp = device_type in ("cuda", "cpu") and torch.is_autocast_enabled(device_type)
+        amp = not exporting and device_type in ("cuda", "cpu") and torch.is_autocast_enabled(device_type)
         with torch.autocast(device_type, enabled=False) if amp else nullcontext():
             if self.mode == "GRU":
                 xg = F.linear(x, w_ih, b_ih).unsqueeze(0).contiguous()
@@ -170,6 +179,25 @@ class RNNCellBase(nn.Module):
             out = tuple(t.squeeze(0) for t in out)
         return out
 
+    # ------------------------------------------------------------ TorchScript
+    def _script_step(self, input: Tensor, h: Optional[Tensor], c: Optional[Tensor]) -> Tuple[Tensor, Optional[Tensor]]:
+        """What TorchScript compiles for forward: torch.nn's cell, aten's op."""
+        if input.dim() not in (1, 2):
+            raise ValueError("fastrnn: expected input to be 1D or 2D, got " + str(input.dim()) + "D")
+        batched = input.dim() == 2
+        x = input if batched else input.unsqueeze(0)
+        zeros = torch.zeros(x.size(0), self.hidden_size, dtype=x.dtype, device=x.device)
+        h0 = zeros if h is None else h if batched else h.unsqueeze(0)
+        c0: Optional[Tensor] = None
+        if self.mode == "LSTM":
+            c0 = zeros if c is None else c if batched else c.unsqueeze(0)
+        h1, c1 = _deploy.aten_cell(self.mode, x, h0, c0, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
+        if not batched:
+            h1 = h1.squeeze(0)
+            if c1 is not None:
+                c1 = c1.squeeze(0)
+        return h1, c1
+
 
 class LSTMCell(RNNCellBase):
     """Drop-in for torch.nn.LSTMCell(input_size, hidden_size, bias=True, device=None,
@@ -179,7 +207,11 @@ class LSTMCell(RNNCellBase):
                  *, backend: str = "auto") -> None:
         super().__init__("LSTM", input_size, hidden_size, bias, device, dtype, backend=backend)
 
-    def forward(self, input: Tensor, hx=None):
+    def forward(self, input: Tensor, hx: Optional[Tuple[Tensor, Tensor]] = None) -> Tuple[Tensor, Tensor]:
+        if torch.jit.is_scripting():
+            h, c = self._script_step(input, None if hx is None else hx[0], None if hx is None else hx[1])
+            assert c is not None
+            return h, c
         return self._step(input, hx)
 
 
@@ -191,6 +223,8 @@ class GRUCell(RNNCellBase):
         super().__init__("GRU", input_size, hidden_size, bias, device, dtype, backend=backend)
 
     def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tensor:
+        if torch.jit.is_scripting():
+            return self._script_step(input, hx, None)[0]
         return self._step(input, hx)[0]
 
 
@@ -207,4 +241,6 @@ class RNNCell(RNNCellBase):
         self.nonlinearity = nonlinearity  # torch.nn refuses an unknown one at forward
 
     def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tensor:
+        if torch.jit.is_scripting():
+            return self._script_step(input, hx, None)[0]
         return self._step(input, hx)[0]

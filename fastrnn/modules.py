@@ -16,12 +16,13 @@ import numbers
 import warnings
 import weakref
 from contextlib import nullcontext
+from typing import Any, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
-from . import _backend, settings
+from . import _backend, _deploy, _ops, settings
 from .functional import Packing, rnn_stack, stack_refused, stack_too_big
 
 _LABEL = {"LSTM": "LSTM", "GRU": "GRU", "RNN_TANH": "RNN", "RNN_RELU": "RNN"}
@@ -236,18 +237,38 @@ class RNNBase(nn.Module):
         return hx.unsqueeze(1), None
 
     # --------------------------------------------------------------- forward
-    def forward(self, input, hx=None):
-        """input: (L, N, H_in), (N, L, H_in) with batch_first, (L, H_in) unbatched, or a
-        PackedSequence; hx: h_0 (or (h_0, c_0) for LSTM) of shape
+    @torch.jit.unused
+    def _forward(self, input: Any, hx: Any, lengths: Optional[Tensor]) -> Any:
+        """The forward of every subclass (TorchScript compiles :meth:`_script_forward`
+        instead).  input: (L, N, H_in), (N, L, H_in) with batch_first, (L, H_in)
+        unbatched, or a PackedSequence; hx: h_0 (or (h_0, c_0) for LSTM) of shape
         (D * num_layers, N, H_out), without N when unbatched.  Returns
-        (output, h_n) or (output, (h_n, c_n)) exactly as torch.nn does."""
+        (output, h_n) or (output, (h_n, c_n)) exactly as torch.nn does.
+
+        ``lengths`` (fastrnn's own argument, not torch.nn's): the sequence lengths
+        (N,) of a padded batched ``input``, any order, in [1, L]: the call then
+        computes what the PackedSequence of that batch would (zeros in the output
+        past each length, each row's final state at its own last step), without
+        packing.  The form of variable lengths that exports (docs/deploying.md)."""
         is_lstm = self.mode == "LSTM"
         D = 2 if self.bidirectional else 1
         real_hidden = self.proj_size if self.proj_size > 0 else self.hidden_size
         packed = isinstance(input, PackedSequence)
         sorted_indices = unsorted_indices = None
         lengths_cpu = None
+        route = _deploy.route()
+        if route == "onnx":
+            refused = _deploy.onnx_refusal(self.mode, self.proj_size)
+            if refused is not None:
+                raise RuntimeError(refused)
         if packed:
+            if lengths is not None:
+                raise ValueError("lengths= is for a padded input tensor: a PackedSequence carries its own lengths")
+            if route != "aten" and _deploy.exporting():
+                raise RuntimeError(
+                    "fastrnn: a PackedSequence does not export (its batch_sizes are data, which torch.export cannot "
+                    "trace; torch.nn's layers fail there too). Pass the padded batch and its lengths instead: "
+                    "rnn(padded, hx, lengths=lengths) computes the same (see docs/deploying.md)")
             data, batch_sizes, sorted_indices, unsorted_indices = input
             self._check_input(data, batch_sizes)
             mini_batch = int(batch_sizes[0])
@@ -273,10 +294,15 @@ class RNNBase(nn.Module):
                 x = x.transpose(0, 1)
             self._check_input(x, None)
             mini_batch = x.size(1)
+            if lengths is not None:
+                lengths_cpu = self._check_lengths(lengths, x, is_batched)
         if hx is None:
-            h = torch.zeros(self.num_layers * D, mini_batch, real_hidden, dtype=x.dtype, device=x.device)
+            # traced, a PackedSequence's batch is read from its batch_sizes (torch.nn's
+            # trace does so), not baked in as the example's
+            n = batch_sizes[0] if packed and route == "aten" else mini_batch
+            h = torch.zeros(self.num_layers * D, n, real_hidden, dtype=x.dtype, device=x.device)
             c = (
-                torch.zeros(self.num_layers * D, mini_batch, self.hidden_size, dtype=x.dtype, device=x.device)
+                torch.zeros(self.num_layers * D, n, self.hidden_size, dtype=x.dtype, device=x.device)
                 if is_lstm
                 else None
             )
@@ -287,7 +313,10 @@ class RNNBase(nn.Module):
         if (batch_sizes.numel() if packed else x.size(0)) == 0:
             raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
 
-        out, h_n, c_n = self._run(x, h, c, lengths_cpu, batch_sizes if packed else None, weights, compiling)
+        if route is None:
+            out, h_n, c_n = self._run(x, h, c, lengths_cpu, batch_sizes if packed else None, weights, compiling)
+        else:
+            out, h_n, c_n = self._deployed(route, x, h, c, lengths_cpu, batch_sizes if packed else None, weights)
 
         if packed:
             out = PackedSequence(out, batch_sizes, sorted_indices, unsorted_indices)
@@ -300,6 +329,93 @@ class RNNBase(nn.Module):
                 h_n = h_n.squeeze(1)
                 c_n = c_n.squeeze(1) if c_n is not None else None
         return (out, (h_n, c_n)) if is_lstm else (out, h_n)
+
+    def _check_lengths(self, lengths, x: Tensor, is_batched: bool) -> Tensor:
+        """The ``lengths`` keyword checked against time-major x (T, N, I): int64 on x's device."""
+        if not is_batched:
+            raise ValueError("lengths= needs a batched (3-D) input")
+        if not isinstance(lengths, Tensor) or lengths.dim() != 1 or lengths.is_floating_point() or lengths.is_complex():
+            raise TypeError("lengths must be a 1-D integer tensor of the sequence lengths, got "
+                            + (f"a {lengths.dim()}-D {lengths.dtype} tensor" if isinstance(lengths, Tensor)
+                               else type(lengths).__name__))
+        if lengths.size(0) != x.size(1):
+            raise RuntimeError(f"lengths must hold one length per batch row: expected {x.size(1)}, "
+                               f"got {lengths.size(0)}")
+        # the values are read where no trace records it (on a GPU: one sync, as packing costs)
+        if (not torch.compiler.is_compiling() and not torch.jit.is_tracing() and _ops._plain(lengths)
+                and lengths.numel() > 0):
+            lo, hi = int(lengths.min()), int(lengths.max())
+            if lo < 1 or hi > x.size(0):
+                raise ValueError(f"lengths must lie in [1, {x.size(0)}] (the input's sequence length), got values "
+                                 f"from {lo} to {hi}")
+        return lengths.to(device=x.device, dtype=torch.int64)
+
+    @torch.jit.unused
+    def _deployed(self, route: str, x, h, c, lengths, batch_sizes, weights):
+        """The stack for an export road (fastrnn._deploy): "onnx", ONNX's own
+        recurrence nodes; "aten", torch.nn's aten recurrence (a padded batch with
+        ``lengths`` packed around it, as torch.nn would run its PackedSequence)."""
+        if route == "onnx":
+            return _deploy.onnx_stack(self.mode, x, h, c, weights, self.num_layers, self.bidirectional,
+                                      self.dropout, self.training, lengths)
+        flat = [w for ws in weights for w in ws if w is not None]
+        args = (self.mode, x, h, c, flat, weights[0][2] is not None, self.num_layers, self.dropout, self.training,
+                self.bidirectional)
+        if lengths is None or batch_sizes is not None:
+            return _deploy.aten_run(*args, batch_sizes)
+        return _deploy.aten_padded(*args, lengths)
+
+    # ------------------------------------------------------------ TorchScript
+    # TorchScript compiles each subclass's forward down its torch.jit.is_scripting()
+    # branch: _script_forward, torch.nn's aten recurrence on this layer's parameters
+    # (torch.nn's forward, less PackedSequence input: pass ``lengths``).
+    __jit_unused_properties__ = ["_flat_weights", "all_weights", "_label"]
+    __jit_ignored_attributes__ = ["_names_cache"]
+
+    def __prepare_scriptable__(self):
+        """torch.jit.script's hook: lists the parameters (the same tensors) for
+        :meth:`_script_forward`, which cannot look them up by name."""
+        self._script_weights = [getattr(self, n) for n in self._flat_weights_names]
+        return self
+
+    def _script_forward(self, input: Tensor, h: Optional[Tensor], c: Optional[Tensor],
+                        lengths: Optional[Tensor]) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
+        """The scripted forward: (output, h_n, c_n or None), as torch.nn's."""
+        batched = input.dim() == 3
+        if input.dim() not in (2, 3):
+            raise ValueError("fastrnn: expected input to be 2D or 3D, got " + str(input.dim()) + "D")
+        x = input if batched else input.unsqueeze(1)  # time-major (T, N, I) from here on
+        if batched and self.batch_first:
+            x = x.transpose(0, 1)
+        D = 2 if self.bidirectional else 1
+        N = x.size(1)
+        if h is None:
+            R = self.proj_size if self.proj_size > 0 else self.hidden_size
+            h0 = torch.zeros(self.num_layers * D, N, R, dtype=x.dtype, device=x.device)
+        else:
+            h0 = h if batched else h.unsqueeze(1)
+        c0: Optional[Tensor] = None
+        if self.mode == "LSTM":
+            if c is None:
+                c0 = torch.zeros(self.num_layers * D, N, self.hidden_size, dtype=x.dtype, device=x.device)
+            else:
+                c0 = c if batched else c.unsqueeze(1)
+        ws: List[Tensor] = self._script_weights
+        if lengths is None:
+            out, h_n, c_n = _deploy.aten_run(self.mode, x, h0, c0, ws, self.bias, self.num_layers, self.dropout,
+                                             self.training, self.bidirectional, None)
+        else:
+            if not batched:
+                raise ValueError("lengths= needs a batched (3-D) input")
+            out, h_n, c_n = _deploy.aten_padded(self.mode, x, h0, c0, ws, self.bias, self.num_layers, self.dropout,
+                                                self.training, self.bidirectional, lengths)
+        if not batched:
+            out, h_n = out.squeeze(1), h_n.squeeze(1)
+            if c_n is not None:
+                c_n = c_n.squeeze(1)
+        elif self.batch_first:
+            out = out.transpose(0, 1)
+        return out, h_n, c_n
 
     def _weights(self, compiling: bool) -> list:
         """Per layer and direction, (w_ih, w_hh, b_ih, b_hh, w_hr), None where absent.
@@ -337,7 +453,10 @@ class RNNBase(nn.Module):
         batch_sizes, -> (output, h_n, c_n); picks the backend.  weights: _weights()'s."""
         dtype = x.dtype
         device_type = x.device.type
-        cast = self._autocast_dtype(device_type, lengths_cpu is not None, h.dtype)
+        # torch.export traces without the caller's autocast (torch.nn's layers export
+        # in their own dtype), so neither casts nor an autocast context go in its graph
+        exporting = _deploy.exporting()
+        cast = None if exporting else self._autocast_dtype(device_type, lengths_cpu is not None, h.dtype)
         c_dtype = c.dtype if c is not None else None
         if cast is not None:
             # the parameters stay float32 (and get float32 gradients through the casts)
@@ -356,7 +475,7 @@ class RNNBase(nn.Module):
         packing = None if batch_sizes is None else Packing(lengths_cpu, batch_sizes.numel(), x.device)
         # autocast off inside (the dtypes are settled above); entered only when on: a
         # context's set-up is a measurable share of a streaming T = 1 call
-        amp = device_type in ("cuda", "cpu") and torch.is_autocast_enabled(device_type)
+        amp = not exporting and device_type in ("cuda", "cpu") and torch.is_autocast_enabled(device_type)
         with torch.autocast(device_type, enabled=False) if amp else nullcontext():
             out, h_n, c_n = rnn_stack(
                 self.mode, x, h, c, weights, self.num_layers, self.bidirectional,
@@ -439,6 +558,16 @@ class LSTM(RNNBase):
     def __init__(self, *args, backend: str = "auto", **kwargs):
         super().__init__("LSTM", *args, backend=backend, **kwargs)
 
+    def forward(self, input: Tensor, hx: Optional[Tuple[Tensor, Tensor]] = None,
+                lengths: Optional[Tensor] = None) -> Tuple[Tensor, Tuple[Tensor, Tensor]]:
+        """As torch.nn.LSTM's (a PackedSequence input too); ``lengths``: see RNNBase._forward."""
+        if torch.jit.is_scripting():
+            out, h_n, c_n = self._script_forward(input, None if hx is None else hx[0],
+                                                 None if hx is None else hx[1], lengths)
+            assert c_n is not None
+            return out, (h_n, c_n)
+        return self._forward(input, hx, lengths)
+
 
 class GRU(RNNBase):
     """Drop-in for torch.nn.GRU: GRU(input_size, hidden_size, num_layers=1, bias=True,
@@ -449,6 +578,14 @@ class GRU(RNNBase):
         if "proj_size" in kwargs:
             raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
         super().__init__("GRU", *args, backend=backend, **kwargs)
+
+    def forward(self, input: Tensor, hx: Optional[Tensor] = None,
+                lengths: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+        """As torch.nn.GRU's (a PackedSequence input too); ``lengths``: see RNNBase._forward."""
+        if torch.jit.is_scripting():
+            out, h_n, _ = self._script_forward(input, hx, None, lengths)
+            return out, h_n
+        return self._forward(input, hx, lengths)
 
 
 class RNN(RNNBase):
@@ -472,3 +609,11 @@ class RNN(RNNBase):
             raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'.")
         self.nonlinearity = nonlinearity
         super().__init__(mode, *args, backend=backend, **kwargs)
+
+    def forward(self, input: Tensor, hx: Optional[Tensor] = None,
+                lengths: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+        """As torch.nn.RNN's (a PackedSequence input too); ``lengths``: see RNNBase._forward."""
+        if torch.jit.is_scripting():
+            out, h_n, _ = self._script_forward(input, hx, None, lengths)
+            return out, h_n
+        return self._forward(input, hx, lengths)
