@@ -36,7 +36,7 @@ $(VENV)/.deps: Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
 	$(PY) -m pip install -q "$(TORCH_SPEC)" ninja pytest pytest-benchmark hypothesis expecttest numpy matplotlib tqdm \
-	  onnx onnxruntime onnxscript
+	  onnx onnxruntime onnxscript flashrnn==1.0.8 einops
 	touch $@
 
 # Builds fastrnn._C in place (the CUDA variant whenever a toolkit is found, GPU or

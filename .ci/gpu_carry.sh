@@ -8,6 +8,12 @@
 #     of the sources it was built from (build/compat/src), so the session reuses
 #     it only for this tree's csrc/ and rebuilds otherwise.  Without it the
 #     session rebuilds for sm_90 (the budget table: docs/testing.md, "The GPU session").
+#   - FlashRNN's wheel (.devcarry/whl/, ~160 KB: pure Python, its CUDA and Triton
+#     kernels compiled on first use), for the session's flashrnn step
+#     (bench/flashrnn_peer.py), the version that script names (FLASHRNN_VERSION),
+#     downloaded for the GPU machine's Python 3.12 as the device tool's README
+#     says; its needs (torch, einops, triton, ninja) are all on that machine.  A
+#     failed download is said, not fatal: that step alone then fails, saying why.
 #
 #   bash .ci/gpu_carry.sh          # fill .devcarry/
 #   bash .ci/gpu_carry.sh --hash   # print the hash of this tree's build sources
@@ -26,6 +32,19 @@ mkdir -p .devcarry
 data=${FASTRNN_DATA:-../shared/data/timemachine.txt}
 [ -f "$data" ] || { echo "gpu_carry.sh: no Time Machine text at $data (set FASTRNN_DATA)" >&2; exit 1; }
 cp "$data" .devcarry/timemachine.txt
+
+flashrnn=$(sed -n 's/^FLASHRNN_VERSION = "\([^"]*\)".*/\1/p' bench/flashrnn_peer.py)
+rm -rf .devcarry/whl
+mkdir -p .devcarry/whl
+pip_py=python3
+python3 -m pip --version > /dev/null 2>&1 || pip_py=.venv/bin/python
+if "$pip_py" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+     --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
+     --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d .devcarry/whl "flashrnn==$flashrnn"; then
+    echo "carrying $(cd .devcarry/whl && ls) for the flashrnn step"
+else
+    echo "gpu_carry.sh: could not download flashrnn==$flashrnn: the session's flashrnn step will fail saying so" >&2
+fi
 rm -f .devcarry/_C.so .devcarry/sources.sha256
 # built.key is written only after a successful build (.ci/compat.sh), so a failed
 # rebuild never passes off the previous _C.so as built from the new sources

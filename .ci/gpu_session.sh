@@ -10,7 +10,7 @@
 # How to run it (one call; the budget table and the numbers behind it: docs/testing.md,
 # "The GPU session: one device call"):
 #   1. here:  bash .ci/gpu_carry.sh   (fills .devcarry/: the Time Machine text, the GPU
-#             machine having no network, and `make test-compat`'s torch 2.11 build
+#             machine having no network, FlashRNN's wheel, and `make test-compat`'s torch 2.11 build
 #             when it was built from this tree's csrc/; without it the build step
 #             rebuilds for sm_90, ~60-90 s of the budget: run `make test-compat` first)
 #   2. the device tool's run:  command "bash .ci/gpu_session.sh", carry [".devcarry"],
@@ -52,6 +52,12 @@
 # then, only in what the steps above left unused (a reused build leaves ~130 s), each
 # under the smaller of its cap and what is left, skipped under 10 s:
 #   small_batch    60  persistent against per-step at batch 1 and 8 (python -m fastrnn bench)
+#   flashrnn      120  FlashRNN (NX-AI's fused LSTM, the carried wheel) beside cuDNN and fastrnn in
+#                     one process (bench/flashrnn_peer.py): the time-machine shape and FlashRNN's
+#                     own (batch 16, T 1024, hidden 768, bf16); its CUDA backends compile on first
+#                     use (nvcc, ~25-40 s a shape), inside the cap; second, not last, of the bonus
+#                     steps: last, it would never get time; its own process keeps a sticky CUDA
+#                     error of its compiles away from the steps after it
 #   tm_mixed       60  time-machine LSTM under autocast (fp16) and triton/layers
 #   gpu_rest      120  the other GPU tests: state, whole loop, floors, the tuner's cuda cases
 #   tm_tuned      120  time-machine LSTM with the Triton autotuner on
@@ -75,7 +81,7 @@ PACK_RESERVE=15
 MAX_FILES=8     # what the device tool brings back from $OUT, each at most 16 MiB
 MAX_FILE_BYTES=$((16 * 1024 * 1024))
 MAIN_STEPS=(env:10 build:150 correctness:165 tm_lstm:70 tm_persistent:30 floors:20 tm_gru:40 whole_loop:40)
-BONUS_STEPS=(small_batch:60 tm_mixed:60 gpu_rest:120 tm_tuned:120 sanitizer:120)
+BONUS_STEPS=(small_batch:60 flashrnn:120 tm_mixed:60 gpu_rest:120 tm_tuned:120 sanitizer:120)
 
 cap_of() { local s; for s in "${MAIN_STEPS[@]}" "${BONUS_STEPS[@]}"; do [ "${s%%:*}" = "$1" ] && echo "${s#*:}"; done; }
 
@@ -204,6 +210,27 @@ do_sanitizer() {
   SANITIZE_BUDGET=$(($1 - 5)) OUT="$WORK/logs" PY="$PY" bash .ci/sanitize.sh
 }
 
+do_flashrnn() {  # FlashRNN beside cuDNN and fastrnn: the carried wheel installed apart, its compiles within the cap
+  local cap=$1 whl site=$WORK/../flashrnn-site
+  whl=$(ls .devcarry/whl/flashrnn-*.whl 2>/dev/null | head -n 1)
+  if [ "$DRY" = 1 ]; then
+    echo "dry run: would install ${whl:-NO CARRIED WHEEL (bash .ci/gpu_carry.sh fetches it)} into $site"
+    $PY bench/flashrnn_peer.py --budget $((cap > 20 ? cap - 10 : cap / 2)) --out "$J/flashrnn" --dry-run
+    return
+  fi
+  [ -n "$whl" ] || { echo "no FlashRNN wheel in .devcarry/whl: run bash .ci/gpu_carry.sh before the call"; return 1; }
+  rm -rf "$site" "$WORK/../torch-extensions"
+  $PY -m pip install -q --no-index --no-deps --no-compile --target "$site" "$whl" || return 1
+  echo "installed $(basename "$whl") into $site"
+  # a fresh extension folder outside the packed work folder: FlashRNN's first-use compiles are what
+  # is timed; bench/flashrnn_peer.py points -lcublas at pip's libcublas.so.N (LIBRARY_PATH), adds
+  # pip's cuBLAS headers and skips FlashRNN's random pre-compile sleep; --budget starts nothing new
+  # in the last 10 s, and the cap stops a compile that outlasts it (the JSON says what was running)
+  PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}" TORCH_EXTENSIONS_DIR=$WORK/../torch-extensions \
+    $PY bench/flashrnn_peer.py --budget $((cap > 20 ? cap - 10 : cap / 2)) --work "$WORK/../flashrnn-work" \
+    --out "$J/flashrnn"
+}
+
 run_internal() {
   case $1 in
     __env) $PY .ci/gpu_check.py env --data "$FASTRNN_DATA" $DRYF ;;
@@ -218,6 +245,7 @@ run_internal() {
     __tm_mixed) tm tm_mixed --backends torch+autocast,cuda+autocast,triton+autocast,torch,triton/layers --no-plot ;;
     __tm_tuned) FASTRNN_TRITON_TUNE=1 tm tm_tuned --backends torch,torch+tf32,triton --no-plot ;;
     __sanitizer) do_sanitizer "$2" ;;
+    __flashrnn) do_flashrnn "$2" ;;
     *) echo "gpu_session.sh: no step $1" >&2; return 2 ;;
   esac
 }
@@ -373,6 +401,7 @@ step tm_gru
 step whole_loop
 say "main steps done; bonus steps in the $(left) s left"
 step small_batch
+step flashrnn
 step tm_mixed
 group gpu_rest \
   "state=pyt 4 tests/test_state.py tests/test_whole_loop.py tests/test_floors.py" \
