@@ -95,6 +95,13 @@ if [ -z "${GPU_SESSION_WORK:-}" ]; then
     [ -z "${OUT:-}" ] && OUT=$(mktemp -d /tmp/fastrnn-gpu-dry.XXXXXX) && export GPU_DRY_OWN_OUT=1
     GPU_SESSION_WORK=$(mktemp -d /tmp/fastrnn-gpu-work.XXXXXX)
   else
+    # the real run replaces fastrnn/_C.so with the carried (torch 2.11) or an sm_90-only
+    # build: on a machine without a GPU that would only break the checkout's build
+    if ! nvidia-smi -L 2>/dev/null | grep -q GPU && [ "${GPU_SESSION_FORCE:-0}" != 1 ]; then
+      echo "gpu_session.sh: no GPU visible: this is the GPU machine's script; here, its dry run:" \
+           "GPU_DRY_RUN=1 bash .ci/gpu_session.sh (GPU_SESSION_FORCE=1 runs it anyway)" >&2
+      exit 2
+    fi
     OUT=${OUT:-/tmp/fastrnn-gpu}
     GPU_SESSION_WORK=$ROOT/.gpuresults/session
     rm -rf "$GPU_SESSION_WORK"
@@ -276,6 +283,18 @@ note() {
       | tail -n 1 | tr -d '=' | sed 's/^ *//' | grep . || grep -a . "$log" | tail -n 1; } | cut -c1-150
 }
 record() { printf '%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" "$5" >> "$STATUS"; }
+# judged NAME RC: the verdict, where a pytest run whose tests all skipped (the GPU
+# tests skip when the build or the backend is missing) is a failure, not a pass
+judged() {
+  local v
+  v=$(verdict "$2")
+  if [ "$v" = passed ] && [ "$DRY" != 1 ] && [ -s "$WORK/logs/$1.log" ]; then
+    local tally
+    tally=$(grep -aE "^=+ .*[0-9]+ (passed|failed|skipped|errors?|deselected)" "$WORK/logs/$1.log" | tail -n 1)
+    if [ -n "$tally" ] && ! grep -qE "[0-9]+ passed" <<< "$tally"; then v="failed (no test passed)"; fi
+  fi
+  echo "$v"
+}
 
 summary() {  # summary FILE: the verdicts first, then the details
   local ran passed failed tout skipped
@@ -314,6 +333,15 @@ print("JSON: " + (", ".join(said) or "none"))')
 
 pack() {  # the summary so far and every file of the session, into $OUT (atomic: a rename)
   summary "$WORK/summary.txt"
+  # a log past 2 MiB (a sanitizer's, a test's repeated warning) is kept to its end, so
+  # the archive stays far below the tool's 16 MiB a file
+  local f
+  for f in "$WORK"/logs/*.log; do
+    if [ -f "$f" ] && [ "$(stat -c %s "$f")" -gt $((2 * 1024 * 1024)) ]; then
+      { echo "[kept: the last 2 MiB of $(stat -c %s "$f") bytes]"; tail -c $((2 * 1024 * 1024)) "$f"; } > "$f.tmp" \
+        && mv "$f.tmp" "$f"
+    fi
+  done
   cp "$WORK/summary.txt" "$OUT/summary.txt.tmp" && mv "$OUT/summary.txt.tmp" "$OUT/summary.txt"
   tar -czf "$OUT/gpu_session.tar.gz.tmp" -C "$WORK" --exclude=triton-cache --exclude=tunecache . 2>/dev/null \
     && mv "$OUT/gpu_session.tar.gz.tmp" "$OUT/gpu_session.tar.gz"
@@ -333,10 +361,15 @@ step() {
   fi
   say "$name (cap $cap s)"
   t=$SECONDS
-  GPU_STEP=$name timeout -k 5 "$cap" bash "$SELF" "__$name" "$cap" > "$WORK/logs/$name.log" 2>&1
+  # in the background and waited for: bash runs a signal's trap only between commands,
+  # and `wait` is one it can interrupt (a foreground child would delay it to its end)
+  GPU_STEP=$name timeout -k 5 "$cap" bash "$SELF" "__$name" "$cap" > "$WORK/logs/$name.log" 2>&1 &
+  STEP_PID=$!
+  wait "$STEP_PID"
   rc=$?
-  record "$name" "$(verdict $rc)" $((SECONDS - t)) "$cap" "$(note "$name")"
-  say "$name: $(verdict $rc) in $((SECONDS - t)) s: $(note "$name")"
+  STEP_PID=
+  record "$name" "$(judged "$name" $rc)" $((SECONDS - t)) "$cap" "$(note "$name")"
+  say "$name: $(judged "$name" $rc) in $((SECONDS - t)) s: $(note "$name")"
   pack
 }
 
@@ -357,13 +390,15 @@ group() {
     pids+=($!)
     names+=("$id")
   done
+  GROUP_PIDS="${pids[*]}"
   wait "${pids[@]}"
+  GROUP_PIDS=
   for id in "${names[@]}"; do
     local rc secs
     read -r rc secs < "$WORK/rc.$name.$id" || rc=1 secs=$((SECONDS - t))
     rm -f "$WORK/rc.$name.$id"
-    record "$name.$id" "$(verdict "$rc")" "$secs" "$cap" "$(note "$name.$id")"
-    say "$name.$id: $(verdict "$rc"): $(note "$name.$id")"
+    record "$name.$id" "$(judged "$name.$id" "$rc")" "$secs" "$cap" "$(note "$name.$id")"
+    say "$name.$id: $(judged "$name.$id" "$rc"): $(note "$name.$id")"
   done
   pack
 }
@@ -384,7 +419,16 @@ fi
 say "fastrnn GPU session$([ "$DRY" = 1 ] && echo ': DRY RUN (no GPU; commands checked, nothing measured)'), work $WORK, out $OUT"
 say "caps: $CAPLINE"
 { nvidia-smi -L 2>/dev/null | head -1 | grep . || echo "no GPU visible"; } > "$WORK/device.txt"
-trap 'say "interrupted"; pack; exit 130' INT TERM
+# interrupted (the tool's own limit, a person): the running step's processes are
+# stopped (timeout passes the signal on to its command), then what exists is packed
+STEP_PID= GROUP_PIDS=
+stop_children() {  # the running timeouts, each of which passes the signal to its whole process group
+  local p
+  [ -n "$STEP_PID" ] && kill -TERM "$STEP_PID" 2>/dev/null
+  for p in $GROUP_PIDS; do pkill -TERM -P "$p" 2>/dev/null; done  # a group member: (timeout ...; echo) &
+  return 0
+}
+trap 'say "interrupted"; stop_children; sleep 2; pack; exit 130' INT TERM
 
 step env
 step build

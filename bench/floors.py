@@ -231,12 +231,11 @@ def format_rows(rows) -> str:
 
 
 def write_json(path: str, report: dict) -> None:
-    """``report`` at ``path`` atomically (a temporary file beside it, then a rename):
-    a run killed while writing leaves the previous file whole."""
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w") as f:
-        f.write(json.dumps(report, indent=2) + "\n")
-    os.replace(tmp, path)
+    """``report`` at ``path`` atomically: fastrnn.bench.write_json (a temporary file
+    beside it, then a rename; a run killed while writing leaves the previous file)."""
+    from fastrnn.bench import write_json as atomic
+
+    atomic(path, report, indent=2)
 
 
 def main(argv=None) -> int:

@@ -306,6 +306,8 @@ def environment(device: torch.device) -> dict:
                 caps.update({k: os.environ.get(k) for k in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY",
                                                             "MKL_ENABLE_INSTRUCTIONS")})
                 env["isa_caps"] = {k: v for k, v in caps.items() if v}
+                # what torch's own vectorized kernels took (ATEN_CPU_CAPABILITY honoured or not)
+                env["aten_cpu_capability"] = torch.backends.cpu.get_cpu_capability()
                 env["cpu_paths"] = {str(d).replace("torch.", ""): dict(zip(("path", "why"), said_path("cpu", d)))
                                     for d in (torch.float32, torch.bfloat16, torch.float16)}
         except Exception as e:  # noqa: BLE001  (a record, never a failure)

@@ -348,6 +348,12 @@ class RNNBase(nn.Module):
             if lo < 1 or hi > x.size(0):
                 raise ValueError(f"lengths must lie in [1, {x.size(0)}] (the input's sequence length), got values "
                                  f"from {lo} to {hi}")
+        elif not torch.jit.is_tracing() and _deploy.route() != "onnx":
+            # a compiled or exported graph cannot read the values while tracing: the check
+            # goes into the graph and fails when it runs (jit.trace's aten packing and
+            # onnxruntime's sequence_lens check their own)
+            torch._assert_async(((lengths >= 1) & (lengths <= x.size(0))).all(),
+                                "fastrnn: lengths must lie in [1, the input's sequence length]")
         return lengths.to(device=x.device, dtype=torch.int64)
 
     @torch.jit.unused

@@ -88,3 +88,24 @@ def test_lengths_refused_with_packed_or_unbatched():
         fast(p, lengths=torch.tensor([4, 2]))
     with pytest.raises(ValueError, match="needs a batched"):
         fast(torch.randn(4, 3), lengths=torch.tensor([4]))
+
+
+@pytest.mark.parametrize("road", ["compile", "export"])
+def test_bad_lengths_fail_in_compiled_and_exported_graphs(road):
+    """A graph cannot read the lengths while it is traced, so the range check goes
+    into the graph: a compiled or exported GRU run on lengths outside [1, T]
+    raises when it runs, never a silent state; good lengths still match eager."""
+    import fastrnn
+
+    rnn = fastrnn.GRU(3, 4)
+    x = torch.randn(6, 3, 3)
+    good = torch.tensor([6, 2, 4])
+    if road == "compile":
+        run = torch.compile(rnn, fullgraph=True, dynamic=False)
+    else:
+        ep = torch.export.export(rnn, (x,), {"lengths": good})
+        run = ep.module()
+    torch.testing.assert_close(run(x, lengths=good)[1], rnn(x, lengths=good)[1])
+    for bad in ([0, 2, 4], [7, 2, 4], [-3, 2, 4]):
+        with pytest.raises(RuntimeError, match="lengths must lie in"):
+            run(x, lengths=torch.tensor(bad))

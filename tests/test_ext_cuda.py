@@ -252,6 +252,28 @@ def test_persistent_taken(be, persistent, cell, dtype):
             assert rel(g, r) <= tol, f"{cell} backward[{k}]: {rel(g, r):.2e}"
 
 
+@pytest.mark.parametrize("H", [256, 1024])
+def test_persistent_small_batch(be, persistent, H):
+    """Batch 1: the persistent plan below four warps a block (persistent_plan.h's
+    search under U0 = 128 / BN; U 32 at H 256, 8-thread blocks at H 1024 on an
+    H100): one launch each way with FASTRNN_CUDA_PERSISTENT=1, results as the
+    reference's."""
+    T, N = 9, 1
+    w = torch.zeros(4 * H, H, device="cuda")
+    f, b = plan(w, N, False), plan(w, N, True)
+    assert f and b, f"LSTM N 1, H {H}, fp32 should get a persistent plan on an sm_80+ GPU"
+    assert f[4] < 128 and b[4] < 128, f"expected a plan below U0 = 128 at N 1: {f}, {b}"
+    n0 = launches()
+    fwd, bwd, ref_f, ref_b, _ = run_cell(be, "lstm", T, N, H, torch.float32)
+    torch.cuda.synchronize()
+    assert launches() - n0 == (2 if persistent else 0)
+    for k, (g, r) in enumerate(zip(fwd[:-1], ref_f)):
+        assert rel(g, r) <= 1e-4, f"forward[{k}]: {rel(g, r):.2e}"
+    for k, (g, r) in enumerate(zip(bwd, ref_b)):
+        if r.numel():
+            assert rel(g, r) <= 1e-4, f"backward[{k}]: {rel(g, r):.2e}"
+
+
 def test_persistent_fallback(be, persistent):
     """W_hh of 64 MB cannot stay on chip: the per-step path runs, with correct results."""
     T, N, H = 3, 2, 2048

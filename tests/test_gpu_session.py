@@ -131,3 +131,23 @@ def test_the_recorder_keeps_the_command_line(tmp_path):
     (f,) = (tmp_path / "plan").iterdir()
     assert f.read_bytes().split(b"\0")[:-1] == [b"tm_lstm", ROOT.encode(), b"bench/time_machine.py", b"--out",
                                                  b"a b"]
+
+
+def test_the_real_run_refuses_a_machine_without_a_gpu(tmp_path):
+    """Its build step replaces fastrnn/_C.so (the carried torch 2.11 build, or an
+    sm_90-only one): run for real where no GPU is visible it stops at once, saying
+    to use the dry run, and leaves the checkout's extension as it was."""
+    import shutil
+
+    import pytest
+
+    if shutil.which("nvidia-smi") and subprocess.run(["nvidia-smi", "-L"], capture_output=True).returncode == 0:
+        pytest.skip("a GPU is visible here: the real run would run")
+    so = os.path.join(ROOT, "fastrnn", "_C.so")
+    before = os.stat(so).st_mtime_ns if os.path.exists(so) else None
+    e = {k: v for k, v in os.environ.items() if k not in ("GPU_DRY_RUN", "GPU_SESSION_FORCE", "GPU_SESSION_WORK")}
+    p = subprocess.run(["bash", SCRIPT], cwd=ROOT, env=dict(e, OUT=str(tmp_path)), capture_output=True, text=True,
+                       timeout=60)
+    assert p.returncode == 2 and "GPU_DRY_RUN=1" in p.stderr, p.stderr
+    assert (os.stat(so).st_mtime_ns if os.path.exists(so) else None) == before
+    assert os.listdir(tmp_path) == []

@@ -35,11 +35,12 @@ def test_runnable_classes_and_their_caps():
         assert set(env) == {"FASTRNN_CPU_ISA", "ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS"}
 
 
-def _report(cls, fp32="own_avx2", bf16="own_avx2", skipped=None, learned=True):
+def _report(cls, fp32="own_avx2", bf16="own_avx2", skipped=None, learned=True, aten=None):
     rows = [r for r in ["torch", "torch+autocast", "cpu", "cpu+autocast", "torch+bf16", "cpu+bf16"]
             if r not in (skipped or {})]
     ppl = [9.0, 8.0] if learned else [9.0, 9.5]
-    return {"environment": {"isa_caps": {"FASTRNN_CPU_ISA": cls},
+    aten = aten or {"baseline": "DEFAULT", "avx2": "AVX2"}.get(cls, "AVX512")
+    return {"environment": {"isa_caps": {"FASTRNN_CPU_ISA": cls}, "aten_cpu_capability": aten,
                             "cpu_paths": {"float32": {"path": fp32}, "bfloat16": {"path": bf16},
                                           "float16": {"path": fp32}}},
             "results": [{"backend": r, "final_perplexity": ppl[-1], "perplexity": ppl} for r in rows],
@@ -56,6 +57,8 @@ def test_smoke_judgement(stage):
     assert "float32 took path 'own'" in stage.check_bench(_report("avx2", fp32="own"), "avx2")[0]
     assert "bfloat16 took path 'bf16dot'" in stage.check_bench(_report("avx512", "own", "bf16dot"), "avx512")[0]
     assert stage.check_bench(_report("avx512_bf16", "own", "bf16dot"), "avx512_bf16") == []
+    assert "bfloat16 took path 'bf16dot'" in stage.check_bench(_report("avx2", "own_avx2", "bf16dot"), "avx2")[0]
+    assert "ATen ran 'AVX512'" in stage.check_bench(_report("avx2", aten="AVX512"), "avx2")[0]
     assert stage.check_bench(_report("baseline", "blas", "blas"), "baseline") == []
     assert "own_avx2" in stage.check_bench(_report("baseline"), "baseline")[0]
     assert stage.check_bench(_report("avx2", skipped={"torch+bf16": ""}), "avx2") == ["torch+bf16 skipped without a reason"]

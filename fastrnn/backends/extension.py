@@ -99,6 +99,8 @@ ISA_CLASSES = {"baseline": (), "avx2": ("avx2", "fma", "neon"), "avx512": ("avx2
 #: oneDNN (ONEDNN_MAX_CPU_ISA), ATen's vectorized kernels (ATEN_CPU_CAPABILITY)
 #: and MKL (MKL_ENABLE_INSTRUCTIONS: AVX512_E3 adds bf16, E4 AMX); all three are
 #: read once, when torch loads, so they are set before a process imports torch.
+#: MKL honours its cap on Intel CPUs only (its documentation), so on an AMD CPU
+#: torch's BLAS (and fastrnn's blas path) keep the CPU's own MKL code path.
 TORCH_CAPS = {
     "baseline": {"ONEDNN_MAX_CPU_ISA": "SSE41", "ATEN_CPU_CAPABILITY": "default", "MKL_ENABLE_INSTRUCTIONS": "SSE4_2"},
     "avx2": {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"},
