@@ -173,10 +173,22 @@ def test_parameter_gradients_do_not_alias(mode, backend, layers, bidirectional):
     in-place change to one (clipping, a foreach optimizer step) leaves the others alone.
     (The summed biases b_ih + b_hh once got the very same gradient tensor.)"""
     ref, fast = make_pair(mode, 4, 6, backend=backend, num_layers=layers, bidirectional=bidirectional)
-    x = torch.randn(5, 3, 4, dtype=torch.float64)
-    for m in (ref, fast):
+
+    def grads(m, x):
         out, h = m(x)
-        gs = torch.autograd.grad(out.sum() + (h[0] if mode == "LSTM" else h).pow(2).sum(), list(m.parameters()))
+        return torch.autograd.grad(out.sum() + (h[0] if mode == "LSTM" else h).pow(2).sum(), list(m.parameters()))
+
+    # an input whose gradients are all nonzero (a zero one cannot show aliasing): with
+    # ReLU, a small upper layer can be dead at every step but the last, which leaves
+    # its W_hh's gradient exactly zero; such a draw is drawn again
+    for _ in range(20):
+        x = torch.randn(5, 3, 4, dtype=torch.float64)
+        if all(g.abs().max() > 0 for g in grads(ref, x)):
+            break
+    else:
+        pytest.fail("20 input draws each left some parameter's gradient at zero")
+    for m in (ref, fast):
+        gs = grads(m, x)
         before = [g.clone() for g in gs]
         torch._foreach_mul_(list(gs), 2.0)
         for (name, _), g, b in zip(m.named_parameters(), gs, before):
