@@ -792,15 +792,23 @@ def dry_run(args) -> int:
         except RuntimeError as e:
             print(f"time_machine.py: --device {args.device!r}: {e}", file=sys.stderr)
             return 2
-    try:
-        data = tmdata.find_time_machine(args.data, download=False)
-    except tmdata.TimeMachineNotFoundError as e:
-        print(f"time_machine.py: {e}", file=sys.stderr)
+    data = dry_run_data(args.data, "time_machine.py")
+    if data is None:
         return 2
     print(f"time_machine.py: dry run: {args.cell.upper()} {args.layers}x{args.hidden}, batch {args.batch}, "
           f"{args.steps} steps, {args.epochs} epochs, backends {args.backends} on {args.device}, data {data}, "
           f"JSON into {args.out}; arguments valid, nothing run")
     return 0
+
+
+def dry_run_data(path, script: str):
+    """A dry run's data check (time_machine.py and whole_loop.py): the Time Machine
+    text's path, found without downloading, or None after saying why on stderr."""
+    try:
+        return tmdata.find_time_machine(path, download=False)
+    except tmdata.TimeMachineNotFoundError as e:
+        print(f"{script}: {e}", file=sys.stderr)
+        return None
 
 
 def main(argv=None) -> int:

@@ -393,10 +393,8 @@ def dry_run(args) -> int:
     if bad:
         print(f"whole_loop.py: unknown loop {bad[0]!r}; one of {', '.join(LOOPS)}", file=sys.stderr)
         return 2
-    try:
-        data = tmdata.find_time_machine(args.data, download=False)
-    except tmdata.TimeMachineNotFoundError as e:
-        print(f"whole_loop.py: {e}", file=sys.stderr)
+    data = TM.dry_run_data(args.data, "whole_loop.py")
+    if data is None:
         return 2
     print(f"whole_loop.py: dry run: {args.cell.upper()} {args.layers}x{args.hidden}, {args.epochs} epochs, backends "
           f"{args.backends}, loops {','.join(loops)} on {args.device}, data {data}, JSON into {args.out}; "
