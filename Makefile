@@ -4,7 +4,7 @@
 # make test-install - build a wheel, install it into a new venv, run python -m fastrnn check/bench there
 # make test-compat - the GPU machine's torch 2.11 / Triton 3.6 on the CPU (.ci/compat.sh, own .venv-compat)
 # make test-gpu-dry - the GPU session's one device call (.ci/gpu_session.sh) dry, without a GPU
-# make test-kernels - the ATen-free CPU vector kernels alone (tests/kernels/), natively; part of make test
+# make test-kernels - the ATen-free CPU vector and int8 kernels alone (tests/kernels/), natively; part of make test
 # make test-isa - every CPU class this machine runs (FASTRNN_CPU_ISA with torch's own caps): check, the cpu
 #                parity and autocast tests and make bench's smoke per class (.ci/isa_classes.py, <= 5 min)
 # make test-aarch64 - the same cross-compiled for aarch64 and run under qemu-user, and the whole
@@ -104,14 +104,22 @@ build/vec_gemm_test: $(KERNEL_DEPS)
 	mkdir -p build
 	$(CXX) $(KERNEL_FLAGS) $(KERNEL_SRC) -o $@
 
+# The int8 kernels (csrc/cpu/int8_gemm.*: no ATen) against exact integer sums:
+# every unit this CPU runs (VNNI, AVX2, scalar; sdot and plain NEON under qemu).
+INT8_SRC := tests/kernels/int8_gemm_test.cpp csrc/cpu/int8_gemm.cpp
+build/int8_gemm_test: $(INT8_SRC) csrc/cpu/int8_gemm.h
+	mkdir -p build
+	$(CXX) $(KERNEL_FLAGS) $(INT8_SRC) -o $@
+
 # The persistent CUDA kernels' launch-shape search (csrc/cuda/persistent_plan.h, no
 # CUDA calls) against H100/H200/A100 limits, with the old search as an oracle.
 build/persistent_plan_test: tests/kernels/persistent_plan_test.cpp csrc/cuda/persistent_plan.h
 	mkdir -p build
 	$(CXX) $(KERNEL_FLAGS) tests/kernels/persistent_plan_test.cpp -o $@
 
-test-kernels: build/vec_gemm_test build/persistent_plan_test
+test-kernels: build/vec_gemm_test build/persistent_plan_test build/int8_gemm_test
 	build/vec_gemm_test $(FASTRNN_TEST_SEED)
+	build/int8_gemm_test $(FASTRNN_TEST_SEED)
 	build/persistent_plan_test
 
 # Every FASTRNN_CPU_ISA class this CPU can run, each in fresh processes under its
@@ -134,6 +142,9 @@ test-aarch64: setup
 	echo "$(CXX_AARCH64) $(KERNEL_FLAGS) -static $(KERNEL_SRC) -o build/vec_gemm_test.aarch64" && \
 	$(CXX_AARCH64) $(KERNEL_FLAGS) -static $(KERNEL_SRC) -o build/vec_gemm_test.aarch64 && \
 	qemu-aarch64 build/vec_gemm_test.aarch64 $(FASTRNN_TEST_SEED) && \
+	$(CXX_AARCH64) $(KERNEL_FLAGS) -static $(INT8_SRC) -o build/int8_gemm_test.aarch64 && \
+	qemu-aarch64 build/int8_gemm_test.aarch64 $(FASTRNN_TEST_SEED) && \
+	qemu-aarch64 -cpu cortex-a53 build/int8_gemm_test.aarch64 $(FASTRNN_TEST_SEED) && \
 	CXX_AARCH64=$(CXX_AARCH64) $(PY) .ci/aarch64_syntax.py
 
 test-aarch64-torch: setup

@@ -163,13 +163,16 @@ class RNNBase(nn.Module):
         return s
 
     # ------------------------------------------------------------ checking
-    def _check_input(self, input: Tensor, batch_sizes) -> None:
+    def _check_dtype(self, input: Tensor) -> None:
         w = getattr(self, self._flat_weights_names[0])
         if input.dtype != w.dtype and not torch._C._is_any_autocast_enabled():
             raise ValueError(
                 f"RNN input dtype ({input.dtype}) does not match weight dtype ({w.dtype}). "
                 f"Convert input: input.to({w.dtype}), or convert model: model.to({input.dtype})"
             )
+
+    def _check_input(self, input: Tensor, batch_sizes) -> None:
+        self._check_dtype(input)
         expected = 2 if batch_sizes is not None else 3
         if input.dim() != expected:
             raise RuntimeError(f"input must have {expected} dimensions, got {input.dim()}")

@@ -66,6 +66,12 @@ SETTINGS = (
             "without AVX512-BF16), or float32 products on the widened operands "
             "(fp32: the FASTRNN_CPU_GEMM path); auto: where the CPU has AVX512-BF16, whichever of the two measures "
             "faster here (timed once per process; dot unless fp32 is more than 5% faster), else fp32"),
+    Setting("FASTRNN_CPU_INT8", "auto", ("auto", "avx512_vnni", "avx2", "neon_dot", "scalar"),
+            "the int8 layers' (fastrnn.quantized) integer products: AVX512-VNNI (vpdpbusd), AVX2 (16-bit "
+            "vpmaddwd, which cannot saturate), aarch64's sdot (asimddp), or plain loops (scalar); auto: the first "
+            "of these the CPU has (under FASTRNN_CPU_ISA's cap: VNNI from avx512, AVX2 and sdot from avx2); a "
+            "forced kernel the CPU lacks is an error naming the instructions. Every kernel gives the same integer "
+            "sums"),
     Setting("FASTRNN_CUDA_PERSISTENT", "0", ("0", "1"),
             "the cuda backend tries its persistent kernels (one cooperative launch per layer, W_hh on chip) "
             "before its per-step path (1)"),

@@ -115,10 +115,12 @@ void packed_gemm_bf16(int64_t m, int64_t n, int64_t k, const uint16_t* a, int64_
 // to bf16; "strided": the unpacked kernel, as the cells call it; "direct": the
 // unpacked BLAS product of a one-step call), for the tests;
 // and cpu_features() -> what the switchboard decides the CPU path from ("amd",
-// "intel", "avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "neon").
+// "intel", "avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "neon", and for the
+// int8 kernels "avx512_vnni" and "asimddp").
 #include <torch/library.h>
 
 #include "common.h"
+#include "int8_gemm.h"
 
 namespace fastrnn {
 namespace cpu {
@@ -168,6 +170,8 @@ std::string cpu_features_op() {
   if (has_avx512bf16()) f += "avx512_bf16 ";
   if (has_amx_bf16()) f += "amx_bf16 ";
   if (has_neon()) f += "neon ";
+  if (has_avx512vnni()) f += "avx512_vnni ";  // the int8 kernels (fastrnn.quantized)
+  if (has_neon_dot()) f += "asimddp ";
   if (!f.empty()) f.pop_back();
   return f;
 }

@@ -90,9 +90,14 @@ def cpu_features() -> frozenset:
 #: FASTRNN_CPU_ISA -> the instruction-set features its class keeps (the classes
 #: are x86's; an aarch64 CPU's NEON, its baseline vector unit, is dropped by
 #: "baseline" only)
-ISA_CLASSES = {"baseline": (), "avx2": ("avx2", "fma", "neon"), "avx512": ("avx2", "fma", "avx512f", "neon"),
-               "avx512_bf16": ("avx2", "fma", "avx512f", "avx512_bf16", "neon"),
-               "amx": ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "neon")}
+ISA_CLASSES = {"baseline": (), "avx2": ("avx2", "fma", "neon", "asimddp"),
+               "avx512": ("avx2", "fma", "avx512f", "avx512_vnni", "neon", "asimddp"),
+               "avx512_bf16": ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "neon", "asimddp"),
+               "amx": ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "neon", "asimddp")}
+#: features a class keeps where the CPU has them but does not need to run it
+#: (the int8 kernels' VNNI and sdot: an AVX-512 CPU without VNNI is still of
+#: class avx512; aarch64's)
+OPTIONAL_FEATURES = frozenset({"neon", "asimddp", "avx512_vnni"})
 
 
 #: FASTRNN_CPU_ISA -> the caps that make torch's own paths see the same class:
@@ -126,7 +131,7 @@ def runnable_classes(features=None) -> list:
     features = cpu_features() if features is None else features
     if "neon" in features:
         return ["baseline"]
-    x86 = {f for c in ISA_CLASSES.values() for f in c} - {"neon"}
+    x86 = {f for c in ISA_CLASSES.values() for f in c} - OPTIONAL_FEATURES
     return [c for c, keep in ISA_CLASSES.items() if (set(keep) & x86) <= features]
 
 
