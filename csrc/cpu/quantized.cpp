@@ -98,30 +98,43 @@ void quantize(int64_t m, int64_t k, const float* x, int64_t ldx, int8_t* q, floa
 }
 
 // The gates of one batch row: pre-activations xg (input side, bias in) and gh
-// (recurrent side) of H units per gate.
-FR_Q_CLONES void lstm_row(int64_t H, const float* xg, const float* gh, const float* c_prev, float* c, float* hu) {
+// (recurrent side) of H units per gate; act: scratch of G H floats.  Two passes,
+// activations first, then the state, as the float path's rows (lstm.cpp: one
+// loop per unit was too long a chain for out-of-order execution to overlap).
+FR_Q_CLONES void lstm_row(int64_t H, const float* __restrict xg, const float* __restrict gh,
+                          const float* __restrict c_prev, float* __restrict c, float* __restrict hu,
+                          float* __restrict act) {
+  for (int64_t q = 0; q < 4; ++q) {
+    const float* x = xg + q * H;
+    const float* g = gh + q * H;
+    float* a = act + q * H;
+    if (q == 2)
+      for (int64_t j = 0; j < H; ++j) a[j] = fr_tanh(x[j] + g[j]);
+    else
+      for (int64_t j = 0; j < H; ++j) a[j] = fr_sigmoid(x[j] + g[j]);
+  }
   for (int64_t j = 0; j < H; ++j) {
-    const float i = fr_sigmoid(xg[j] + gh[j]);
-    const float f = fr_sigmoid(xg[H + j] + gh[H + j]);
-    const float g = fr_tanh(xg[2 * H + j] + gh[2 * H + j]);
-    const float o = fr_sigmoid(xg[3 * H + j] + gh[3 * H + j]);
-    const float cn = lstm_cell_state<float>(i, f, g, c_prev[j]);
+    const float cn = lstm_cell_state<float>(act[j], act[H + j], act[2 * H + j], c_prev[j]);
     c[j] = cn;
-    hu[j] = lstm_cell_output<float>(o, cn);
+    hu[j] = lstm_cell_output<float>(act[3 * H + j], cn);
   }
 }
 
-FR_Q_CLONES void gru_row(int64_t H, const float* xg, const float* gh, const float* h_prev, float* h) {
+FR_Q_CLONES void gru_row(int64_t H, const float* __restrict xg, const float* __restrict gh,
+                         const float* __restrict h_prev, float* __restrict h, float* __restrict act) {
+  for (int64_t j = 0; j < 2 * H; ++j) act[j] = fr_sigmoid(xg[j] + gh[j]);  // r, z
   for (int64_t j = 0; j < H; ++j) {
-    const float r = fr_sigmoid(xg[j] + gh[j]);
-    const float z = fr_sigmoid(xg[H + j] + gh[H + j]);
-    const float n = gru_cell_n<float>(xg[2 * H + j], r, gh[2 * H + j]);
-    h[j] = gru_cell_h<float>(z, n, h_prev[j]);
+    const float n = gru_cell_n<float>(xg[2 * H + j], act[j], gh[2 * H + j]);
+    h[j] = gru_cell_h<float>(act[H + j], n, h_prev[j]);
   }
 }
 
-FR_Q_CLONES void rnn_row(int64_t H, const float* xg, const float* gh, bool relu, float* h) {
-  for (int64_t j = 0; j < H; ++j) h[j] = rnn_act<float>(xg[j] + gh[j], relu);
+FR_Q_CLONES void rnn_row(int64_t H, const float* __restrict xg, const float* __restrict gh, bool relu,
+                         float* __restrict h) {
+  if (relu)
+    for (int64_t j = 0; j < H; ++j) h[j] = rnn_act<float>(xg[j] + gh[j], true);
+  else
+    for (int64_t j = 0; j < H; ++j) h[j] = fr_tanh(xg[j] + gh[j]);
 }
 
 std::tuple<at::Tensor, at::Tensor> int8_pack_op(const at::Tensor& w) {
@@ -206,7 +219,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> int8_layer_op(
   at::Tensor y = lengths_.has_value() ? at::zeros({T, N, R}, f32) : at::empty({T, N, R}, f32);
   at::Tensor h = h0_.contiguous().clone();
   at::Tensor c = lstm ? c0_->contiguous().clone() : at::empty({0}, f32);
-  std::vector<float> gh(N * G * H), hnew(N * R), cnew(lstm ? N * H : 0), hu(proj ? N * H : 0);
+  std::vector<float> gh(N * G * H), hnew(N * R), cnew(lstm ? N * H : 0), hu(proj ? N * H : 0), act(G * H);
   std::vector<int8_t> hq(N * std::max(i8_kpad(R), i8_kpad(H)));
   std::vector<float> hs(N);
   float* hp = h.data_ptr<float>();
@@ -223,9 +236,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> int8_layer_op(
       const float* xr = xgp + (t * N + b) * G * H;
       const float* ghr = gh.data() + b * G * H;
       if (lstm)
-        lstm_row(H, xr, ghr, cp + b * H, cnew.data() + b * H, proj ? hu.data() + b * H : hnew.data() + b * R);
+        lstm_row(H, xr, ghr, cp + b * H, cnew.data() + b * H, proj ? hu.data() + b * H : hnew.data() + b * R,
+                 act.data());
       else if (gru)
-        gru_row(H, xr, ghr, hp + b * R, hnew.data() + b * R);
+        gru_row(H, xr, ghr, hp + b * R, hnew.data() + b * R, act.data());
       else
         rnn_row(H, xr, ghr, relu, hnew.data() + b * R);
     }
