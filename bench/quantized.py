@@ -190,7 +190,7 @@ def format_table(report: dict) -> str:
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--epochs", type=int, default=40, help="float32 training epochs before quantizing (0: no accuracy part)")
+    p.add_argument("--epochs", type=int, default=200, help="float32 training epochs before quantizing (0: no accuracy part)")
     p.add_argument("--hidden", type=int, default=256)
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--batch", type=int, default=32)

@@ -1,0 +1,36 @@
+"""bench/quantized.py end to end on a tiny model: it trains, quantizes both ways,
+reports each perplexity and the paired speed-ups, and writes its JSON naming
+the CPU's class and the int8 kernel."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO / "bench") not in sys.path:
+    sys.path.insert(0, str(REPO / "bench"))
+import quantized as qb  # noqa: E402  (bench/quantized.py)
+from test_data import SHARED, needs_text  # noqa: E402
+
+import fastrnn.quantized as fq  # noqa: E402
+
+
+@needs_text
+def test_accuracy_and_speed_rows(tmp_path, capsys):
+    args = ["--epochs", "2", "--hidden", "16", "--max-tokens", "2000", "--shapes", "1x16,2x32", "--rounds", "2",
+            "--data", str(SHARED), "--out", str(tmp_path)]
+    assert qb.main(args) == 0
+    rep = json.loads((tmp_path / "quantized_cpu.json").read_text())
+    assert rep["complete"] and rep["int8_kernel"] == fq.kernel() and rep["isa_class"]
+    acc = rep["accuracy"]
+    assert set(acc["perplexity"]) == {"float32 (fastrnn)", "float32 (torch.nn)", "fastrnn int8", "torch.ao int8"}
+    assert all(1 < v < 100 for v in acc["perplexity"].values())
+    assert acc["types"]["fastrnn int8"] == "fastrnn.quantized.LSTM"
+    assert acc["types"]["torch.ao int8"].startswith("torch.ao.nn.quantized.dynamic")
+    assert [(r["batch"], r["hidden"]) for r in rep["speed"]] == [(1, 16), (2, 32)]
+    for r in rep["speed"]:
+        assert all(len(v) == 2 and min(v) > 0 for v in r["seconds"].values())
+        assert r["speedup_vs_torch_ao_int8"] > 0 and isinstance(r["met"], bool)
+    out = capsys.readouterr().out
+    assert "fastrnn int8" in out and "torch.ao int8" in out and "vs ao" in out
