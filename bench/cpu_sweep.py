@@ -51,7 +51,7 @@ def isa_class() -> tuple[str, str]:
     if E._load() is not None:
         return "no extension", "blas"
     f = E.path_features()
-    name = next((c for c in ("amx", "avx512_bf16", "avx512", "avx2") if set(E.ISA_CLASSES[c]) - {"neon"} <= f),
+    name = next((c for c in ("amx", "avx512_bf16", "avx512", "avx2") if set(E.ISA_CLASSES[c]) - E.OPTIONAL_FEATURES <= f),
                 "neon" if "neon" in f else "baseline")
     try:
         path = E.CpuBackend().path(torch.float32)[0]

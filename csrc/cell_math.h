@@ -154,8 +154,9 @@ FR_HD void gru_cell_backward(A r, A z, A n, A hn, A h_prev, A dh,
 
 // ----------------------------------------------------------------- RNN
 template <typename A>
+// (relu as "pre < 0 ? 0 : pre": a NaN pre-activation stays NaN, as torch.relu keeps it)
 FR_HD A rnn_act(A pre, bool relu) {
-  return relu ? (pre > A(0) ? pre : A(0)) : fr_tanh(pre);
+  return relu ? (pre < A(0) ? A(0) : pre) : fr_tanh(pre);
 }
 
 // Derivative of the activation, taken from its output y.

@@ -1,10 +1,10 @@
 """int8 inference on the CPU: ``fastrnn.quantize_dynamic(model)``.
 
-Dynamic quantization as torch.ao's ``quantize_dynamic`` does it for
-``torch.nn.LSTM``: the weights are stored as int8 with a scale per output row
-(per output channel, symmetric), and the activations that meet them (each
-layer's input rows, and h_{t-1} on every step) are quantized per row when the
-layer runs.  The products are integer dot products with exact 32-bit sums
+Dynamic quantization, like torch.ao's ``quantize_dynamic`` for
+``torch.nn.LSTM`` but finer: the weights are stored as int8 with a scale per
+output row (per output channel, symmetric; torch.ao's default: one per tensor),
+and the activations that meet them (each layer's input rows, and h_{t-1} on
+every step) are quantized per row when the layer runs (torch.ao's: per tensor).  The products are integer dot products with exact 32-bit sums
 (fastrnn's own kernels: AVX512-VNNI, AVX2, aarch64 sdot or plain loops;
 ``FASTRNN_CPU_INT8``), scaled back to float32; the gates, the cell state and the
 outputs are float32.  Inference only: a backward through an int8 layer is
@@ -132,6 +132,17 @@ class _Int8:
     def extra_repr(self) -> str:
         return super().extra_repr() + ", dtype=torch.qint8"
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        """A float layer's state_dict (float weights under the same names) would be
+        cast into the int8 buffers: refused, saying what to do."""
+        for name in self._flat_weights_names:
+            t = state_dict.get(prefix + name)
+            if name.startswith("weight") and t is not None and t.dtype != torch.int8:
+                raise RuntimeError(
+                    f"fastrnn.quantized.{self._label}: {prefix + name} is {t.dtype} in this state_dict, not int8: "
+                    "load it into the float layer and quantize that (fastrnn.quantize_dynamic)")
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def _check_dtype(self, input: Tensor) -> None:
         if not input.is_floating_point():
             raise ValueError(f"fastrnn.quantized.{self._label}: expected floating-point input, got {input.dtype}")
@@ -165,13 +176,15 @@ class _Int8:
     def _packed(self, name: str):
         """(packed, rowsum, scale) of weight ``name``, packed once per value of its buffer."""
         cache = _PACKED.setdefault(self, {})
-        q = getattr(self, name)
-        key = (q.data_ptr(), q._version, tuple(q.shape))
+        q, scale = getattr(self, name), getattr(self, name + "_scale")
+        key = (q.data_ptr(), q._version, tuple(q.shape), scale.data_ptr(), scale._version, scale.dtype)
         got = cache.get(name)
         if got is None or got[0] != key:
             _op_ready()
+            if q.dtype != torch.int8:
+                raise RuntimeError(f"fastrnn.quantized.{self._label}: {name} is {q.dtype}, not int8")
             packed, rowsum = torch.ops.fastrnn_ext.int8_pack(q)
-            got = cache[name] = (key, [packed, rowsum, getattr(self, name + "_scale").contiguous()])
+            got = cache[name] = (key, [packed, rowsum, scale.float().contiguous()])
         return got[1]
 
     def _run(self, x, h, c, lengths_cpu, batch_sizes, weights, compiling):
@@ -218,8 +231,8 @@ class _Int8:
                 w_ih, w_hh, b_ih, b_hh, w_hr = names[d]
                 w = self._packed(w_ih) + self._packed(w_hh) + (self._packed(w_hr) if w_hr else [])
                 y, h_n, c_n = torch.ops.fastrnn_ext.int8_layer(
-                    self.mode, layer_in, w, getattr(self, b_ih) if b_ih else None,
-                    getattr(self, b_hh) if b_hh else None, h[k].contiguous(),
+                    self.mode, layer_in, w, getattr(self, b_ih).float() if b_ih else None,
+                    getattr(self, b_hh).float() if b_hh else None, h[k].contiguous(),
                     None if c is None else c[k].contiguous(), lengths, d == 1, isa)
                 outs.append(y)
                 hs.append(h_n)
@@ -282,8 +295,11 @@ def quantize_dynamic(model: nn.Module, qconfig_spec=None, dtype=torch.qint8, inp
     ``dtype=torch.qint8``.  Returns the quantized model (a copy unless ``inplace``)."""
     if dtype != torch.qint8:
         raise ValueError(f"fastrnn.quantize_dynamic: int8 only (dtype=torch.qint8), got {dtype}")
-    if isinstance(model, tuple(_FLOAT_TO_INT8)):  # the model is itself one layer
-        return _FLOAT_TO_INT8[type(model)].from_float(model)
+    if isinstance(model, _Int8):
+        raise TypeError(f"fastrnn.quantize_dynamic: {type(model).__name__} is already an int8 layer "
+                        f"(fastrnn.quantized.{model._label})")
+    if type(model) in _FLOAT_TO_INT8:  # the model is itself one layer
+        return _FLOAT_TO_INT8[type(model)].from_float(model if inplace else copy.deepcopy(model))
     if qconfig_spec is None:
         qconfig_spec = {*_FLOAT_TO_INT8, nn.Linear, nn.LSTM, nn.GRU, nn.LSTMCell, nn.GRUCell, nn.RNNCell}
     import warnings

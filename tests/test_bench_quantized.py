@@ -26,6 +26,8 @@ def test_accuracy_and_speed_rows(tmp_path, capsys):
     acc = rep["accuracy"]
     assert set(acc["perplexity"]) == {"float32 (fastrnn)", "float32 (torch.nn)", "fastrnn int8", "torch.ao int8"}
     assert all(1 < v < 100 for v in acc["perplexity"].values())
+    assert set(acc["held_out_perplexity"]) == set(acc["perplexity"])
+    assert all(1 < v < 1000 for v in acc["held_out_perplexity"].values())
     assert acc["types"]["fastrnn int8"] == "fastrnn.quantized.LSTM"
     assert acc["types"]["torch.ao int8"].startswith("torch.ao.nn.quantized.dynamic")
     assert [(r["batch"], r["hidden"]) for r in rep["speed"]] == [(1, 16), (2, 32)]

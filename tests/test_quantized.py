@@ -425,3 +425,52 @@ def test_explain_names_the_int8_kernel(monkeypatch):
     assert got["path"] == fq.kernel() and got["backend"].startswith("int8")
     monkeypatch.setenv("FASTRNN_CPU_INT8", "scalar")
     assert qm.explain(torch.randn(3, 2, 4))["path"] == "scalar"
+
+
+def test_threads_split_the_products_without_changing_a_bit():
+    """Big enough for the op's thread split (products past 2^18 multiply-adds, the
+    input quantizer past 2^16 values): the same bits on 1 thread and on 2."""
+    m = fastrnn.LSTM(256, 256).eval()
+    qm = fastrnn.quantize_dynamic(m)
+    x = torch.randn(32, 8, 256)
+    threads = torch.get_num_threads()
+    try:
+        with torch.no_grad():
+            torch.set_num_threads(1)
+            one = qm(x)[0]
+            torch.set_num_threads(2)
+            two = qm(x)[0]
+            flt = m(x)[0]
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one, two) and rel_err(two, flt) < FLOAT_TOL
+
+
+def test_packed_weights_follow_the_buffers():
+    """The packed form is cached per buffer; loading another state_dict (weights
+    and scales) after a forward is what the next forward uses; a dtype change of
+    the module keeps it working (its scales and biases are read as float32)."""
+    a, b = fq.GRU(5, 12), fq.GRU(5, 12)
+    x = torch.randn(4, 2, 5)
+    with torch.no_grad():
+        first = a(x)[0]
+        a.load_state_dict(b.state_dict())
+        assert torch.equal(a(x)[0], b(x)[0]) and not torch.equal(a(x)[0], first)
+        a.weight_hh_l0_scale.mul_(2)  # in place: a new version of the scale
+        assert not torch.equal(a(x)[0], b(x)[0])
+        c = fq.GRU(5, 12)
+        c.load_state_dict(b.state_dict())
+        c = c.double()
+        assert c.weight_ih_l0.dtype == torch.int8 and c(x.double())[0].dtype == torch.float64
+        assert rel_err(c(x.double())[0], b(x)[0]) < 1e-6
+
+
+def test_a_float_state_dict_is_refused_and_quantizing_twice_too():
+    qm = fq.LSTM(4, 8)
+    with pytest.raises(RuntimeError, match="not int8: load it into the float layer"):
+        qm.load_state_dict(fastrnn.LSTM(4, 8).state_dict())
+    with pytest.raises(TypeError, match="already an int8 layer"):
+        fastrnn.quantize_dynamic(qm)
+    layer = fastrnn.LSTM(4, 8)
+    q = fastrnn.quantize_dynamic(layer)  # a layer alone: its int8 layer, the float one untouched
+    assert type(q) is fq.LSTM and type(layer) is fastrnn.LSTM and layer.weight_ih_l0.dtype == torch.float32

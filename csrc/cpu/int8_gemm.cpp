@@ -41,7 +41,7 @@ constexpr int kR = static_cast<int>(kI8Rows);
 // time): the epilogue of the AVX2 and scalar kernels, and the quantizer where
 // the CPU has no AVX512F.
 #if FR_I8_X86 && !defined(__clang__)
-#define FR_I8_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=haswell", "default")))
+#define FR_I8_CLONES __attribute__((target_clones("avx512f", "arch=haswell", "default")))
 #else
 #define FR_I8_CLONES
 #endif
@@ -355,8 +355,9 @@ FR_I8_CLONES void quantize_generic(int64_t m, int64_t k, const float* x, int64_t
       std::memset(qi, 0, kp);
       continue;
     }
+    float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+    if (!(inv <= 3.40282347e38f)) amax = inv = 0.0f;  // a row below ~4e-37: taken as zeros
     scale[i] = amax / 127.0f;
-    const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
     // the product rounded to float32, then to the nearest integer, ties to even
     // (rint: roundps in the AVX clones), so torch.round(x * inv) gives the same q
     for (int64_t j = 0; j < k; ++j) {
@@ -394,9 +395,11 @@ __attribute__((target("avx512f"))) void quantize_avx512(int64_t m, int64_t k, co
       std::memset(qi, 0, kp);
       continue;
     }
-    const float amax = _mm512_reduce_max_ps(vm);
+    float amax = _mm512_reduce_max_ps(vm);
+    float inv1 = amax > 0.0f ? 127.0f / amax : 0.0f;
+    if (!(inv1 <= 3.40282347e38f)) amax = inv1 = 0.0f;  // a row below ~4e-37: taken as zeros
     scale[i] = amax / 127.0f;
-    const __m512 inv = _mm512_set1_ps(amax > 0.0f ? 127.0f / amax : 0.0f);
+    const __m512 inv = _mm512_set1_ps(inv1);
     for (int64_t j = 0; j < kp; j += 16) {
       const int64_t left = k - j;
       const __mmask16 mk = left >= 16 ? __mmask16(0xFFFF) : left <= 0 ? __mmask16(0) : __mmask16((1u << left) - 1u);
@@ -411,6 +414,10 @@ __attribute__((target("avx512f"))) void quantize_avx512(int64_t m, int64_t k, co
 }
 #endif
 }  // namespace
+
+void i8_quantize_rows_portable(int64_t m, int64_t k, const float* x, int64_t ldx, int8_t* q, float* scale) {
+  quantize_generic(m, k, x, ldx, q, scale);
+}
 
 void i8_quantize_rows(int64_t m, int64_t k, const float* x, int64_t ldx, int8_t* q, float* scale) {
 #if FR_I8_X86

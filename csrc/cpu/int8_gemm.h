@@ -53,8 +53,16 @@ void i8_pack(const int8_t* w, int64_t ldw, int64_t rows, int64_t k, int8_t* dst,
 // scale[i] = max_j |x[i][j]| / 127 (0 for a row of zeros), q[i][j] = x[i][j] /
 // scale[i] rounded to nearest even, in [-127, 127]; q's rows have stride
 // i8_kpad(k), zero-padded.  A NaN or infinity in a row makes its scale NaN, so
-// the row's results are NaN (never a silently finite number).
+// the row's products are NaN (never a silently finite number); a row whose
+// largest value is below ~4e-37 (127 / max overflows) is taken as zeros.
+// AVX-512 intrinsics where the CPU has AVX512F, else loops compiled per unit;
+// i8_quantize_rows_portable is the latter on any CPU (the same bits: tested).
 void i8_quantize_rows(int64_t m, int64_t k, const float* x, int64_t ldx, int8_t* q, float* scale);
+void i8_quantize_rows_portable(int64_t m, int64_t k, const float* x, int64_t ldx, int8_t* q, float* scale);
+
+// The largest k whose sums cannot overflow 32 bits in any kernel (127 * 128 per
+// term with VNNI's offset): the op refuses larger inputs.
+constexpr int64_t kI8MaxK = (int64_t(1) << 31) / (127 * 128) - 4;
 
 // For the n activation rows j and the weight rows r of blocks [b0, b1):
 //     out[j ldo + r] = (sum_k W[r][k] q[j][k]) * wscale[r] * xscale[j]

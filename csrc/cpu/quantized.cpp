@@ -64,6 +64,8 @@ QW qw_of(const at::Tensor& packed, const at::Tensor& rowsum, const at::Tensor& s
   TORCH_CHECK(packed.is_contiguous() && rowsum.is_contiguous() && scale.is_contiguous() && !packed.is_cuda(),
               "fastrnn int8: ", name, ": contiguous CPU tensors");
   const int64_t rows = scale.numel();
+  TORCH_CHECK(k <= kI8MaxK, "fastrnn int8: ", name, " has ", k, " columns; the int8 kernels take at most ", kI8MaxK,
+              " (their 32-bit sums)");
   TORCH_CHECK(packed.numel() == i8_packed_bytes(rows, k) && rowsum.numel() == i8_rpad(rows),
               "fastrnn int8: ", name, ": packed for ", packed.numel(), " bytes, expected ", rows, " rows of ", k);
   return QW{packed.data_ptr<int8_t>(), rowsum.data_ptr<int32_t>(), scale.data_ptr<float>(), rows, k};
@@ -278,4 +280,5 @@ TORCH_LIBRARY_IMPL(fastrnn_ext, CPU, m) {
 // backward reaches them (fastrnn.quantized refuses earlier, with its own message)
 TORCH_LIBRARY_IMPL(fastrnn_ext, Autograd, m) {
   m.impl("int8_layer", torch::autograd::autogradNotImplementedFallback());
+  m.impl("int8_pack", torch::autograd::autogradNotImplementedFallback());
 }

@@ -469,7 +469,7 @@ def gru_step_bwd(dh, r, z, n, a_n, h_prev, act):
 def rnn_step(pre, RELU: tl.constexpr):
     """h' = relu or tanh of the pre-activation."""
     if RELU:
-        h = tl.maximum(pre, 0.0)
+        h = tl.where(pre < 0.0, 0.0, pre)  # NaN stays NaN, as torch.relu keeps it (tl.maximum may drop it)
     else:
         h = tanh(pre)
     return h

@@ -160,3 +160,22 @@ def test_packed_module_through_triton(cell):
         got.append([out.data.detach(), xx.grad] + [p.grad for p in m.parameters()])
     for a, b in zip(*got):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("plan", ["layer", "split"])
+def test_rnn_relu_keeps_nan(plan):
+    """A NaN pre-activation stays NaN through the ReLU (tl.maximum may drop it, as
+    fmax does): the same NaN positions as the reference's, per layer and stacked."""
+    tb = TritonBackend(*PLANS[plan])
+    T, N, H, L = 3, 2, 20, 2
+    xg0 = torch.randn(T, N, H)
+    xg0[1, 0, 3] = float("nan")
+    w_hh = torch.randn(L, H, H) / H**0.5
+    w_ih = torch.randn(L - 1, H, H) / H**0.5
+    h0 = torch.randn(L, N, H)
+    want = REF.rnn_forward(xg0, w_hh[0], h0[0], None, True, False)[0]
+    got = tb.rnn_forward(xg0, w_hh[0], h0[0], None, True, False)[0]
+    assert torch.isnan(want).any() and torch.equal(torch.isnan(got), torch.isnan(want))
+    want = REF.rnn_stack_forward(xg0, w_ih, None, w_hh, h0, True, False)[0]
+    got = tb.rnn_stack_forward(xg0, w_ih, None, w_hh, h0, True, False)[0]
+    assert torch.isnan(want).any() and torch.equal(torch.isnan(got), torch.isnan(want))

@@ -47,6 +47,14 @@ int main(int argc, char** argv) {
     x[3 * k + 7] = NAN;                                    // a NaN row
     std::vector<int8_t> q(m * kp, 99);
     i8_quantize_rows(m, k, x.data(), k, q.data(), scale.data());
+    {  // the portable quantizer gives the same bits as the one this CPU takes
+      std::vector<int8_t> q2(m * kp, 55);
+      std::vector<float> s2(m);
+      i8_quantize_rows_portable(m, k, x.data(), k, q2.data(), s2.data());
+      CHECK(q2 == q, "portable quantizer's q differs");
+      for (int64_t i = 0; i < m; ++i)
+        CHECK(s2[i] == scale[i] || (std::isnan(s2[i]) && std::isnan(scale[i])), "portable scale differs");
+    }
     CHECK(scale[1] == 0.0f, "zero row scale %g", scale[1]);
     CHECK(std::isnan(scale[3]), "NaN row scale %g", scale[3]);
     for (int64_t i = 0; i < m; ++i) {
@@ -64,6 +72,16 @@ int main(int argc, char** argv) {
       }
       CHECK(hit, "the largest value maps to +-127");
     }
+  }
+
+  {  // a row too small for 127 / max: zeros, both quantizers
+    std::vector<float> x(20, 1e-38f), sc(1);
+    std::vector<int8_t> q(i8_kpad(20), 9);
+    i8_quantize_rows(1, 20, x.data(), 20, q.data(), sc.data());
+    for (int8_t v : q) CHECK(v == 0, "tiny row not zeros");
+    CHECK(sc[0] == 0.0f, "tiny row scale %g", sc[0]);
+    i8_quantize_rows_portable(1, 20, x.data(), 20, q.data(), sc.data());
+    for (int8_t v : q) CHECK(v == 0, "tiny row not zeros (portable)");
   }
 
   // the products: exact integer sums (unit scales, sums below 2^24), then scales, bias, accumulate
