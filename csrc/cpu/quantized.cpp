@@ -73,12 +73,16 @@ QW qw_of(const at::Tensor& packed, const at::Tensor& rowsum, const at::Tensor& s
 
 // out (n x rows, row stride ldo) = dequant(W @ q^T) + bias (+ out), the blocks
 // split across the intra-op threads where the product is big enough to pay
-// for waking them (about 2^18 multiply-adds a thread).
+// for waking them: 2^21 multiply-adds a thread (~10 us of VNNI).  A step
+// forks and joins once per product, and on a busy machine (2 cores, another
+// library's threads still spinning) a fork can cost more than a small product:
+// with 2^18, LSTM N 8 H 256 ran 1.6-3.5 ms a call between runs, 2.2 ms on one
+// thread (bench/quantized.py, csrc/NOTES.md).
 void gemm(I8Isa isa, const QW& w, int64_t n, const int8_t* q, const float* xscale, const float* bias,
           bool accumulate, float* out, int64_t ldo) {
   const int64_t blocks = i8_rpad(w.rows) / kI8Rows;
   const int64_t per_block = kI8Rows * i8_kpad(w.k) * n;
-  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 18) / std::max<int64_t>(1, per_block));
+  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 21) / std::max<int64_t>(1, per_block));
   if (blocks <= grain || at::in_parallel_region()) {
     i8_gemm(isa, w.rows, n, w.k, w.p, w.rowsum, w.scale, q, xscale, bias, accumulate, out, ldo, 0, blocks);
     return;
