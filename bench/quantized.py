@@ -37,6 +37,7 @@ from pathlib import Path
 
 import _common as C  # noqa: F401  (puts the checkout on the path)
 import data as tmdata
+import time_machine as tm  # (bench/time_machine.py: its training epoch)
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -61,30 +62,8 @@ class LM(nn.Module):
         y, state = self.rnn(F.one_hot(inputs.T, self.V).float(), state)
         return self.linear(y.reshape(-1, y.shape[-1])), state
 
-
-def _detach(state):
-    return tuple(s.detach() for s in state) if isinstance(state, tuple) else state.detach()
-
-
-def train(model, loader, epochs: int, lr: float) -> list[float]:
-    opt = torch.optim.SGD(model.parameters(), lr=lr)
-    ppls = []
-    for _ in range(epochs):
-        model.train()
-        state, loss_sum, n = None, 0.0, 0
-        for x, y in loader:
-            state = None if state is None else _detach(state)
-            logits, state = model(x, state)
-            target = y.T.reshape(-1)
-            loss = F.cross_entropy(logits, target)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            loss_sum += loss.item() * target.numel()
-            n += target.numel()
-        ppls.append(math.exp(loss_sum / n))
-    return ppls
+    def begin_state(self, batch_size: int, device):
+        return None  # zeros, made by the layer (time_machine.train_epoch asks for it)
 
 
 @torch.inference_mode()
@@ -112,7 +91,9 @@ def accuracy(args) -> dict:
     torch.manual_seed(args.seed)
     model = LM(fastrnn.LSTM(V, args.hidden, args.layers), V)
     t0 = time.perf_counter()
-    train_ppl = train(model, loader, args.epochs, args.lr)
+    opt = torch.optim.SGD(model.parameters(), lr=args.lr)
+    cpu = torch.device("cpu")
+    train_ppl = [tm.train_epoch(model, loader, opt, cpu, False)[0] for _ in range(args.epochs)]
     train_s = time.perf_counter() - t0
     batches = list(loader)  # one more epoch's batches (its own offset), the same for every model
     # held out: the next max_tokens characters of the book, which training never saw

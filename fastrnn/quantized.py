@@ -65,22 +65,19 @@ def quantize_rows(w: Tensor):
 _PACKED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
-def _no_backward(label: str):
-    class NoBackward(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, anchor, *outs):
-            return tuple(o.clone() for o in outs)
+class _NoBackward(torch.autograd.Function):
+    """Passes the outputs on (copies); a backward through them is refused, naming the layer."""
 
-        @staticmethod
-        def backward(ctx, *grads):
-            raise RuntimeError(
-                f"fastrnn.quantized.{label} is for inference: its int8 weights have no gradients and it has no "
-                "backward. Train the float layer, then quantize it again (fastrnn.quantize_dynamic)")
+    @staticmethod
+    def forward(ctx, label, anchor, *outs):
+        ctx.label = label
+        return tuple(o.clone() for o in outs)
 
-    return NoBackward
-
-
-_REFUSE = {label: _no_backward(label) for label in ("LSTM", "GRU", "RNN")}
+    @staticmethod
+    def backward(ctx, *grads):
+        raise RuntimeError(
+            f"fastrnn.quantized.{ctx.label} is for inference: its int8 weights have no gradients and it has no "
+            "backward. Train the float layer, then quantize it again (fastrnn.quantize_dynamic)")
 
 
 class _Int8:
@@ -202,7 +199,7 @@ class _Int8:
         c_n = None if c_n is None else c_n.to(dtype)
         if refuse:
             anchor = x if x.requires_grad else h if h.requires_grad else c
-            outs = _REFUSE[self._label].apply(anchor, *(t for t in (out, h_n, c_n) if t is not None))
+            outs = _NoBackward.apply(self._label, anchor, *(t for t in (out, h_n, c_n) if t is not None))
             out, h_n = outs[0], outs[1]
             c_n = outs[2] if c_n is not None else None
         return out, h_n, c_n
@@ -224,15 +221,17 @@ class _Int8:
         lengths = None if lengths_cpu is None else lengths_cpu.to(torch.int64)
         hs, cs = [], []
         layer_in = x.contiguous()
-        for layer, names in enumerate(self._per_layer()):
+        names = self._weight_names(False)  # per layer and direction: (w_ih, w_hh, b_ih, b_hh, w_hr)
+        for layer in range(self.num_layers):
             outs = []
             for d in range(D):
                 k = layer * D + d
-                w_ih, w_hh, b_ih, b_hh, w_hr = names[d]
-                w = self._packed(w_ih) + self._packed(w_hh) + (self._packed(w_hr) if w_hr else [])
+                w_ih, w_hh, b_ih, b_hh, w_hr = names[k]
+                b_ih, b_hh = getattr(self, b_ih, None), getattr(self, b_hh, None)
+                w = self._packed(w_ih) + self._packed(w_hh) + (self._packed(w_hr) if hasattr(self, w_hr) else [])
                 y, h_n, c_n = torch.ops.fastrnn_ext.int8_layer(
-                    self.mode, layer_in, w, getattr(self, b_ih).float() if b_ih else None,
-                    getattr(self, b_hh).float() if b_hh else None, h[k].contiguous(),
+                    self.mode, layer_in, w, None if b_ih is None else b_ih.float(),
+                    None if b_hh is None else b_hh.float(), h[k].contiguous(),
                     None if c is None else c[k].contiguous(), lengths, d == 1, isa)
                 outs.append(y)
                 hs.append(h_n)
@@ -240,19 +239,6 @@ class _Int8:
             layer_in = outs[0] if D == 1 else torch.cat(outs, -1)
         out = layer_in if packing is None else packing.pack(layer_in)
         return out, torch.stack(hs, 0), torch.stack(cs, 0) if c is not None else None
-
-    def _per_layer(self):
-        """Per layer, per direction, the names of (w_ih, w_hh, b_ih, b_hh, w_hr), "" where absent."""
-        D = 2 if self.bidirectional else 1
-        rows = []
-        for layer in range(self.num_layers):
-            dirs = []
-            for d in range(D):
-                sfx = f"_l{layer}" + ("_reverse" if d else "")
-                dirs.append(tuple(f"{stem}{sfx}" if hasattr(self, f"{stem}{sfx}") else ""
-                                  for stem in ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")))
-            rows.append(dirs)
-        return rows
 
 
 class LSTM(_Int8, _fm.LSTM):
