@@ -50,6 +50,11 @@ TORCH_LIBRARY(fastrnn_ext, m) {
   m.def("cell_backward(str mode, Tensor dh, Tensor? dc, Tensor x, Tensor h, Tensor? c, "
         "Tensor w_ih, Tensor w_hh, Tensor ws, bool bias, bool[3] mask, str path) -> "
         "(Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // A streaming call's stack (cpu/stream.cpp): unidirectional layers in torch.nn's
+  // flat weight order (w_ih, w_hh[, b_ih, b_hh][, w_hr] per layer), float32,
+  // inference only -> (y, h_n, c_n: empty but for the LSTM).
+  m.def("stream_stack(str mode, Tensor x, Tensor[] weights, Tensor h0, Tensor? c0, bool bias, bool proj, "
+        "str path) -> (Tensor, Tensor, Tensor)");
 }
 
 // The kernels record no graph: fastrnn::* (fastrnn/_ops.py) and fastrnn_ext::cell
@@ -60,7 +65,7 @@ TORCH_LIBRARY_IMPL(fastrnn_ext, Autograd, m) {
   for (const char* op : {"lstm_forward", "lstm_backward", "gru_forward", "gru_backward", "rnn_forward",
                          "rnn_backward", "lstm_stack_forward", "lstm_stack_backward", "gru_stack_forward",
                          "gru_stack_backward", "rnn_stack_forward", "rnn_stack_backward", "cell_forward",
-                         "cell_backward", "cpu_step_gemm"})
+                         "cell_backward", "cpu_step_gemm", "stream_stack"})
     m.impl(op, torch::autograd::autogradNotImplementedFallback());
 }
 

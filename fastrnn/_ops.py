@@ -108,6 +108,12 @@ def _plain(*ts: Tensor) -> bool:
             and torch._C._len_torch_dispatch_stack() == 0 and not torch.compiler.is_compiling())
 
 
+def plain_call(*ts: Tensor) -> bool:
+    """Whether a call on these tensors may run an extension op directly: eager, on
+    plain tensors, no dispatch mode and no torch.func transform active."""
+    return not torch._C._are_functorch_transforms_active() and _plain(*ts)
+
+
 def _gemm_prev(d: Tensor, h0: Tensor, y: Tensor, dtype, lengths: Optional[Tensor]) -> Tensor:
     """The recurrent weight's gradient: sum over (T, N) of d[t, n]^T h_{t-1}[n], h_{-1} = h0.
 

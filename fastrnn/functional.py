@@ -8,7 +8,6 @@ runs the recurrence and how the biases enter it.
 """
 from __future__ import annotations
 
-import weakref
 from typing import Optional, Sequence
 
 import torch
@@ -147,14 +146,12 @@ def rnn_stack(
     need_ws: bool,
     backend: str,
     packing: Optional[Packing] = None,
-    cache: Optional[dict] = None,
 ):
     """Run a stack of recurrent layers.
 
     x: (T, N, I) time-major, padded; lengths: None or int64 (N,) on x's device.
     With ``packing`` (a PackedSequence's), x is its data (tokens, I), lengths
-    its sorted lengths, and the output is (tokens, D * R).  ``cache``: the
-    module's dict for the fused stack's stacked weights (:func:`_stacked_weights`).
+    its sorted lengths, and the output is (tokens, D * R).
     hx: (L * D, N, R); cx: (L * D, N, H) for LSTM, else None.
     weights[l * D + d] = (w_ih, w_hh, b_ih, b_hh, w_hr) with None where absent.
     Returns output (T, N, D * R), h_n (L * D, N, R), c_n (L * D, N, H) or None.
@@ -164,7 +161,7 @@ def rnn_stack(
                       weights[0][4] is not None) is None
             and _backend.fused_stack(backend, mode.split("_")[0].lower(), x.dtype)
             and stack_too_big(backend, weights[-1][0].shape) is None):
-        return _fused_stack(mode, x, hx, cx, weights, need_ws, backend, cache)
+        return _fused_stack(mode, x, hx, cx, weights, need_ws, backend)
     hs, cs = [], []
     layer_in = x
     for layer in range(num_layers):
@@ -221,27 +218,16 @@ def stack_too_big(backend: str, w_ih_shape) -> Optional[str]:
             "W_ih is read once per sequence, not once per step")
 
 
-def _stacked_weights(mode, weights, cache):
+def _stacked_weights(mode, weights):
     """The stack op's stacked weights: (w_ih of layers 1.., w_hh, b_ih, b_hh) for
     the GRU, (w_ih, w_hh, b = b_ih + b_hh, None) otherwise; b_ih0 + b_hh0 last.
 
-    ``cache`` (a dict the module owns, or None): with nothing recording a graph
-    (no_grad, inference_mode) the stacks are kept and reused while every weight
-    is the same tensor at the same version and address (an optimizer step, a
-    load_state_dict or a .to() changes one of them): a streaming T = 1 call would otherwise
-    spend a third of its time stacking the same weights again."""
-    flat = [w for ws in weights for w in ws if w is not None]
-    key = None
-    if (cache is not None and not torch.is_grad_enabled() and not torch.compiler.is_compiling()
-            and not any(map(torch.Tensor.is_inference, flat))):
-        # the address too: Module.to() / .double() swap a parameter's .data in place,
-        # which leaves its identity and version alone.  (A weight computed under
-        # inference_mode, a parametrization's, has no version: never kept, and
-        # computed afresh per call it would never be hit.)
-        key = tuple((id(w), w._version, w.data_ptr(), w.dtype) for w in flat)
-        hit = cache.get("stack")
-        if hit is not None and hit[0] == key and all(r() is w for r, w in zip(hit[1], flat)):
-            return hit[2]
+    Stacked afresh on every call, never kept between calls: a kept copy would go
+    stale when a weight is written where its version counter does not see it
+    (``p.data.copy_(...)``, a NumPy view), a silently wrong number
+    (tests/test_weight_writes.py).  A streaming call does not stack at all
+    (modules.py's stream route: ``fastrnn_ext::stream_stack`` takes the weights
+    as they are)."""
     w_ih0, _, b_ih0, b_hh0, _ = weights[0]
     has_bias = b_ih0 is not None
     w_ih = torch.stack([w[0] for w in weights[1:]])
@@ -253,16 +239,14 @@ def _stacked_weights(mode, weights, cache):
     else:
         b = torch.stack([bias_sum(w[2], w[3]) for w in weights[1:]]) if has_bias else None
         out = (w_ih, w_hh, b, None, bias_sum(b_ih0, b_hh0))
-    if key is not None:
-        cache["stack"] = (key, [weakref.ref(w) for w in flat], out)  # weak: an id is reused once freed
     return out
 
 
-def _fused_stack(mode, x, hx, cx, weights, need_ws, backend, cache=None):
+def _fused_stack(mode, x, hx, cx, weights, need_ws, backend):
     """A unidirectional stack with no projection, lengths or active dropout, in one
     ``*_stack_forward`` op (see ``fastrnn.backends``)."""
     w_ih0 = weights[0][0]
-    w_ih, w_hh, b_a, b_b, b0 = _stacked_weights(mode, weights, cache)
+    w_ih, w_hh, b_a, b_b, b0 = _stacked_weights(mode, weights)
     hx = hx.contiguous()
     c_n = None
     xg0 = project(x, w_ih0, b0).contiguous()

@@ -211,7 +211,7 @@ def test_big_cpu_stacks_run_layer_by_layer(monkeypatch, cls, G):
     small = next(h for h in range(8, 4096, 8) if G * h * h >= functional.CPU_STACK_MAX_W_IH) - 8
     for H, fused in ((small, True), (small + 8, False)):
         m = cls(4, H, num_layers=2, backend="cpu")
-        x = torch.randn(2, 1, 4)
+        x = torch.randn(2, fastrnn.modules.STREAM_MAX_BATCH + 1, 4)  # (a smaller batch: the stream route)
         e = m.explain(x)
         assert (e["stack"] == "stack") == fused, e
         if not fused:

@@ -51,6 +51,7 @@ namespace avx512 {
 #define FR_MR 8
 #define FR_FMA(a, b, c) _mm512_fmadd_ps((a), (b), (c))
 #define FR_SPLAT(x) _mm512_set1_ps(x)
+#define FR_DOT_RR 4
 #include "vec_tile.inc"
 }  // namespace avx512
 
@@ -65,6 +66,7 @@ namespace avx2 {
 #define FR_MR 6
 #define FR_FMA(a, b, c) _mm256_fmadd_ps((a), (b), (c))
 #define FR_SPLAT(x) _mm256_set1_ps(x)
+#define FR_DOT_RR 2
 #include "vec_tile.inc"
 }  // namespace avx2
 #endif
@@ -81,6 +83,7 @@ namespace neon {
 #define FR_MR 5
 #define FR_FMA(a, b, c) vf(vfmaq_f32(float32x4_t(c), float32x4_t(a), float32x4_t(b)))
 #define FR_SPLAT(x) vf(vdupq_n_f32(x))
+#define FR_DOT_RR 4
 #include "vec_tile.inc"
 }  // namespace neon
 #endif
@@ -399,6 +402,22 @@ void vec_panels(VecIsa isa, int64_t m, int64_t n, int64_t k, const float* a, int
     default: break;
   }
   __builtin_trap();  // callers ask vec_runs first (step_gemm.cpp's gemm_path)
+}
+
+// ------------------------------------------------------------- dot-product kernel
+void vec_rows_dot(VecIsa isa, int64_t m, int64_t k, const float* a, int64_t lda, const float* w, int64_t ldw,
+                  int64_t j0, int64_t j1, const float* bias, bool accumulate, float* c, int64_t ldc) {
+  switch (isa) {
+#if FR_HAVE_X86
+    case VecIsa::kAvx512: avx512::rows_dot(m, k, a, lda, w, ldw, j0, j1, bias, accumulate, c, ldc); return;
+    case VecIsa::kAvx2: avx2::rows_dot(m, k, a, lda, w, ldw, j0, j1, bias, accumulate, c, ldc); return;
+#endif
+#if FR_HAVE_NEON
+    case VecIsa::kNeon: neon::rows_dot(m, k, a, lda, w, ldw, j0, j1, bias, accumulate, c, ldc); return;
+#endif
+    default: break;
+  }
+  __builtin_trap();  // callers ask vec_runs first
 }
 
 // ------------------------------------------------------------- bf16 kernel

@@ -83,6 +83,17 @@ int64_t strided_tiles(int64_t m, int64_t n);
 void strided_run(int64_t m, int64_t n, const StridedTerm* terms, int nterms, const float* bias, float beta,
                  float* c, int64_t crs, int64_t ccs, int64_t t0, int64_t t1);
 
+// The unpacked dot-product kernel (streaming calls: one product per weight and
+// call, where packing W would cost more than the product): for columns
+// j in [j0, j1) of C (m x n, row stride ldc),
+//     C[r][j] = (accumulate ? C[r][j] : bias[j], or 0 without a bias) + A[r] . W[j]
+// with A (m x k, row stride lda) and W (n x k, row stride ldw: a torch weight)
+// read in place.  Each dot product sums along k in the unit's lanes (one FMA a
+// term), the lanes then summed as a tree: a unit's bits depend on its lane count,
+// not on the rows or threads.  ``isa`` must be vec_runs.
+void vec_rows_dot(VecIsa isa, int64_t m, int64_t k, const float* a, int64_t lda, const float* w, int64_t ldw,
+                  int64_t j0, int64_t j1, const float* bias, bool accumulate, float* c, int64_t ldc);
+
 // dst (cols x rows) = src (rows x cols)^T, both row-major and contiguous.
 void transpose_rows(int64_t rows, int64_t cols, const float* src, float* dst);
 

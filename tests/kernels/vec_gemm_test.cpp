@@ -3,7 +3,8 @@
 // NEON) against a scalar product that sums in the same order with one fused
 // multiply-add per term, bit for bit; pack_b's zero padding; C's columns past n
 // never written; C never read when beta == 0 (it holds NaN there); the panel
-// ranges that threads take; and the bf16 rounding (vectorised where the CPU has
+// ranges that threads take; the dot-product kernel (vec_rows_dot) against its
+// lanes' sum order emulated; and the bf16 rounding (vectorised where the CPU has
 // AVX512-BF16) against c10's rule.  Built and run natively by `make test` and,
 // cross-compiled for aarch64, under qemu-user by `make test-aarch64`
 // (the Makefile).  Random inputs from a printed seed:
@@ -115,6 +116,62 @@ void gemm_case(VecIsa isa, int64_t m, int64_t n, int64_t k, bool tb, float beta,
   check(bad == 0, std::string(what) + ": " + std::to_string(bad) + " elements differ from the fused sum");
 }
 
+// The dot-product kernel's sum for one (row of A, row of W) pair, emulated: lane l
+// sums terms l, l + L, ... with one FMA each, the lanes then added as a tree
+// (halves until one is left), then k's tail in order.
+float dot_ref(int lanes, const float* a, const float* w, int64_t k) {
+  std::vector<float> p(static_cast<size_t>(lanes), 0.0f);
+  int64_t kk = 0;
+  for (; kk + lanes <= k; kk += lanes)
+    for (int l = 0; l < lanes; ++l) p[l] = std::fma(a[kk + l], w[kk + l], p[l]);
+  for (int h = lanes / 2; h >= 1; h /= 2)
+    for (int l = 0; l < h; ++l) p[l] += p[l + h];
+  float s = p[0];
+  for (; kk < k; ++kk) s = std::fma(a[kk], w[kk], s);
+  return s;
+}
+
+// vec_rows_dot for columns [j0, j1) (taken as [j0, mid) and [mid, j1), as two
+// threads would) with or without a bias, or accumulating, bit for bit against
+// dot_ref; A's and W's padding past k is NaN (never read), and C's columns
+// outside [j0, j1) keep their sentinel.
+void dot_case(VecIsa isa, int lanes, int64_t m, int64_t n, int64_t k, int64_t j0, int64_t j1, int64_t mid,
+              int mode) {
+  const int64_t lda = k + 3, ldw = k + 5, ldc = n + 2;
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  std::vector<float> a(static_cast<size_t>(m * lda), nan), w(static_cast<size_t>(n * ldw), nan);
+  for (int64_t r = 0; r < m; ++r)
+    for (int64_t kk = 0; kk < k; ++kk) a[r * lda + kk] = uniform();
+  for (int64_t j = 0; j < n; ++j)
+    for (int64_t kk = 0; kk < k; ++kk) w[j * ldw + kk] = uniform();
+  std::vector<float> bias(static_cast<size_t>(n));
+  for (float& x : bias) x = uniform();
+  const bool acc = mode == 2;
+  const float* bp = mode == 1 ? bias.data() : nullptr;
+  std::vector<float> c0(static_cast<size_t>(m * ldc));
+  for (int64_t r = 0; r < m; ++r)
+    for (int64_t j = 0; j < ldc; ++j)
+      c0[r * ldc + j] = j < j0 || j >= j1 ? 1234.5f : acc ? uniform() : nan;  // not read unless acc
+  std::vector<float> c = c0;
+  fc::vec_rows_dot(isa, m, k, a.data(), lda, w.data(), ldw, j0, mid, bp, acc, c.data(), ldc);
+  fc::vec_rows_dot(isa, m, k, a.data(), lda, w.data(), ldw, mid, j1, bp, acc, c.data(), ldc);
+  int64_t bad = 0;
+  for (int64_t r = 0; r < m; ++r)
+    for (int64_t j = 0; j < ldc; ++j) {
+      float want = c0[r * ldc + j];
+      if (j >= j0 && j < j1) {
+        const float base = acc ? c0[r * ldc + j] : bp != nullptr ? bias[j] : 0.0f;
+        want = base + dot_ref(lanes, a.data() + r * lda, w.data() + j * ldw, k);
+      }
+      bad += bits_of(c[r * ldc + j]) != bits_of(want);
+    }
+  char what[160];
+  std::snprintf(what, sizeof(what), "%s rows_dot m %lld n %lld k %lld j [%lld, %lld | %lld) mode %d",
+                fc::vec_name(isa), (long long)m, (long long)n, (long long)k, (long long)j0, (long long)mid,
+                (long long)j1, mode);
+  check(bad == 0, std::string(what) + ": " + std::to_string(bad) + " elements differ");
+}
+
 void bf16_cases() {
   // c10::BFloat16's rule: round to nearest, ties to even; NaN stays NaN (quiet)
   struct Case {
@@ -184,6 +241,15 @@ int main(int argc, char** argv) {
           for (bool tb : {false, true})
             for (float beta : {0.0f, 0.5f, 1.0f}) gemm_case(isa, m, n, k, tb, beta, 1 + (m + n) % 3);
     gemm_case(isa, 32, 1024, 256, true, 1.0f, 16);  // the time machine layer's step
+    const int lanes = isa == VecIsa::kAvx512 ? 16 : isa == VecIsa::kAvx2 ? 8 : 4;
+    for (int64_t m : {1, 2, 3, 4, 5, 9})
+      for (int64_t n : {1, 3, 4, 5, 9, 13})
+        for (int64_t k : {1, 3, 4, 8, 15, 16, 17, 33, 64, 100})
+          for (int mode : {0, 1, 2}) {
+            dot_case(isa, lanes, m, n, k, 0, n, n / 2 + (k % 2), mode);
+            if (n > 2) dot_case(isa, lanes, m, n, k, 1, n - 1, 2, mode);
+          }
+    dot_case(isa, lanes, 1, 768, 256, 0, 768, 389, 0);  // a GRU layer's frame, hidden 256
     std::printf("%s: %s\n", fc::vec_name(isa), g_failed == before ? "bit-exact" : "FAILED");
   }
   check(ran > 0, "some float32 kernel runs on this machine");

@@ -1,6 +1,15 @@
-"""The fused stack's stacked weights are kept between calls that record no graph
-(functional._stacked_weights: a streaming T = 1 call would otherwise restack
-them every frame), and never outlive a change of any weight."""
+"""Every write to a weight reaches the next call, however it is made: in place
+through the parameter (a new version), through ``.data`` or a NumPy view (no
+new version: the parameter's version counter never sees them), a reassigned
+Parameter, load_state_dict, .double(), a parametrization, weight_norm.
+
+Until 2026-12-07 the fused stack kept its stacked weights between calls that
+record no graph, keyed on the weights' versions: ``p.data.copy_(w)`` after a
+no_grad call left the next call on the old weights, a silently wrong number
+(test_writes_the_version_counter_misses failed then).  Nothing is kept now: the
+fused stack stacks per call, and a streaming call (T = 1, no graph: the
+``stream_stack`` op) reads the weights as they are.
+"""
 from __future__ import annotations
 
 import copy
@@ -29,13 +38,54 @@ def _out(m, x):
     return y
 
 
+def _writes():
+    """Ways to overwrite a weight with w (under no_grad) that bypass its version counter."""
+    def data_copy(p, w):
+        p.data.copy_(w)
+
+    def numpy_view(p, w):
+        p.detach().numpy()[...] = w.numpy()
+
+    def data_mul(p, w):  # an old-style optimizer step
+        p.data.mul_(0).add_(w)
+
+    return {"data_copy": data_copy, "numpy_view": numpy_view, "data_mul": data_mul}
+
+
+@pytest.mark.parametrize("write", list(_writes()))
+@pytest.mark.parametrize("steps", [1, 3], ids=["stream", "stack"])
+@pytest.mark.parametrize("ctx", ["no_grad", "inference_mode"])
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_writes_the_version_counter_misses(cell, ctx, steps, write):
+    m, ref = _pair(cell)
+    N = 6  # a batch past modules.STREAM_MAX_BATCH: 3 steps take the fused stack, 1 the stream route
+    assert N > fastrnn.modules.STREAM_MAX_BATCH
+    x = torch.randn(steps, N, 6)
+    h = torch.randn(2, N, 5)  # a state: at one step from zeros, W_hh would not matter
+    hx = (h, torch.randn(2, N, 5)) if cell == "LSTM" else h
+    grad_off = getattr(torch, ctx)
+    before = {n: p._version for n, p in m.named_parameters()}
+    for name in ("weight_hh_l1", "weight_ih_l1", "bias_ih_l0", "weight_hh_l0"):
+        with grad_off():
+            first = m(x, hx)[0]
+            w = torch.randn_like(getattr(m, name))
+            _writes()[write](getattr(m, name), w)
+            getattr(ref, name).copy_(w)
+            got = m(x, hx)[0]
+        assert not torch.equal(got, first), name
+        with torch.no_grad():
+            torch.testing.assert_close(got, ref(x, hx)[0])
+    # the writes really were invisible to the version counters (else this test proves less)
+    assert {n: p._version for n, p in m.named_parameters()} == before
+
+
 @pytest.mark.parametrize("cell", list(CELLS))
 def test_cached_stacks_follow_every_weight_change(cell):
     m, ref = _pair(cell)
-    x = torch.randn(3, 4, 6)
+    x = torch.randn(3, 6, 6)  # batch 6: the fused stack (and x[:1] the stream route)
     with torch.inference_mode():
         first = _out(m, x)
-        assert torch.equal(_out(m, x), first)  # the cached stacks: the same numbers
+        assert torch.equal(_out(m, x), first)  # a second call: the same numbers
         torch.testing.assert_close(first, _out(ref, x))
         for name in ("weight_hh_l1", "weight_ih_l1", "bias_hh_l0", "bias_ih_l1"):
             with torch.no_grad():
@@ -59,9 +109,9 @@ def test_cached_stacks_follow_every_weight_change(cell):
 @pytest.mark.parametrize("cell", list(CELLS))
 def test_a_recorded_call_stacks_afresh_and_the_module_still_pickles(cell):
     m, ref = _pair(cell)
-    x = torch.randn(3, 4, 6)
+    x = torch.randn(3, 6, 6)  # batch 6: the fused stack (and x[:1] the stream route)
     with torch.no_grad():
-        _out(m, x)  # fills the cache
+        _out(m, x)  # a call recording nothing first
     _out(m, x).square().sum().backward()
     _out(ref, x).square().sum().backward()
     for (n, p), q in zip(m.named_parameters(), ref.parameters()):
@@ -82,7 +132,8 @@ def test_weights_read_as_torch_nn_reads_them(cell):
     """The layers read their weights from the parameters dict (a streaming call's
     saving), falling back to attribute lookup: a parametrization (whose weight is
     a property computed per call), a reassigned Parameter and torch.nn.utils'
-    weight_norm all reach the computation, eager, graph-recording and cached."""
+    weight_norm all reach the computation, eager and graph-recording, whole
+    sequences and single steps."""
     from torch.nn.utils import parametrize
 
     class Scale(torch.nn.Module):
@@ -90,7 +141,7 @@ def test_weights_read_as_torch_nn_reads_them(cell):
             return 0.5 * w
 
     m, ref = _pair(cell)
-    x = torch.randn(3, 4, 6)
+    x = torch.randn(3, 6, 6)  # batch 6: the fused stack (and x[:1] the stream route)
     for mod in (m, ref):
         parametrize.register_parametrization(mod, "weight_hh_l1", Scale())
     with torch.no_grad():
@@ -102,10 +153,13 @@ def test_weights_read_as_torch_nn_reads_them(cell):
     for ctx in (torch.inference_mode, torch.enable_grad, torch.inference_mode):
         with ctx():
             torch.testing.assert_close(_out(m, x), want)
+            with torch.no_grad():
+                torch.testing.assert_close(_out(m, x[:1]), _out(ref, x[:1]))
     m2, ref2 = _pair(cell)
     new = torch.nn.Parameter(torch.randn_like(m2.weight_ih_l1))
     with torch.inference_mode():
-        _out(m2, x)  # fills the stack cache
+        _out(m2, x)
+        _out(m2, x[:1])
     m2.weight_ih_l1 = new
     ref2.weight_ih_l1 = torch.nn.Parameter(new.detach().clone())
     with torch.inference_mode():
