@@ -34,6 +34,8 @@ def _permute(hx, perm):
     return hx.index_select(1, perm)
 
 
+_HALF = (torch.bfloat16, torch.float16)
+
 #: the largest batch whose calls of any length take the stream route
 #: (:meth:`RNNBase._stream`; a call of one step takes it at any batch): measured
 #: against the fused stack (AMD EPYC Zen 4, LSTM and GRU, 2 layers, T 35, float32,
@@ -488,11 +490,7 @@ class RNNBase(nn.Module):
         cast = None if exporting else self._autocast_dtype(device_type, lengths_cpu is not None, h.dtype)
         c_dtype = c.dtype if c is not None else None
         if cast is not None:
-            # the parameters stay float32 (and get float32 gradients through the casts)
             dtype = cast
-            x, h = x.to(dtype), h.to(dtype)
-            c = c.to(dtype) if c is not None else None
-            weights = [tuple(None if w is None else w.to(dtype) for w in ws) for ws in weights]
         if h.size(1) == 0:
             backend = "reference"  # an empty batch: nothing to compute, keep the graph
         else:
@@ -502,11 +500,23 @@ class RNNBase(nn.Module):
         )
         # (traced calls never ask about the shapes here: a guard on the batch would
         # narrow an exported graph's dynamic dims)
-        if (not compiling and not exporting and not need_ws and backend == "cpu" and dtype == torch.float32
-                and batch_sizes is None and lengths_cpu is None and not self.bidirectional
-                and not (self.dropout > 0 and self.training) and _ops.plain_call(x, h)
+        if (not compiling and not exporting and not need_ws and backend == "cpu"
+                and (dtype == torch.float32 or (cast is not None and dtype in _HALF))
+                and weights[0][0].dtype == torch.float32 and batch_sizes is None and lengths_cpu is None
+                and not self.bidirectional and not (self.dropout > 0 and self.training) and _ops.plain_call(x, h)
                 and (x.size(0) == 1 or x.size(1) <= STREAM_MAX_BATCH)):
-            return self._stream(x, h, c, weights)
+            if cast is None:
+                return self._stream(x, h, c, weights)
+            # autocast: the products in float32 on the float32 weights (reading them
+            # costs less than casting them), the results in torch.nn's dtypes
+            y, h_n, c_n = self._stream(x.float(), h.float(), None if c is None else c.float(), weights)
+            c_to = c_dtype if self.proj_size > 0 else dtype  # (torch.nn's projected LSTM, as below)
+            return y.to(dtype), h_n.to(dtype), None if c_n is None else c_n.to(c_to)
+        if cast is not None:
+            # the parameters stay float32 (and get float32 gradients through the casts)
+            x, h = x.to(dtype), h.to(dtype)
+            c = c.to(dtype) if c is not None else None
+            weights = [tuple(None if w is None else w.to(dtype) for w in ws) for ws in weights]
         lengths = None if lengths_cpu is None else lengths_cpu.to(x.device, non_blocking=True)
         packing = None if batch_sizes is None else Packing(lengths_cpu, batch_sizes.numel(), x.device)
         # autocast off inside (the dtypes are settled above); entered only when on: a
@@ -589,7 +599,10 @@ class RNNBase(nn.Module):
                                              if b.fused_stack(cell) else f"backend {name!r} has no native {cell} stack")
         steps = None if packed else (x.shape[1 if self.batch_first else 0] if x.dim() == 3 else x.shape[0])
         records = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters()))
-        if (name == "cpu" and dtype == torch.float32 and steps is not None
+        params_f32 = next(iter(self.parameters()), torch.empty(0)).dtype == torch.float32
+        autocast = self._autocast_dtype(device_type, packed, x.dtype) is not None
+        if (name == "cpu" and params_f32 and (dtype == torch.float32 or (autocast and dtype in _HALF))
+                and steps is not None
                 and (steps == 1 or batch <= STREAM_MAX_BATCH) and not records and not self.bidirectional
                 and not (self.dropout > 0 and self.training)):
             stack, stack_why = "stream", ((f"one step" if steps == 1 else f"a batch of {batch} (at most "

@@ -221,3 +221,31 @@ def test_the_op_refuses_bad_arguments_and_a_backward():
     y, h_n, _ = op("GRU", x.requires_grad_(), ws, h, None, True, False, "blas")
     with pytest.raises(RuntimeError, match="not implemented"):
         y.sum().backward()
+
+
+@pytest.mark.parametrize("mode,proj", [("LSTM", 0), ("LSTM", 4), ("GRU", 0), ("RNN_TANH", 0)])
+def test_autocast_frames_compute_in_float32_and_return_torch_nn_dtypes(mode, proj, spy):
+    """Under CPU autocast a frame runs its products in float32 on the float32
+    weights (cheaper than casting them every call, and more exact); its results
+    take the dtypes the reference backend gives there (held to torch.nn's by
+    tests/test_autocast.py), and are judged against float64 with the reference
+    backend's autocast error as the bar."""
+    _cpu()
+    truth, _, fast = _layers(mode, 7, 19, proj=proj, num_layers=2)
+    ref = FAST_CLS[mode](7, 19, backend="reference", **layer_kwargs(mode, 2, proj))
+    ref.load_state_dict(fast.state_dict())
+    R = proj or 19
+    x = torch.randn(1, 3, 7)
+    for hx in (None, _state(mode, 2, 3, 19, R)):
+        with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16):
+            got, base = _flat(fast(x, hx)), _flat(ref(x, hx))
+        assert [g.dtype for g in got] == [b.dtype for b in base], mode
+        with torch.no_grad():
+            want = _flat(truth(x.double(), None if hx is None else
+                               (tuple(s.double() for s in hx) if mode == "LSTM" else hx.double())))
+        verdicts = testing.judge_group(["y", "h_n", "c_n"][:len(got)], got, want, base, dtype=torch.float32,
+                                       pooled=True)
+        assert all(v.ok for v in verdicts), "; ".join(map(str, verdicts))
+    assert len(spy) == 2
+    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
+        assert fast.explain(x)["stack"] == "stream"
