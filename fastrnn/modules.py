@@ -585,7 +585,7 @@ class RNNBase(nn.Module):
             stack, stack_why = "per-layer", f"no stack op: {refused}"
         elif _backend.fused_stack(name, cell, dtype):
             # an upper layer's W_ih, as rnn_stack asks of it
-            too_big = stack_too_big(name, (_GATES[self.mode] * self.hidden_size, self.hidden_size))
+            too_big = stack_too_big(name, (_GATES[self.mode] * self.hidden_size, self.hidden_size), batch)
             if too_big is not None:
                 stack, stack_why = "per-layer", too_big
             else:

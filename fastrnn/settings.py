@@ -43,7 +43,7 @@ SETTINGS = (
     Setting("FASTRNN_FUSED_STACK", "", ("", "0", "1"),
             "multi-layer stacks through the `*_stack_*` ops: never (0), always (1, composing per-layer calls where "
             "a backend has no native stack), or where the backend fuses stacks natively (unset; the cpu backend "
-            "not past 2^19 elements of an upper layer's W_ih: docs/backends.md); a compiled graph "
+            "not past 2^19 elements of an upper layer's W_ih, 2^17 at a batch of 1-2: docs/backends.md); a compiled graph "
             "keeps the choice it was traced with"),
     Setting("FASTRNN_CPU_ISA", "", ("", "baseline", "avx2", "avx512", "avx512_bf16", "amx"),
             "caps the instruction-set class of the cpu backend's product paths, to run and time a smaller CPU's "

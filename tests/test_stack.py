@@ -227,3 +227,44 @@ def test_big_cpu_stacks_run_layer_by_layer(monkeypatch, cls, G):
             assert rel_err(got, ref(x)[0]) <= 1e-5
     monkeypatch.setenv("FASTRNN_FUSED_STACK", "1")
     assert m.explain(x)["stack"] == "stack"
+
+
+@pytest.mark.parametrize("cls,G", [(fastrnn.LSTM, 4), (fastrnn.GRU, 3)], ids=["lstm", "gru"])
+def test_small_batches_with_big_input_weights_run_layer_by_layer(monkeypatch, cls, G):
+    """A batch of at most functional.CPU_STACK_SMALL_BATCH rows (training: a graph
+    recorded) fuses its stack only while an upper layer's W_ih is under
+    CPU_STACK_MAX_W_IH_SMALL elements; a larger batch keeps the 2 MB bound;
+    explain() says which and why, FASTRNN_FUSED_STACK=1 still fuses, and every
+    route gives torch.nn's numbers and gradients."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from fastrnn import functional
+
+    if not fastrnn._backend.get("cpu").available()[0]:
+        pytest.skip("the cpu backend is not available")
+    monkeypatch.delenv("FASTRNN_FUSED_STACK", raising=False)
+    small = next(h for h in range(8, 4096, 8) if G * h * h >= functional.CPU_STACK_MAX_W_IH_SMALL) - 8
+    for H, N, fused in ((small, 1, True), (small + 8, 1, False), (small + 8, functional.CPU_STACK_SMALL_BATCH, False),
+                        (small + 8, functional.CPU_STACK_SMALL_BATCH + 1, True)):
+        m = cls(4, H, num_layers=2, backend="cpu")
+        x = torch.randn(3, N, 4, requires_grad=True)
+        e = m.explain(x)
+        assert (e["stack"] == "stack") == fused, (H, N, e)
+        if not fused:
+            assert f"at a batch of {N}" in e["stack_reason"]
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            y = m(x)[0]
+            y.square().sum().backward()
+        ran = {ev.name for ev in prof.events()}
+        assert any(n.endswith(f"::{cls.__name__.lower()}_stack_forward") for n in ran) == fused, (H, N)
+        ref = getattr(torch.nn, cls.__name__)(4, H, num_layers=2)
+        ref.load_state_dict(m.state_dict())
+        xr = x.detach().clone().requires_grad_()
+        yr = ref(xr)[0]
+        yr.square().sum().backward()
+        assert rel_err(y, yr) <= 1e-5
+        assert rel_err(x.grad, xr.grad) <= 1e-4
+        for p, q in zip(m.parameters(), ref.parameters()):
+            assert rel_err(p.grad, q.grad) <= 1e-4
+    monkeypatch.setenv("FASTRNN_FUSED_STACK", "1")
+    assert m.explain(torch.randn(3, 1, 4, requires_grad=True))["stack"] == "stack"
