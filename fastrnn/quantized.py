@@ -171,17 +171,23 @@ class _Int8:
                 "path": name, "path_reason": why, "dtype": "int8 weights, float32 activations", "device": str(device)}
 
     def _packed(self, name: str):
-        """(packed, rowsum, scale) of weight ``name``, packed once per value of its buffer."""
+        """(packed, rowsum, scale) of weight ``name``, packed once per value of its
+        buffer: the same tensors (held weakly: a new buffer at a freed one's address
+        and version is another tensor), at the same address and version.  A write
+        that makes no version (through ``.data`` or a NumPy view) is not seen:
+        load_state_dict and in-place writes are (torch.ao's packed weights see
+        neither; docs/deploying.md)."""
         cache = _PACKED.setdefault(self, {})
         q, scale = getattr(self, name), getattr(self, name + "_scale")
         key = (q.data_ptr(), q._version, tuple(q.shape), scale.data_ptr(), scale._version, scale.dtype)
         got = cache.get(name)
-        if got is None or got[0] != key:
+        if got is None or got[0] != key or got[2][0]() is not q or got[2][1]() is not scale:
             _op_ready()
             if q.dtype != torch.int8:
                 raise RuntimeError(f"fastrnn.quantized.{self._label}: {name} is {q.dtype}, not int8")
             packed, rowsum = torch.ops.fastrnn_ext.int8_pack(q)
-            got = cache[name] = (key, [packed, rowsum, scale.float().contiguous()])
+            got = cache[name] = (key, [packed, rowsum, scale.float().contiguous()],
+                                 (weakref.ref(q), weakref.ref(scale)))
         return got[1]
 
     def _run(self, x, h, c, lengths_cpu, batch_sizes, weights, compiling):

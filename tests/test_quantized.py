@@ -474,3 +474,29 @@ def test_a_float_state_dict_is_refused_and_quantizing_twice_too():
     layer = fastrnn.LSTM(4, 8)
     q = fastrnn.quantize_dynamic(layer)  # a layer alone: its int8 layer, the float one untouched
     assert type(q) is fq.LSTM and type(layer) is fastrnn.LSTM and layer.weight_ih_l0.dtype == torch.float32
+
+
+def test_packed_weights_follow_replaced_buffers():
+    """A buffer replaced by another tensor reaches the next forward, even one at
+    the old buffer's address with the old buffer's version (the cache holds the
+    tensors it packed, weakly, and asks for the same ones): built here as a
+    tensor on the old one's storage, written as often."""
+    a, b = fq.LSTM(5, 12), fq.LSTM(5, 12)
+    x = torch.randn(3, 2, 5)
+    with torch.no_grad():
+        old = a.weight_hh_l0
+        for _ in range(4):
+            old.add_(0)  # a version the new tensor below can reach (set_ and copy_ make 2)
+        first = a(x)[0]  # packs it at (address, version)
+        new = torch.empty(0, dtype=old.dtype).set_(old.untyped_storage(), old.storage_offset(), old.shape,
+                                                   old.stride())
+        new.copy_(b.weight_hh_l0)
+        while new._version < old._version:
+            new.add_(0)  # the old buffer's version, at its address
+        assert (new.data_ptr(), new._version) == (old.data_ptr(), old._version) and new is not old
+        a.weight_hh_l0 = new
+        got = a(x)[0]
+        a2 = fq.LSTM(5, 12)
+        a2.load_state_dict(a.state_dict())
+        assert not torch.equal(got, first)
+        assert torch.equal(got, a2(x)[0])
