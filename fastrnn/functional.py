@@ -160,7 +160,7 @@ def rnn_stack(
     if (stack_refused(num_layers, bidirectional, lengths is not None, dropout > 0 and training,
                       weights[0][4] is not None) is None
             and _backend.fused_stack(backend, mode.split("_")[0].lower(), x.dtype)
-            and stack_too_big(backend, weights[-1][0].shape, hx.size(1)) is None):
+            and stack_too_big(backend, weights[-1][0].shape, _batch(hx)) is None):
         return _fused_stack(mode, x, hx, cx, weights, need_ws, backend)
     hs, cs = [], []
     layer_in = x
@@ -181,6 +181,12 @@ def rnn_stack(
     h_n = torch.stack(hs, 0)
     c_n = torch.stack(cs, 0) if cx is not None else None
     return layer_in, h_n, c_n
+
+
+def _batch(hx: Tensor) -> Optional[int]:
+    """The batch, for a choice by batch size, or None while tracing (torch.compile,
+    torch.export: asking would guard the graph's dynamic batch on the bound)."""
+    return None if torch.compiler.is_compiling() or not isinstance(hx.size(1), int) else hx.size(1)
 
 
 def stack_refused(num_layers: int, bidirectional: bool, lengths: bool, dropout: bool, proj: bool) -> Optional[str]:
@@ -217,7 +223,8 @@ def stack_too_big(backend: str, w_ih_shape, batch: Optional[int] = None) -> Opti
 
     A batch of one or two rows reuses nothing it reads, so there the per-step
     read of W_ih costs the most: from 2^17 elements (GRU and LSTM H 256) such a
-    batch runs layer by layer.  Measured (scratch loops, training steps, T 35,
+    batch runs layer by layer (eagerly: ``batch`` is None while tracing, where
+    the choice stays the batch-independent one).  Measured (scratch loops, training steps, T 35,
     2 layers, fused time over layer-by-layer time, paired medians of 11 rounds;
     AMD EPYC Zen 4): H 256 batch 1 LSTM 1.27 / GRU 1.32 on 2 threads, 1.08 /
     1.10 on 1; batch 2 1.09 / 1.07 and 1.08 / 1.05; batch 4 1.05 / 1.01; batch
