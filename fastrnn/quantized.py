@@ -83,7 +83,9 @@ class _NoBackward(torch.autograd.Function):
 class _Int8:
     """What the int8 layers add to the float modules' forward (input checks,
     hx, batch_first, PackedSequence, ``lengths=``): int8 buffers in place of the
-    float parameters, and :meth:`_run` through ``fastrnn_ext::int8_layer``."""
+    float parameters, and :meth:`_run` through ``fastrnn_ext::int8_stack`` (two
+    layers or more of one direction, pipelined across the threads) or one
+    ``fastrnn_ext::int8_layer`` a layer and direction."""
 
     _FLOAT: type = nn.Module
 
@@ -145,7 +147,12 @@ class _Int8:
             raise ValueError(f"fastrnn.quantized.{self._label}: expected floating-point input, got {input.dtype}")
 
     def _weights(self, compiling: bool) -> list:
-        return [tuple(getattr(self, n, None) for n in ns) for ns in self._weight_names(compiling)]
+        """Per layer and direction, (w_ih, w_hh, b_ih, b_hh, w_hr) (int8 weights),
+        None where absent: read from the buffers dict (Module.__getattr__ costs
+        ~1 us a name, twelve names or more a call)."""
+        bufs = self._buffers
+        return [tuple(bufs[n] if n in bufs else getattr(self, n, None) for n in ns)
+                for ns in self._weight_names(compiling)]
 
     def _deployed(self, route, *args):
         raise RuntimeError(
@@ -167,8 +174,16 @@ class _Int8:
                   else ""))
         device = (input.data if isinstance(input, torch.nn.utils.rnn.PackedSequence) else input).device
         return {"backend": "int8 (fastrnn.quantized)", "backend_reason": "a quantized layer runs fastrnn's int8 "
-                "kernels only", "stack": "layers", "stack_reason": "one int8_layer op per layer and direction",
+                "kernels only", **self._stack_explained(input),
                 "path": name, "path_reason": why, "dtype": "int8 weights, float32 activations", "device": str(device)}
+
+    def _stack_explained(self, input) -> dict:
+        packed = isinstance(input, torch.nn.utils.rnn.PackedSequence)
+        if self._pipelined(True if packed else None):
+            return {"stack": "pipelined", "stack_reason": f"{self.num_layers} layers in one int8_stack op, each on "
+                    "its own thread, a step as soon as the layer below has done it (one thread: one layer after "
+                    "the other)"}
+        return {"stack": "layers", "stack_reason": "one int8_layer op per layer and direction"}
 
     def _packed(self, name: str):
         """(packed, rowsum, scale) of weight ``name``, packed once per value of its
@@ -177,8 +192,13 @@ class _Int8:
         that makes no version (through ``.data`` or a NumPy view) is not seen:
         load_state_dict and in-place writes are (torch.ao's packed weights see
         neither; docs/deploying.md)."""
-        cache = _PACKED.setdefault(self, {})
-        q, scale = getattr(self, name), getattr(self, name + "_scale")
+        cache = _PACKED.get(self)
+        if cache is None:
+            cache = _PACKED[self] = {}
+        bufs = self._buffers
+        q, scale = bufs.get(name), bufs.get(name + "_scale")
+        if q is None or scale is None:  # (not buffers: an attribute set over them)
+            q, scale = getattr(self, name), getattr(self, name + "_scale")
         key = (q.data_ptr(), q._version, tuple(q.shape), scale.data_ptr(), scale._version, scale.dtype)
         got = cache.get(name)
         if got is None or got[0] != key or got[2][0]() is not q or got[2][1]() is not scale:
@@ -210,6 +230,13 @@ class _Int8:
             c_n = outs[2] if c_n is not None else None
         return out, h_n, c_n
 
+    def _pipelined(self, lengths) -> bool:
+        """Whether the layers run in one ``int8_stack`` op, pipelined across the
+        threads (csrc/cpu/quantized.cpp): two layers or more, one direction, no
+        lengths and no projection; else one ``int8_layer`` op a layer and direction."""
+        return (self.num_layers >= 2 and not self.bidirectional and lengths is None and self.proj_size == 0
+                and all(n in self._buffers for ns in self._weight_names(False) for n in ns[:2]))
+
     @torch.compiler.disable
     def _eager_stack(self, *args):
         """:meth:`_int8_stack`, run eagerly under torch.compile (a graph break: the
@@ -228,13 +255,24 @@ class _Int8:
         hs, cs = [], []
         layer_in = x.contiguous()
         names = self._weight_names(False)  # per layer and direction: (w_ih, w_hh, b_ih, b_hh, w_hr)
+        bufs = self._buffers
+        if self._pipelined(lengths):
+            w, b = [], []
+            for w_ih, w_hh, b_ih, b_hh, _ in names:
+                w += self._packed(w_ih) + self._packed(w_hh)
+                if self.bias:
+                    b += [bufs[b_ih].float(), bufs[b_hh].float()]
+            y, h_n, c_n = torch.ops.fastrnn_ext.int8_stack(self.mode, layer_in, w, b, h.contiguous(),
+                                                            None if c is None else c.contiguous(), isa)
+            return y, h_n, c_n if c is not None else None
         for layer in range(self.num_layers):
             outs = []
             for d in range(D):
                 k = layer * D + d
                 w_ih, w_hh, b_ih, b_hh, w_hr = names[k]
-                b_ih, b_hh = getattr(self, b_ih, None), getattr(self, b_hh, None)
-                w = self._packed(w_ih) + self._packed(w_hh) + (self._packed(w_hr) if hasattr(self, w_hr) else [])
+                b_ih = bufs[b_ih] if b_ih in bufs else getattr(self, b_ih, None)
+                b_hh = bufs[b_hh] if b_hh in bufs else getattr(self, b_hh, None)
+                w = self._packed(w_ih) + self._packed(w_hh) + (self._packed(w_hr) if w_hr in bufs else [])
                 y, h_n, c_n = torch.ops.fastrnn_ext.int8_layer(
                     self.mode, layer_in, w, None if b_ih is None else b_ih.float(),
                     None if b_hh is None else b_hh.float(), h[k].contiguous(),
@@ -314,6 +352,12 @@ def _register_fake() -> None:
         R = h0.shape[1]
         c = x.new_empty(c0.shape) if c0 is not None else x.new_empty((0,))
         return x.new_empty((T, N, R)), x.new_empty((N, R)), c
+
+    @torch.library.register_fake("fastrnn_ext::int8_stack")
+    def _(mode, x, w, biases, h0, c0, isa):
+        T, N = x.shape[0], x.shape[1]
+        c = x.new_empty(c0.shape) if c0 is not None else x.new_empty((0,))
+        return x.new_empty((T, N, h0.shape[2])), x.new_empty(h0.shape), c
 
     @torch.library.register_fake("fastrnn_ext::int8_pack")
     def _(w):

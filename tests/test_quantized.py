@@ -446,6 +446,89 @@ def test_threads_split_the_products_without_changing_a_bit():
     assert torch.equal(one, two) and rel_err(two, flt) < FLOAT_TOL
 
 
+STACKS = [
+    ("LSTM", dict(I=12, H=32, num_layers=2)),
+    ("LSTM", dict(I=5, H=17, num_layers=3, bias=False)),
+    ("GRU", dict(I=12, H=32, num_layers=3)),
+    ("RNN_TANH", dict(I=10, H=33, num_layers=2)),
+    ("RNN_RELU", dict(I=8, H=16, num_layers=2, batch_first=True)),
+]
+
+
+@pytest.mark.parametrize("mode,kw", STACKS, ids=_ids(STACKS))
+def test_pipelined_stack_is_the_layer_ops_bits(mode, kw, monkeypatch):
+    """Two layers or more of one direction, no projection or lengths: one
+    int8_stack op, each layer on its own thread a step behind the layer below,
+    is the same bits as one int8_layer op a layer, on 1 thread (the layers one
+    after the other) and on 2 (pipelined); each run checked to take its op."""
+    m = _build(mode, dict(kw))
+    qm = fastrnn.quantize_dynamic(m)
+    x, h0, c0 = _inputs(m, 11, 3)
+    assert qm.explain(x)["stack"] == "pipelined"
+    ops = torch.ops.fastrnn_ext
+    taken = []
+    for name in ("int8_stack", "int8_layer"):
+        real = getattr(ops, name)
+        monkeypatch.setattr(ops, name, lambda *a, _real=real, _name=name: taken.append(_name) or _real(*a))
+    threads = torch.get_num_threads()
+    got = {}
+    try:
+        with torch.no_grad():
+            for n in (1, 2):
+                torch.set_num_threads(n)
+                got[n] = _call(qm, x, h0, c0)
+            monkeypatch.setattr(fq._Int8, "_pipelined", lambda self, lengths: False)
+            layers = _call(qm, x, h0, c0)
+    finally:
+        torch.set_num_threads(threads)
+    L = m.num_layers
+    assert taken == ["int8_stack", "int8_stack"] + ["int8_layer"] * L
+    assert not_zeros(layers[0])
+    for n, g in got.items():
+        for a, b in zip(g, layers):
+            assert (a is None and b is None) or torch.equal(a, b), n
+    flt = _call(m, x, h0, c0)
+    assert rel_err(got[2][0], flt[0]) < FLOAT_TOL
+
+
+def test_pipelined_stack_long_and_wide_on_two_threads():
+    """A long sequence at batch 1 through 3 layers of H 256 (the batch-1 VNNI pass
+    over several row blocks at once; many hand-offs between the threads): the
+    per-layer ops' bits, twice in a row."""
+    m = fastrnn.LSTM(64, 256, 3).eval()
+    qm = fastrnn.quantize_dynamic(m)
+    x = torch.randn(200, 1, 64)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        with torch.no_grad():
+            runs = [qm(x) for _ in range(2)]
+            fq._Int8._pipelined, orig = (lambda self, lengths: False), fq._Int8._pipelined
+            try:
+                want = qm(x)
+            finally:
+                fq._Int8._pipelined = orig
+    finally:
+        torch.set_num_threads(threads)
+    for y, (h, c) in runs:
+        assert torch.equal(y, want[0]) and torch.equal(h, want[1][0]) and torch.equal(c, want[1][1])
+
+
+def test_int8_stack_op_refuses_what_it_does_not_run():
+    qm = fq.LSTM(4, 8, 2)
+    w = qm._packed("weight_ih_l0") + qm._packed("weight_hh_l0")
+    x, h0 = torch.randn(3, 2, 4), torch.zeros(2, 2, 8)
+    stack = torch.ops.fastrnn_ext.int8_stack
+    with pytest.raises(RuntimeError, match="6 weight tensors a layer"):
+        stack("LSTM", x, w[:5], [], h0, h0, fq.kernel())
+    with pytest.raises(RuntimeError, match="no biases or 2 a layer"):
+        stack("LSTM", x, w, [torch.zeros(32)], h0[:1], h0[:1], fq.kernel())
+    with pytest.raises(RuntimeError, match="c0 must be"):
+        stack("LSTM", x, w, [], h0[:1], None, fq.kernel())
+    with pytest.raises(RuntimeError, match="x must be a"):
+        stack("LSTM", x.double(), w, [], h0[:1], h0[:1], fq.kernel())
+
+
 def test_packed_weights_follow_the_buffers():
     """The packed form is cached per buffer; loading another state_dict (weights
     and scales) after a forward is what the next forward uses; a dtype change of

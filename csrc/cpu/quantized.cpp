@@ -16,12 +16,21 @@
 // h0 (N, R); c0 (N, H) for the LSTM; lengths (N,) int64 on the CPU, each in
 // [1, T] (rows past their length keep their state and output zeros; reverse
 // runs each row from its own last step).  c_n is empty but for the LSTM.
+//
+//   int8_stack(str mode, Tensor x, Tensor[] w, Tensor[] biases, Tensor h0,
+//              Tensor? c0, str isa) -> (Tensor y, Tensor h_n, Tensor c_n)
+// L unidirectional layers without projection or lengths in one call, pipelined
+// across the threads (int8_stack_op): w, 6 tensors a layer as above; biases
+// empty or (b_ih, b_hh) a layer; h0, c0 (L, N, H).  The per-layer op's bits.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/csrc/autograd/autograd_not_implemented_fallback.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
+#include <memory>
+#include <thread>
 #include <string>
 #include <vector>
 
@@ -155,91 +164,94 @@ std::tuple<at::Tensor, at::Tensor> int8_pack_op(const at::Tensor& w) {
   return {packed, rowsum};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> int8_layer_op(
-    c10::string_view mode, const at::Tensor& x_, at::TensorList w, const c10::optional<at::Tensor>& b_ih,
-    const c10::optional<at::Tensor>& b_hh, const at::Tensor& h0_, const c10::optional<at::Tensor>& c0_,
-    const c10::optional<at::Tensor>& lengths_, bool reverse, c10::string_view isa_name) {
-  const bool lstm = mode == "LSTM", gru = mode == "GRU", relu = mode == "RNN_RELU";
-  TORCH_CHECK(lstm || gru || relu || mode == "RNN_TANH", "fastrnn int8_layer: unknown mode '", std::string(mode), "'");
-  const I8Isa isa = isa_of(isa_name);
-  TORCH_CHECK(x_.dim() == 3 && x_.scalar_type() == at::kFloat && !x_.is_cuda(),
-              "fastrnn int8_layer: x must be a (T, N, I) float32 CPU tensor");
-  TORCH_CHECK(w.size() == 6 || (lstm && w.size() == 9), "fastrnn int8_layer: 6 weight tensors (9 projected)");
-  const at::Tensor x = x_.contiguous();
-  const int64_t T = x.size(0), N = x.size(1), I = x.size(2);
-  const int64_t G = lstm ? 4 : gru ? 3 : 1;
-  const QW ih = qw_of(w[0], w[1], w[2], I, "w_ih");
-  TORCH_CHECK(ih.rows % G == 0, "fastrnn int8_layer: w_ih rows not a multiple of the gates");
-  const int64_t H = ih.rows / G;
-  const bool proj = w.size() == 9;
-  const int64_t R = proj ? w[8].numel() : H;
-  const QW hh = qw_of(w[3], w[4], w[5], R, "w_hh");
-  TORCH_CHECK(hh.rows == G * H, "fastrnn int8_layer: w_hh has ", hh.rows, " rows, expected ", G * H);
-  QW hr{};
-  if (proj) hr = qw_of(w[6], w[7], w[8], H, "w_hr");
-  TORCH_CHECK(h0_.dim() == 2 && h0_.size(0) == N && h0_.size(1) == R && h0_.scalar_type() == at::kFloat,
-              "fastrnn int8_layer: h0 must be (N, R) float32");
-  TORCH_CHECK(!lstm || (c0_.has_value() && c0_->dim() == 2 && c0_->size(0) == N && c0_->size(1) == H &&
-                        c0_->scalar_type() == at::kFloat),
-              "fastrnn int8_layer: c0 must be (N, H) float32");
-  for (const auto* b : {&b_ih, &b_hh})
-    TORCH_CHECK(!b->has_value() || ((*b)->numel() == G * H && (*b)->scalar_type() == at::kFloat),
-                "fastrnn int8_layer: biases of ", G * H, " float32");
-  std::vector<int64_t> len(N, T);
-  if (lengths_.has_value()) {
-    const at::Tensor L = lengths_->to(at::kLong).contiguous();
-    TORCH_CHECK(L.numel() == N && !L.is_cuda(), "fastrnn int8_layer: lengths (N,) on the CPU");
-    const int64_t* lp = L.data_ptr<int64_t>();
-    for (int64_t b = 0; b < N; ++b) {
-      TORCH_CHECK(lp[b] >= 1 && lp[b] <= T, "fastrnn int8_layer: lengths must be in [1, ", T, "], got ", lp[b]);
-      len[b] = lp[b];
+// One layer and direction of an int8 recurrence: its operands checked and
+// packed views taken, its biases folded, its state and per-step scratch.  The
+// per-layer op runs one; the stack op runs several, pipelined across threads.
+struct Layer {
+  bool lstm, gru, relu, proj;
+  I8Isa isa;
+  int64_t T, N, I, G, H, R;
+  QW ih{}, hh{}, hr{};
+  std::vector<float> bin;  // the input side's bias: b_ih (+ b_hh but for the GRU)
+  bool has_bin = false;
+  at::Tensor bhh;  // (the GRU keeps b_hh on the recurrent side: its n gate multiplies it by r)
+  const float* bhn = nullptr;
+  at::Tensor h, c;  // the state, carried in place: h_n, c_n
+  std::vector<float> gh, hnew, cnew, hu, act, hs;
+  std::vector<int8_t> hq;
+
+  Layer(c10::string_view mode, I8Isa isa_, int64_t T_, int64_t N_, int64_t I_, at::TensorList w,
+        const c10::optional<at::Tensor>& b_ih, const c10::optional<at::Tensor>& b_hh, const at::Tensor& h0,
+        const c10::optional<at::Tensor>& c0)
+      : lstm(mode == "LSTM"), gru(mode == "GRU"), relu(mode == "RNN_RELU"), proj(w.size() == 9), isa(isa_),
+        T(T_), N(N_), I(I_), G(lstm ? 4 : gru ? 3 : 1) {
+    TORCH_CHECK(lstm || gru || relu || mode == "RNN_TANH", "fastrnn int8_layer: unknown mode '", std::string(mode),
+                "'");
+    TORCH_CHECK(w.size() == 6 || (lstm && w.size() == 9), "fastrnn int8_layer: 6 weight tensors (9 projected)");
+    ih = qw_of(w[0], w[1], w[2], I, "w_ih");
+    TORCH_CHECK(ih.rows % G == 0, "fastrnn int8_layer: w_ih rows not a multiple of the gates");
+    H = ih.rows / G;
+    R = proj ? w[8].numel() : H;
+    hh = qw_of(w[3], w[4], w[5], R, "w_hh");
+    TORCH_CHECK(hh.rows == G * H, "fastrnn int8_layer: w_hh has ", hh.rows, " rows, expected ", G * H);
+    if (proj) hr = qw_of(w[6], w[7], w[8], H, "w_hr");
+    TORCH_CHECK(h0.dim() == 2 && h0.size(0) == N && h0.size(1) == R && h0.scalar_type() == at::kFloat,
+                "fastrnn int8_layer: h0 must be (N, R) float32");
+    TORCH_CHECK(!lstm || (c0.has_value() && c0->dim() == 2 && c0->size(0) == N && c0->size(1) == H &&
+                          c0->scalar_type() == at::kFloat),
+                "fastrnn int8_layer: c0 must be (N, H) float32");
+    for (const auto* b : {&b_ih, &b_hh})
+      TORCH_CHECK(!b->has_value() || ((*b)->numel() == G * H && (*b)->scalar_type() == at::kFloat),
+                  "fastrnn int8_layer: biases of ", G * H, " float32");
+    // the input side takes b_ih, and b_hh but for the GRU (whose n gate multiplies
+    // it by r: it goes in with the recurrent product)
+    bin.assign(G * H, 0.0f);
+    has_bin = b_ih.has_value() || (!gru && b_hh.has_value());
+    if (b_ih.has_value()) {
+      const at::Tensor b = b_ih->contiguous();
+      const float* bp = b.data_ptr<float>();  // once: data_ptr checks the dtype on every call (~10 us a call)
+      for (int64_t j = 0; j < G * H; ++j) bin[j] += bp[j];
     }
-  }
-  const at::TensorOptions f32 = x.options();
-
-  // the input side, every (t, b) row at once; LSTM and RNN fold b_hh in, the GRU
-  // keeps it on the recurrent side (its n gate multiplies it by r)
-  std::vector<float> bin(G * H, 0.0f);
-  const bool has_bin = b_ih.has_value() || (!gru && b_hh.has_value());
-  if (b_ih.has_value()) {
-    const at::Tensor b = b_ih->contiguous();
-    for (int64_t j = 0; j < G * H; ++j) bin[j] += b.data_ptr<float>()[j];
-  }
-  at::Tensor bhh;
-  if (b_hh.has_value()) {
-    bhh = b_hh->contiguous();
-    if (!gru)
-      for (int64_t j = 0; j < G * H; ++j) bin[j] += bhh.data_ptr<float>()[j];
-  }
-  const int64_t M = T * N;
-  at::Tensor xg = at::empty({M, G * H}, f32);
-  {
-    at::Tensor xq = at::empty({M, i8_kpad(I)}, x.options().dtype(at::kChar));
-    at::Tensor xs = at::empty({M}, f32);
-    quantize(M, I, x.data_ptr<float>(), I, xq.data_ptr<int8_t>(), xs.data_ptr<float>());
-    gemm(isa, ih, M, xq.data_ptr<int8_t>(), xs.data_ptr<float>(), has_bin ? bin.data() : nullptr, false,
-         xg.data_ptr<float>(), G * H);
+    if (b_hh.has_value()) {
+      bhh = b_hh->contiguous();
+      const float* bp = bhh.data_ptr<float>();
+      if (gru)
+        bhn = bp;
+      else
+        for (int64_t j = 0; j < G * H; ++j) bin[j] += bp[j];
+    }
+    h = h0.contiguous().clone();
+    c = lstm ? c0->contiguous().clone() : at::empty({0}, h0.options());
+    gh.resize(N * G * H);
+    hnew.resize(N * R);
+    cnew.resize(lstm ? N * H : 0);
+    hu.resize(proj ? N * H : 0);
+    act.resize(G * H);
+    hq.resize(N * std::max(i8_kpad(R), i8_kpad(H)));
+    hs.resize(N);
   }
 
-  // the recurrence
-  at::Tensor y = lengths_.has_value() ? at::zeros({T, N, R}, f32) : at::empty({T, N, R}, f32);
-  at::Tensor h = h0_.contiguous().clone();
-  at::Tensor c = lstm ? c0_->contiguous().clone() : at::empty({0}, f32);
-  std::vector<float> gh(N * G * H), hnew(N * R), cnew(lstm ? N * H : 0), hu(proj ? N * H : 0), act(G * H);
-  std::vector<int8_t> hq(N * std::max(i8_kpad(R), i8_kpad(H)));
-  std::vector<float> hs(N);
-  float* hp = h.data_ptr<float>();
-  float* cp = lstm ? c.data_ptr<float>() : nullptr;
-  float* yp = y.data_ptr<float>();
-  const float* xgp = xg.data_ptr<float>();
-  const float* bhn = gru && b_hh.has_value() ? bhh.data_ptr<float>() : nullptr;
-  for (int64_t s = 0; s < T; ++s) {
+  // xg (m x G H) = the input side of the m rows of x (m x I): quantized per row,
+  // times W_ih, plus the input side's bias
+  void project(int64_t m, const float* x, float* xg) const {
+    std::vector<int8_t> xq(m * i8_kpad(I));
+    std::vector<float> xs(m);
+    quantize(m, I, x, I, xq.data(), xs.data());
+    gemm(isa, ih, m, xq.data(), xs.data(), has_bin ? bin.data() : nullptr, false, xg, G * H);
+  }
+
+  // Step s of the recurrence: row b (if s < len[b]) at time t = s (reverse: len[b]
+  // - 1 - s) from its input side xg_of(t, b), into the state and y (T, N, R).
+  template <typename XG>
+  void step(int64_t s, const int64_t* len, bool reverse, float* yp, const XG& xg_of) {
+    float* hp = h.data_ptr<float>();
+    float* cp = lstm ? c.data_ptr<float>() : nullptr;
     quantize(N, R, hp, R, hq.data(), hs.data());
     gemm(isa, hh, N, hq.data(), hs.data(), bhn, false, gh.data(), G * H);
     for (int64_t b = 0; b < N; ++b) {
       if (s >= len[b]) continue;
       const int64_t t = reverse ? len[b] - 1 - s : s;
-      const float* xr = xgp + (t * N + b) * G * H;
+      const float* xr = xg_of(t, b);
       const float* ghr = gh.data() + b * G * H;
       if (lstm)
         lstm_row(H, xr, ghr, cp + b * H, cnew.data() + b * H, proj ? hu.data() + b * H : hnew.data() + b * R,
@@ -261,7 +273,135 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> int8_layer_op(
       if (lstm) std::copy(cnew.data() + b * H, cnew.data() + (b + 1) * H, cp + b * H);
     }
   }
-  return {y, h, c};
+};
+
+void check_x(const at::Tensor& x, const char* op) {
+  TORCH_CHECK(x.dim() == 3 && x.scalar_type() == at::kFloat && !x.is_cuda(), "fastrnn ", op,
+              ": x must be a (T, N, I) float32 CPU tensor");
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> int8_layer_op(
+    c10::string_view mode, const at::Tensor& x_, at::TensorList w, const c10::optional<at::Tensor>& b_ih,
+    const c10::optional<at::Tensor>& b_hh, const at::Tensor& h0_, const c10::optional<at::Tensor>& c0_,
+    const c10::optional<at::Tensor>& lengths_, bool reverse, c10::string_view isa_name) {
+  const I8Isa isa = isa_of(isa_name);
+  check_x(x_, "int8_layer");
+  const at::Tensor x = x_.contiguous();
+  const int64_t T = x.size(0), N = x.size(1), I = x.size(2);
+  Layer lay(mode, isa, T, N, I, w, b_ih, b_hh, h0_, c0_);
+  std::vector<int64_t> len(N, T);
+  if (lengths_.has_value()) {
+    const at::Tensor L = lengths_->to(at::kLong).contiguous();
+    TORCH_CHECK(L.numel() == N && !L.is_cuda(), "fastrnn int8_layer: lengths (N,) on the CPU");
+    const int64_t* lp = L.data_ptr<int64_t>();
+    for (int64_t b = 0; b < N; ++b) {
+      TORCH_CHECK(lp[b] >= 1 && lp[b] <= T, "fastrnn int8_layer: lengths must be in [1, ", T, "], got ", lp[b]);
+      len[b] = lp[b];
+    }
+  }
+  // the input side, every (t, b) row at once
+  const int64_t GH = lay.G * lay.H;
+  at::Tensor xg = at::empty({T * N, GH}, x.options());
+  lay.project(T * N, x.data_ptr<float>(), xg.data_ptr<float>());
+  at::Tensor y = lengths_.has_value() ? at::zeros({T, N, lay.R}, x.options()) : at::empty({T, N, lay.R}, x.options());
+  const float* xgp = xg.data_ptr<float>();
+  float* yp = y.data_ptr<float>();
+  for (int64_t s = 0; s < T; ++s)
+    lay.step(s, len.data(), reverse, yp, [&](int64_t t, int64_t b) { return xgp + (t * N + b) * GH; });
+  return {y, lay.h, lay.c};
+}
+
+void spin_pause() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield");
+#endif
+}
+
+// A stack of L unidirectional layers without projection or lengths, the layers
+// pipelined across the threads: layer l runs on its own thread, step s as soon
+// as layer l - 1 has published its step s, with its input side per step (N rows
+// times W_ih).  Each thread keeps its layer's W_ih and W_hh in its own core's
+// caches, and the layers' steps overlap: at batch 1 a step is bound by reading
+// the weights (LSTM H 256: 512 KB of int8 a layer step), so two threads run a
+// 2-layer stack in about the time of one layer (bench/quantized.py).  The
+// results are the per-layer op's bits: every product's sums are exact integers,
+// and each row of the input side is quantized alone either way.
+//
+// Each layer waits only on the layer below, which belongs to a lower index:
+// at::parallel_for gives each thread a run of consecutive layers in order (the
+// caller the first), so the lowest layer not done never waits and there is no
+// deadlock, whatever the thread count; with one thread the layers run one after
+// the other.  Waiting spins (yielding after a while, for a busy machine).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> int8_stack_op(
+    c10::string_view mode, const at::Tensor& x_, at::TensorList w, at::TensorList biases, const at::Tensor& h0,
+    const c10::optional<at::Tensor>& c0, c10::string_view isa_name) {
+  const I8Isa isa = isa_of(isa_name);
+  check_x(x_, "int8_stack");
+  const at::Tensor x = x_.contiguous();
+  const int64_t T = x.size(0), N = x.size(1), I = x.size(2);
+  const int64_t L = static_cast<int64_t>(w.size()) / 6;
+  TORCH_CHECK(L >= 1 && static_cast<int64_t>(w.size()) == 6 * L,
+              "fastrnn int8_stack: 6 weight tensors a layer (no projection), got ", w.size());
+  TORCH_CHECK(biases.empty() || static_cast<int64_t>(biases.size()) == 2 * L,
+              "fastrnn int8_stack: no biases or 2 a layer (b_ih, b_hh), got ", biases.size());
+  TORCH_CHECK(h0.dim() == 3 && h0.size(0) == L, "fastrnn int8_stack: h0 must be (L, N, H)");
+  TORCH_CHECK(mode != "LSTM" || (c0.has_value() && c0->dim() == 3 && c0->size(0) == L),
+              "fastrnn int8_stack: c0 must be (L, N, H)");
+  std::vector<std::unique_ptr<Layer>> layers;
+  for (int64_t l = 0; l < L; ++l) {
+    auto opt = [&](int64_t i) { return biases.empty() ? c10::optional<at::Tensor>() : c10::optional<at::Tensor>(biases[i]); };
+    layers.emplace_back(new Layer(mode, isa, T, N, l == 0 ? I : layers[l - 1]->H, w.slice(6 * l, 6), opt(2 * l),
+                                  opt(2 * l + 1), h0[l], c0.has_value() ? c10::optional<at::Tensor>((*c0)[l])
+                                                                        : c10::optional<at::Tensor>()));
+    TORCH_CHECK(!layers.back()->proj, "fastrnn int8_stack: no projection");
+  }
+  std::vector<at::Tensor> ys;
+  for (int64_t l = 0; l < L; ++l) ys.push_back(at::empty({T, N, layers[l]->H}, x.options()));
+  std::vector<int64_t> len(N, T);
+  std::unique_ptr<std::atomic<int64_t>[]> done(new std::atomic<int64_t>[L]);
+  for (int64_t l = 0; l < L; ++l) done[l].store(0);
+  const bool pipelined = L >= 2 && at::get_num_threads() > 1 && !at::in_parallel_region();
+  auto run = [&](int64_t l) {
+    Layer& lay = *layers[l];
+    const int64_t GH = lay.G * lay.H, In = lay.I;
+    const float* in = l == 0 ? x.data_ptr<float>() : ys[l - 1].data_ptr<float>();
+    float* yp = ys[l].data_ptr<float>();
+    if (!pipelined) {  // the whole input side at once, as the per-layer op
+      std::vector<float> xg(T * N * GH);
+      lay.project(T * N, in, xg.data());
+      for (int64_t s = 0; s < T; ++s)
+        lay.step(s, len.data(), false, yp, [&](int64_t t, int64_t b) { return xg.data() + (t * N + b) * GH; });
+      return;
+    }
+    std::vector<float> xg(N * GH);
+    for (int64_t s = 0; s < T; ++s) {
+      if (l > 0) {
+        for (int64_t spins = 0; done[l - 1].load(std::memory_order_acquire) <= s; ++spins) {
+          if (spins < 4096)
+            spin_pause();
+          else
+            std::this_thread::yield();
+        }
+      }
+      lay.project(N, in + s * N * In, xg.data());
+      lay.step(s, len.data(), false, yp, [&](int64_t, int64_t b) { return xg.data() + b * GH; });
+      done[l].store(s + 1, std::memory_order_release);
+    }
+  };
+  if (pipelined)
+    at::parallel_for(0, L, 1, [&](int64_t l0, int64_t l1) {
+      for (int64_t l = l0; l < l1; ++l) run(l);
+    });
+  else
+    for (int64_t l = 0; l < L; ++l) run(l);
+  std::vector<at::Tensor> hs, cs;
+  for (const auto& lay : layers) {
+    hs.push_back(lay->h);
+    if (lay->lstm) cs.push_back(lay->c);
+  }
+  return {ys.back(), at::stack(hs), cs.empty() ? at::empty({0}, x.options()) : at::stack(cs)};
 }
 
 }  // namespace
@@ -273,16 +413,20 @@ TORCH_LIBRARY_FRAGMENT(fastrnn_ext, m) {
   m.def("int8_pack(Tensor w) -> (Tensor, Tensor)");
   m.def("int8_layer(str mode, Tensor x, Tensor[] w, Tensor? b_ih, Tensor? b_hh, Tensor h0, Tensor? c0, "
         "Tensor? lengths, bool reverse, str isa) -> (Tensor, Tensor, Tensor)");
+  m.def("int8_stack(str mode, Tensor x, Tensor[] w, Tensor[] biases, Tensor h0, Tensor? c0, str isa) "
+        "-> (Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(fastrnn_ext, CPU, m) {
   m.impl("int8_pack", &fastrnn::cpu::int8_pack_op);
   m.impl("int8_layer", &fastrnn::cpu::int8_layer_op);
+  m.impl("int8_stack", &fastrnn::cpu::int8_stack_op);
 }
 
 // no backward: called with tensors that require grad, its outputs say so when a
 // backward reaches them (fastrnn.quantized refuses earlier, with its own message)
 TORCH_LIBRARY_IMPL(fastrnn_ext, Autograd, m) {
   m.impl("int8_layer", torch::autograd::autogradNotImplementedFallback());
+  m.impl("int8_stack", torch::autograd::autogradNotImplementedFallback());
   m.impl("int8_pack", torch::autograd::autogradNotImplementedFallback());
 }

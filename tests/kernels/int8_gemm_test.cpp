@@ -3,6 +3,7 @@
 // split into every group size, and the quantizer's rounding, range and NaN.
 // Usage: int8_gemm_test SEED (make test-kernels passes FASTRNN_TEST_SEED).
 #include <cmath>
+#include <cstring>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -86,7 +87,8 @@ int main(int argc, char** argv) {
 
   // the products: exact integer sums (unit scales, sums below 2^24), then scales, bias, accumulate
   const int64_t shapes[][3] = {{1, 1, 1},  {16, 4, 1},   {17, 5, 2},   {33, 13, 3},  {64, 256, 1},
-                               {48, 63, 4}, {40, 100, 8}, {31, 255, 9}, {128, 1000, 7}, {80, 32, 20}};
+                               {48, 63, 4}, {40, 100, 8}, {31, 255, 9}, {128, 1000, 7}, {80, 32, 20},
+                               {100, 33, 1}, {257, 70, 1},  {1024, 256, 1}};
   for (const auto& s : shapes) {
     const int64_t rows = s[0], k = s[1], n = s[2], kp = i8_kpad(k);
     std::vector<int8_t> w(rows * k), packed(i8_packed_bytes(rows, k), 7);
@@ -138,6 +140,14 @@ int main(int argc, char** argv) {
           CHECK(std::fabs(got - want) <= 1e-5 * (1 + std::fabs(want)), "%s scaled [%lld][%lld] %g != %g",
                 i8_name(isa), (long long)j, (long long)r, got, want);
         }
+      // the same bits one block per call (the batch-1 VNNI pass runs several blocks at once)
+      std::vector<float> one = base;
+      for (int64_t b = 0; b < blocks; ++b)
+        i8_gemm(isa, rows, n, k, packed.data(), rowsum.data(), wscale.data(), q.data(), xscale.data(), bias.data(),
+                true, one.data(), ldo, b, b + 1);
+      CHECK(std::memcmp(one.data(), acc.data(), acc.size() * sizeof(float)) == 0,
+            "%s %lldx%lldx%lld: one block per call differs from one call", i8_name(isa), (long long)rows,
+            (long long)k, (long long)n);
     }
   }
   if (failures) {
