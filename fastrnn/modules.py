@@ -520,11 +520,17 @@ class RNNBase(nn.Module):
             y, h_n, c_n = self._stream(x.float(), h.float(), None if c is None else c.float(), weights)
             c_to = c_dtype if self.proj_size > 0 else dtype  # (torch.nn's projected LSTM, as below)
             return y.to(dtype), h_n.to(dtype), None if c_n is None else c_n.to(c_to)
-        if (need_ws and STEP_CELLS and not compiling and not exporting and backend == "cpu" and cast is None
+        if (need_ws and STEP_CELLS and not compiling and not exporting and backend == "cpu"
                 and x.size(0) == 1 and batch_sizes is None and lengths_cpu is None and self.proj_size == 0
-                and dtype in (torch.float32, torch.float64) and weights[0][0].dtype == dtype
+                and ((dtype in (torch.float32, torch.float64) and weights[0][0].dtype == dtype)
+                     or (cast is not None and dtype in _HALF and weights[0][0].dtype == torch.float32))
                 and _ops.plain_call(x, h) and _cell_op()):
-            return self._cells(x, h, c, weights)
+            if dtype not in _HALF:  # (under autocast, a GRU's float32 state keeps it in float32)
+                return self._cells(x.to(dtype), h.to(dtype), None if c is None else c.to(dtype), weights)
+            # autocast: as the stream route, the products in float32 on the float32
+            # weights, the results (and through them the gradients) in torch.nn's dtypes
+            y, h_n, c_n = self._cells(x.float(), h.float(), None if c is None else c.float(), weights)
+            return y.to(dtype), h_n.to(dtype), None if c_n is None else c_n.to(dtype)
         if cast is not None:
             # the parameters stay float32 (and get float32 gradients through the casts)
             x, h = x.to(dtype), h.to(dtype)
@@ -650,9 +656,11 @@ class RNNBase(nn.Module):
             stack, stack_why = "stream", ((f"one step" if steps == 1 else f"a batch of {batch} (at most "
                                            f"{STREAM_MAX_BATCH})") + " recording no graph: the whole stack in one "
                                           "stream_stack op on the weights as they are")
-        elif (name == "cpu" and records and steps == 1 and self.proj_size == 0 and STEP_CELLS and not autocast
-              and dtype in (torch.float32, torch.float64)
-              and next(iter(self.parameters()), torch.empty(0)).dtype == dtype and _cell_op()):
+        elif (name == "cpu" and records and steps == 1 and self.proj_size == 0 and STEP_CELLS and not packed
+              and ((dtype in (torch.float32, torch.float64)
+                    and next(iter(self.parameters()), torch.empty(0)).dtype == dtype)
+                   or (autocast and dtype in _HALF and params_f32))
+              and _cell_op()):
             stack, stack_why = "cells", ("one step recording a graph: each layer and direction one "
                                          "fastrnn_ext::cell op (a step has no recurrence to fuse)")
         path, path_why = _backend.said_path(name, dtype)

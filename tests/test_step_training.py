@@ -134,3 +134,30 @@ def test_explain_and_the_calls_it_does_not_take(spy):
     finally:
         M.STEP_CELLS = True
     assert len(spy) == 1
+
+
+@pytest.mark.parametrize("mode", ["LSTM", "GRU", "RNN_TANH"])
+def test_step_under_autocast(mode, spy):
+    """Under CPU autocast the route runs its products in float32 on the float32
+    weights and returns torch.nn's autocast dtypes: the outputs are the float32
+    call's, rounded to that dtype; the parameters' gradients stay float32 and
+    close to the float32 call's (the incoming gradient is rounded as well)."""
+    _, fast = make_pair(mode, 6, 8, dtype=torch.float32, num_layers=2)
+    x = torch.randn(1, 3, 6)
+    with torch.autocast("cpu", torch.bfloat16):
+        want_dtype = fast._autocast_dtype("cpu", False, torch.float32) or torch.float32
+        assert fast.explain(x)["stack"] == "cells"
+        y, hn = fast(x)
+    assert spy
+    outs = [y] + (list(hn) if isinstance(hn, tuple) else [hn])
+    assert all(o.dtype == want_dtype for o in outs), [o.dtype for o in outs]
+    (sum(o.float().sum() for o in outs)).backward()
+    grads = [p.grad.clone() for p in fast.parameters()]
+    fast.zero_grad()
+    y32, hn32 = fast(x)
+    outs32 = [y32] + (list(hn32) if isinstance(hn32, tuple) else [hn32])
+    for o, o32 in zip(outs, outs32):
+        assert torch.equal(o, o32.to(want_dtype))
+    (sum(o.sum() for o in outs32)).backward()
+    for g, p in zip(grads, fast.parameters()):
+        assert g.dtype == torch.float32 and rel_err(g.double(), p.grad.double()) < 1e-6
