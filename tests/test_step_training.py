@@ -161,3 +161,26 @@ def test_step_under_autocast(mode, spy):
     (sum(o.sum() for o in outs32)).backward()
     for g, p in zip(grads, fast.parameters()):
         assert g.dtype == torch.float32 and rel_err(g.double(), p.grad.double()) < 1e-6
+
+
+def test_the_committed_sweeps_hold_the_one_step_claims():
+    """docs/measurements.md: in the committed CPU sweeps (this CPU's class and the
+    AVX2 caps) no one-step point is below 1.0x torch.nn, float32 and autocast,
+    training and forward; the quoted one-step training ratios are the runs'."""
+    import json
+    import pathlib
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    doc = " ".join((root / "docs" / "measurements.md").read_text().split())
+    para = doc[doc.index("- **The CPU sweep**"):doc.index("- **d2l's full run**")]
+    runs = sorted((root / "bench" / "results").glob("cpu_sweep_*.json"))
+    assert len(runs) >= 2
+    for path in runs:
+        rows = [r for r in json.loads(path.read_text())["rows"] if r["seq"] == 1]
+        assert {r["cell"] for r in rows} == {"lstm", "gru"}, path.name
+        for r in rows:
+            for key in ("train_fp32_paired", "forward_fp32_paired", "train_autocast_vs_torch_fp32_paired",
+                        "forward_autocast_vs_torch_fp32_paired"):
+                assert r[key] >= 1.0, (path.name, r["cell"], key, r[key])
+            assert f"{r['train_fp32_paired']:.2f}x" in para, (path.name, r["cell"])
+            assert f"{r['train_autocast_vs_torch_fp32_paired']:.2f}x" in para, (path.name, r["cell"])
