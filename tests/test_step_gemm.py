@@ -345,3 +345,26 @@ def test_bound_at_the_seed_that_found_it(ops):
         old = 2.0 ** -24 * ((a.double() * b.double()).abs() + c.double().abs())
         worst = max(worst, ((twice.double() - exact).abs() / old).item())
     assert worst > 1.0  # the old bound was too tight for a correct two-rounding sum
+
+
+@pytest.mark.parametrize("impl", ["own", "own_avx2"])
+@pytest.mark.parametrize("beta", [0.0, 1.0])
+@pytest.mark.parametrize("m,n,k", [(1, 1024, 256), (2, 4096, 512), (1, 40, 300)])
+def test_few_rows_read_w_in_place_on_any_thread_count(ops, impl, beta, m, n, k):
+    """At most 2 rows and k >= 256 (common.h's kDotRows, kDotMinK) the own paths'
+    W^T products take the dot-product kernel on W in place, its columns split
+    across threads past 2^17 multiply-adds: within the error bound, and the same
+    bits on 1 thread and on 2."""
+    if (impl == "own" and not _has_avx512()) or (impl == "own_avx2" and not _has_avx2()):
+        pytest.skip("this CPU lacks the path's instructions")
+    a, b, c = torch.randn(m, k), torch.randn(n, k), torch.randn(m, n)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = ops.cpu_step_gemm(a, b, True, beta, c, impl)
+        torch.set_num_threads(2)
+        two = ops.cpu_step_gemm(a, b, True, beta, c, impl)
+    finally:
+        torch.set_num_threads(threads)
+    _check(two, a, b, True, beta, c)
+    assert torch.equal(one, two)

@@ -199,7 +199,8 @@ def test_explain_names_the_stream_route():
         assert m.explain(torch.randn(1, 30, 4))["stack"] == "stream"
         assert m.explain(torch.randn(9, 3, 4))["stack"] == "stream"
         assert m.explain(torch.randn(2, 30, 4))["stack"] == "stack"
-    assert m.explain(torch.randn(1, 3, 4))["stack"] == "stack"  # a graph to record
+    assert m.explain(torch.randn(1, 3, 4))["stack"] == "cells"  # a graph to record: the training-step route
+    assert m.explain(torch.randn(9, 3, 4))["stack"] == "stack"
 
 
 def test_the_op_refuses_bad_arguments_and_a_backward():

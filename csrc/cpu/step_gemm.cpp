@@ -74,6 +74,20 @@ VecIsa own_isa(CpuGemm g) {
   }
 }
 
+void dot_gemm(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* w, int64_t ldw,
+              bool accumulate, float* c, int64_t ldc, VecIsa isa) {
+  if (m <= 0 || n <= 0) return;
+  constexpr int64_t kBlock = 16;
+  const int64_t blocks = (n + kBlock - 1) / kBlock;
+  if (at::in_parallel_region() || at::get_num_threads() < 2 || blocks < 2 || m * n * k < (int64_t(1) << 17)) {
+    vec_rows_dot(isa, m, k, a, lda, w, ldw, 0, n, nullptr, accumulate, c, ldc);
+    return;
+  }
+  at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
+    vec_rows_dot(isa, m, k, a, lda, w, ldw, b0 * kBlock, std::min(n, b1 * kBlock), nullptr, accumulate, c, ldc);
+  });
+}
+
 void packed_gemm(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
                  const float* packed, float beta, float* c, int64_t ldc, VecIsa isa) {
   over_panels(m, n, k, beta, c, ldc, int64_t(1) << 17, [&](int64_t p0, int64_t p1) {

@@ -32,6 +32,14 @@ VecIsa own_isa(CpuGemm g);
 void packed_gemm(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
                  const float* packed, float beta, float* c, int64_t ldc, VecIsa isa);
 
+// C (m x n) = A (m x k) @ W^T (+ C when ``accumulate``) with W (n x k, row stride
+// ldw) read in place by the dot-product kernel built for ``isa`` (vec_rows_dot):
+// for a few rows, where packing W would cost a good share of the products it
+// serves.  Its columns split across threads in blocks of 16 past 2^17
+// multiply-adds, outside a parallel region; the bits do not depend on the split.
+void dot_gemm(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* w, int64_t ldw,
+              bool accumulate, float* c, int64_t ldc, VecIsa isa);
+
 // The unpacked kernel (vec_gemm.h's strided_run), split across threads.  Needs AVX-512F.
 void strided_gemm(int64_t m, int64_t n, const StridedTerm* terms, int nterms, const float* bias, float beta,
                   float* c, int64_t crs, int64_t ccs);
