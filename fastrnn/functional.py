@@ -233,12 +233,12 @@ def stack_too_big(backend: str, w_ih_shape, batch: Optional[int] = None) -> Opti
         return None
     n = w_ih_shape[0] * w_ih_shape[1]
     if batch is not None and batch <= CPU_STACK_SMALL_BATCH and n >= CPU_STACK_MAX_W_IH_SMALL:
-        return (f"input weights of {n / 2 ** 20:.2f}M elements a layer at a batch of {batch}: layer by layer, "
-                "W_ih is read once per sequence, not once per step")
-    if n < CPU_STACK_MAX_W_IH:
+        size = f"{n / 2 ** 20:.2f}M elements a layer at a batch of {batch}"
+    elif n >= CPU_STACK_MAX_W_IH:
+        size = f"{n / 2 ** 20:.1f}M elements a layer"
+    else:
         return None
-    return (f"input weights of {w_ih_shape[0] * w_ih_shape[1] / 2 ** 20:.1f}M elements a layer: layer by layer, "
-            "W_ih is read once per sequence, not once per step")
+    return f"input weights of {size}: layer by layer, W_ih is read once per sequence, not once per step"
 
 
 def _stacked_weights(mode, weights):

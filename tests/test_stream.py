@@ -217,7 +217,7 @@ def test_the_op_refuses_bad_arguments_and_a_backward():
         op("GRU", x, ws, h, torch.randn(2, 2, 5), True, False, "blas")
     with pytest.raises(RuntimeError, match="float32"):
         op("GRU", x.double(), ws, h, None, True, False, "blas")
-    with pytest.raises(RuntimeError, match="unknown mode"):
+    with pytest.raises(RuntimeError, match="unknown cell mode"):
         op("LSTMX", x, ws, h, None, True, False, "blas")
     y, h_n, _ = op("GRU", x.requires_grad_(), ws, h, None, True, False, "blas")
     with pytest.raises(RuntimeError, match="not implemented"):

@@ -15,11 +15,6 @@
 
 namespace fastrnn {
 namespace cpu {
-namespace {
-
-using at::Tensor;
-
-enum class Cell { kLstm, kGru, kTanh, kRelu };
 
 Cell cell_of(c10::string_view mode) {
   if (mode == "LSTM") return Cell::kLstm;
@@ -30,6 +25,10 @@ Cell cell_of(c10::string_view mode) {
 }
 
 int64_t gates_of(Cell c) { return c == Cell::kLstm ? 4 : c == Cell::kGru ? 3 : 1; }
+
+namespace {
+
+using at::Tensor;
 
 // out (m x n) = sum over the pairs (a, w) of a @ w^T (+ bias, one value per
 // column of out) + beta out, float32, through the own kernel: as out^T = sum of

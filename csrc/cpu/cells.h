@@ -10,6 +10,13 @@
 namespace fastrnn {
 namespace cpu {
 
+// The recurrence a mode names (torch.nn's: "LSTM", "GRU", "RNN_TANH",
+// "RNN_RELU"; an error naming any other), and its gate count.  The cells, the
+// stream route and the int8 layers read their mode argument through these.
+enum class Cell { kLstm, kGru, kTanh, kRelu };
+Cell cell_of(c10::string_view mode);
+int64_t gates_of(Cell c);
+
 // xg (N, 4H, D) input side, gh (N, 4H, A) h_{t-1} @ W_hh^T (undefined: xg
 // holds both sides), the biases in either,
 // c (N, H, A) c_{t-1} in and c_t out; ws (N, 5H, A) [i, f, g, o, c_t] and

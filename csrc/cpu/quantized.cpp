@@ -35,6 +35,7 @@
 #include <vector>
 
 #include "../cell_math.h"
+#include "cells.h"
 #include "int8_gemm.h"
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
@@ -183,10 +184,8 @@ struct Layer {
   Layer(c10::string_view mode, I8Isa isa_, int64_t T_, int64_t N_, int64_t I_, at::TensorList w,
         const c10::optional<at::Tensor>& b_ih, const c10::optional<at::Tensor>& b_hh, const at::Tensor& h0,
         const c10::optional<at::Tensor>& c0)
-      : lstm(mode == "LSTM"), gru(mode == "GRU"), relu(mode == "RNN_RELU"), proj(w.size() == 9), isa(isa_),
-        T(T_), N(N_), I(I_), G(lstm ? 4 : gru ? 3 : 1) {
-    TORCH_CHECK(lstm || gru || relu || mode == "RNN_TANH", "fastrnn int8_layer: unknown mode '", std::string(mode),
-                "'");
+      : lstm(cell_of(mode) == Cell::kLstm), gru(cell_of(mode) == Cell::kGru), relu(cell_of(mode) == Cell::kRelu),
+        proj(w.size() == 9), isa(isa_), T(T_), N(N_), I(I_), G(gates_of(cell_of(mode))) {
     TORCH_CHECK(w.size() == 6 || (lstm && w.size() == 9), "fastrnn int8_layer: 6 weight tensors (9 projected)");
     ih = qw_of(w[0], w[1], w[2], I, "w_ih");
     TORCH_CHECK(ih.rows % G == 0, "fastrnn int8_layer: w_ih rows not a multiple of the gates");
@@ -347,7 +346,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> int8_stack_op(
   TORCH_CHECK(biases.empty() || static_cast<int64_t>(biases.size()) == 2 * L,
               "fastrnn int8_stack: no biases or 2 a layer (b_ih, b_hh), got ", biases.size());
   TORCH_CHECK(h0.dim() == 3 && h0.size(0) == L, "fastrnn int8_stack: h0 must be (L, N, H)");
-  TORCH_CHECK(mode != "LSTM" || (c0.has_value() && c0->dim() == 3 && c0->size(0) == L),
+  TORCH_CHECK(cell_of(mode) != Cell::kLstm || (c0.has_value() && c0->dim() == 3 && c0->size(0) == L),
               "fastrnn int8_stack: c0 must be (L, N, H)");
   std::vector<std::unique_ptr<Layer>> layers;
   for (int64_t l = 0; l < L; ++l) {

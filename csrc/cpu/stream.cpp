@@ -13,6 +13,7 @@
 // gate and runs their cells, so a step needs no barrier but its end (and, with
 // proj_size, one before the projection).  float32 only; inference only (no
 // autograd kernel but a refusal, ops.cpp).
+#include "cells.h"
 #include "common.h"
 
 namespace fastrnn {
@@ -20,16 +21,6 @@ namespace cpu {
 namespace {
 
 using at::Tensor;
-
-enum class Mode { kLstm, kGru, kTanh, kRelu };
-
-Mode mode_of(c10::string_view mode) {
-  if (mode == "LSTM") return Mode::kLstm;
-  if (mode == "GRU") return Mode::kGru;
-  if (mode == "RNN_TANH") return Mode::kTanh;
-  if (mode == "RNN_RELU") return Mode::kRelu;
-  TORCH_CHECK(false, "fastrnn: stream_stack: unknown mode '", std::string(mode), "'");
-}
 
 // The products of one call: a vector unit's dot-product kernel, or the BLAS.
 struct Dot {
@@ -114,8 +105,8 @@ std::tuple<Tensor, Tensor, Tensor> stream_stack_cpu(c10::string_view mode_, cons
                                                     at::TensorList weights, const Tensor& h0_,
                                                     const c10::optional<Tensor>& c0_, bool has_bias,
                                                     bool proj, c10::string_view path) {
-  const Mode mode = mode_of(mode_);
-  const bool lstm = mode == Mode::kLstm, gru = mode == Mode::kGru;
+  const Cell mode = cell_of(mode_);
+  const bool lstm = mode == Cell::kLstm, gru = mode == Cell::kGru;
   const int64_t G = lstm ? 4 : gru ? 3 : 1;
   TORCH_CHECK(!proj || lstm, "fastrnn: stream_stack: only the LSTM has proj_size");
   TORCH_CHECK(x_.dim() == 3 && x_.scalar_type() == at::kFloat && x_.device().is_cpu(),
@@ -218,7 +209,7 @@ std::tuple<Tensor, Tensor, Tensor> stream_stack_cpu(c10::string_view mode_, cons
           else if (gru)
             gru_units(n, H, pre, gh + b * GH + u0, hp + b * R + u0, ht + b * R + u0);
           else
-            rnn_units(n, pre, mode == Mode::kRelu, ht + b * R + u0);
+            rnn_units(n, pre, mode == Cell::kRelu, ht + b * R + u0);
         }
       });
       if (proj)  // h_t = W_hr (o * tanh(c_t)), once every unit's is there
