@@ -76,7 +76,10 @@ def test_step_matches_torch_nn(mode, kw, with_hx, kind, spy):
     got, got_g = forward_and_grads(fast32, inp.float(), _f32(hx), [x.float() for x in w])
     base, base_g = forward_and_grads(ref32, inp.float(), _f32(hx), [x.float() for x in w])
     assert spy and all(m is fast32 for m in spy)
-    assert all(not_zeros(t) for t in want)
+    # (a deep layer of 7 units from zero state and no bias can give outputs all
+    # below not_zeros' 1e-3: seed 873040173; rel_err is relative to the
+    # reference's norm, so only exact zeros would make a comparison empty)
+    assert all(t.abs().max() > 0 for t in want) and not_zeros(torch.cat([t.flatten() for t in want + want_g]))
     for g, b, t in zip(got + got_g, base + base_g, want + want_g):
         bar = max(rel_err(b.double(), t), 1e-6)
         assert rel_err(g.double(), t) <= 4 * bar, (rel_err(g.double(), t), bar)
