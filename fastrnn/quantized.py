@@ -181,8 +181,9 @@ class _Int8:
         packed = isinstance(input, torch.nn.utils.rnn.PackedSequence)
         if self._pipelined(True if packed else None):
             return {"stack": "pipelined", "stack_reason": f"{self.num_layers} layers in one int8_stack op, each on "
-                    "its own thread, a step as soon as the layer below has done it (one thread: one layer after "
-                    "the other)"}
+                    "its own thread, a step as soon as the layer below has done it, where there are no more threads "
+                    "than layers or a step's product has at most 2^22 multiply-adds (else, and on one thread, one "
+                    "layer after the other)"}
         return {"stack": "layers", "stack_reason": "one int8_layer op per layer and direction"}
 
     def _packed(self, name: str):

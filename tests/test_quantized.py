@@ -491,6 +491,28 @@ def test_pipelined_stack_is_the_layer_ops_bits(mode, kw, monkeypatch):
     assert rel_err(got[2][0], flt[0]) < FLOAT_TOL
 
 
+def test_more_threads_than_layers_and_a_large_batch():
+    """Three threads, two layers, a step's product past 2^22 multiply-adds: the
+    op runs the layers one after the other, each product split across the
+    threads (csrc/cpu/quantized.cpp), and still gives the per-layer ops' bits."""
+    m = fastrnn.GRU(32, 256, 2).eval()
+    qm = fastrnn.quantize_dynamic(m)
+    x = torch.randn(5, 24, 32)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(3)
+        with torch.no_grad():
+            got = qm(x)
+            fq._Int8._pipelined, orig = (lambda self, lengths: False), fq._Int8._pipelined
+            try:
+                want = qm(x)
+            finally:
+                fq._Int8._pipelined = orig
+    finally:
+        torch.set_num_threads(threads)
+    assert not_zeros(want[0]) and torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
 def test_pipelined_stack_long_and_wide_on_two_threads():
     """A long sequence at batch 1 through 3 layers of H 256 (the batch-1 VNNI pass
     over several row blocks at once; many hand-offs between the threads): the

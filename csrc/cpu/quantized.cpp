@@ -361,7 +361,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> int8_stack_op(
   std::vector<int64_t> len(N, T);
   std::unique_ptr<std::atomic<int64_t>[]> done(new std::atomic<int64_t>[L]);
   for (int64_t l = 0; l < L; ++l) done[l].store(0);
-  const bool pipelined = L >= 2 && at::get_num_threads() > 1 && !at::in_parallel_region();
+  // Pipelined where the layers can keep the threads busy (no more threads than
+  // layers), or where a step's recurrent product is small enough that gemm()
+  // would not split it across more than two threads anyway (its split is by
+  // 2^21 multiply-adds a thread): on a machine of many cores a large batch's
+  // products are better split across all of them, one layer after the other.
+  // (Measured on 2 cores only: there every call of 2+ layers is pipelined.)
+  const Layer& top = *layers.back();
+  const bool pipelined = L >= 2 && at::get_num_threads() > 1 && !at::in_parallel_region() &&
+                         (at::get_num_threads() <= L || top.G * top.H * top.R * N <= (int64_t(1) << 22));
   auto run = [&](int64_t l) {
     Layer& lay = *layers[l];
     const int64_t GH = lay.G * lay.H, In = lay.I;
